@@ -1,0 +1,39 @@
+"""Background tasks for Django with PostgreSQL as the only moving part."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django_tasks_q.exceptions import (
+    InvalidTask,
+    MaxRetriesExceededError,
+    Retry,
+    TaskResultDoesNotExist,
+    TaskTimeoutError,
+    UnknownTaskError,
+)
+from django_tasks_q.tasks import BackgroundTask, BackgroundTaskContext, background_task, send_task
+
+if TYPE_CHECKING:
+    from django_tasks_q.results import TaskHandle
+
+__all__ = [
+    "BackgroundTask",
+    "BackgroundTaskContext",
+    "InvalidTask",
+    "MaxRetriesExceededError",
+    "Retry",
+    "TaskResultDoesNotExist",
+    "TaskTimeoutError",
+    "UnknownTaskError",
+    "background_task",
+    "get_result",
+    "send_task",
+]
+
+
+def get_result(task_id: str | int, *, backend: str = "default") -> TaskHandle:
+    """A handle for an existing task, from its id."""
+    from django_tasks_q.backend import get_backend
+
+    return get_backend(backend).get_result(task_id)

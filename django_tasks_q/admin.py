@@ -1,0 +1,13 @@
+from django.contrib import admin
+
+from django_tasks_q.models import Task
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    list_display = ("id", "name", "queue", "status", "attempts", "max_attempts", "enqueued_at",
+                    "started_at", "finished_at", "worker_id")  # fmt: skip
+    list_filter = ("status", "queue")
+    search_fields = ("name",)
+    show_full_result_count = False
+    readonly_fields = [field.name for field in Task._meta.fields]

@@ -1,0 +1,237 @@
+"""``django.tasks`` backend storing tasks in PostgreSQL.
+
+``TASKS = {"default": {"BACKEND": "django_tasks_q.backend.PostgresBackend"}}`` makes Django's
+``@task`` and ``@background_task`` one model of a task. A project that does not configure
+``TASKS`` at all still gets this backend for ``@background_task`` (see :func:`implicit_backend`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from functools import cache
+from inspect import iscoroutinefunction
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+from django.utils.inspect import is_module_level_function
+
+from django_tasks_q import queue, registry
+from django_tasks_q.compat import (
+    DEFAULT_TASK_BACKEND_ALIAS,
+    TASK_MAX_PRIORITY,
+    TASK_MIN_PRIORITY,
+    BaseTaskBackend,
+    InvalidTask,
+    Task,
+    TaskResultDoesNotExist,
+    task_enqueued,
+)
+from django_tasks_q.conf import settings as conf
+from django_tasks_q.models import Task as TaskRow
+from django_tasks_q.models import TaskStatus
+from django_tasks_q.results import TaskFailure, TaskHandle
+from django_tasks_q.serialization import check_arguments, dumps
+from django_tasks_q.tasks import BackgroundTask
+
+
+class PostgresBackend(BaseTaskBackend):
+    task_class = BackgroundTask
+    supports_defer = True
+    supports_get_result = True
+    supports_priority = True
+    supports_async_task = False
+
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        # Unlike Django's base class, no QUEUES means "any queue", not only "default".
+        self.queues = set(params.get("QUEUES") or ())
+        self.options = params.get("OPTIONS") or {}
+
+    @property
+    def database(self) -> str:
+        return self.options.get("DATABASE") or conf.DATABASE
+
+    def validate_task(self, task: Task) -> None:
+        where = f"Task {task.module_path}"
+        if not is_module_level_function(task.func):
+            raise InvalidTask(
+                f"{where}: tasks must be module-level functions, so a worker can find them."
+            )
+        if iscoroutinefunction(task.func):
+            raise InvalidTask(f"{where}: async functions are not supported by this backend yet.")
+        if task.takes_context and not _has_first_parameter(task.func):
+            raise InvalidTask(
+                f"{where} takes a context (bind/takes_context) but has no parameter to receive it."
+            )
+        priority = task.priority
+        if isinstance(priority, bool) or not isinstance(priority, int) or not (
+            TASK_MIN_PRIORITY <= priority <= TASK_MAX_PRIORITY
+        ):
+            raise InvalidTask(
+                f"{where}: priority must be a whole number between {TASK_MIN_PRIORITY} and "
+                f"{TASK_MAX_PRIORITY} (higher runs first), got {priority!r}."
+            )
+        run_after = task.run_after
+        if run_after is not None and settings.USE_TZ and timezone.is_naive(run_after):
+            raise InvalidTask(
+                f"{where}: eta/run_after {run_after.isoformat()} is a naive datetime but USE_TZ "
+                "is on; pass an aware one, e.g. timezone.now() + timedelta(minutes=5)."
+            )
+        if self.queues and task.queue_name not in self.queues:
+            raise InvalidTask(
+                f"{where}: queue {task.queue_name!r} is not allowed by TASKS[{self.alias!r}]"
+                f"['QUEUES'] ({', '.join(sorted(self.queues))}); use one of those or add it there."
+            )
+
+    def enqueue(self, task: Task, args: Sequence[Any], kwargs: dict[str, Any]) -> TaskHandle:
+        self.validate_task(task)
+        check_arguments(args, kwargs)
+        args_json, kwargs_json = dumps(list(args)), dumps(kwargs)
+        row = queue.enqueue(
+            using=self.database,
+            name=task.name,
+            queue=task.queue_name,
+            priority=task.priority,
+            args_json=args_json,
+            kwargs_json=kwargs_json,
+            run_after=task.run_after,
+            max_attempts=getattr(task, "max_attempts", 1),
+            timeout=getattr(task, "timeout", None),
+            notify=conf.LISTEN_NOTIFY,
+        )
+        handle = self._new_handle(task, row, json.loads(args_json), json.loads(kwargs_json))
+        task_enqueued.send(type(self), task_result=handle)
+        return handle
+
+    def enqueue_many(
+        self, task: Task, args_list: Sequence[Sequence[Any]], kwargs_list: Sequence[dict[str, Any]]
+    ) -> list[TaskHandle]:
+        self.validate_task(task)
+        for index, (args, kwargs) in enumerate(zip(args_list, kwargs_list, strict=True)):
+            try:
+                check_arguments(args, kwargs)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"task {index} of the batch: {exc}") from None
+        args_json = [dumps(list(args)) for args in args_list]
+        kwargs_json = [dumps(kwargs) for kwargs in kwargs_list]
+        rows = queue.enqueue_many(
+            using=self.database,
+            name=task.name,
+            queue=task.queue_name,
+            priority=task.priority,
+            args_json=args_json,
+            kwargs_json=kwargs_json,
+            run_after=task.run_after,
+            max_attempts=getattr(task, "max_attempts", 1),
+            timeout=getattr(task, "timeout", None),
+            notify=conf.LISTEN_NOTIFY,
+        )
+        handles = [
+            self._new_handle(task, row, list(args), dict(kwargs))
+            for row, args, kwargs in zip(rows, args_list, kwargs_list, strict=True)
+        ]
+        if task_enqueued.receivers:
+            for handle in handles:
+                task_enqueued.send(type(self), task_result=handle)
+        return handles
+
+    def _new_handle(self, task: Task, row: queue.Enqueued, args: list, kwargs: dict) -> TaskHandle:
+        return TaskHandle(
+            task=task,
+            id=str(row.id),
+            status=TaskStatus.READY,
+            enqueued_at=row.enqueued_at,
+            started_at=None,
+            finished_at=None,
+            last_attempted_at=None,
+            args=args,
+            kwargs=kwargs,
+            backend=self.alias,
+            errors=[],
+            worker_ids=[],
+            attempt_count=0,
+            max_attempts=getattr(task, "max_attempts", 1),
+            run_after=row.run_after,
+            queue=task.queue_name,
+            priority=task.priority,
+        )
+
+    def get_result(self, result_id: str | int) -> TaskHandle:
+        try:
+            row = TaskRow.objects.using(self.database).get(pk=int(result_id))
+        except (ValueError, TypeError, TaskRow.DoesNotExist):
+            raise TaskResultDoesNotExist(f"No task with id {result_id!r}.") from None
+        return self.handle_from_row(row)
+
+    def handle_from_row(self, row: TaskRow) -> TaskHandle:
+        task = registry.get(row.name)
+        if task.queue_name != row.queue or task.priority != row.priority:
+            task = task.using(queue_name=row.queue, priority=row.priority)
+        errors = [TaskFailure.from_json(error) for error in row.errors]
+        return TaskHandle(
+            task=task,
+            id=str(row.pk),
+            status=TaskStatus(row.status),
+            enqueued_at=row.enqueued_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            last_attempted_at=row.last_attempted_at,
+            args=row.args,
+            kwargs=row.kwargs,
+            backend=self.alias,
+            errors=errors,
+            worker_ids=_worker_ids(errors, row.worker_id, row.attempts),
+            attempt_count=row.attempts,
+            max_attempts=row.max_attempts,
+            run_after=row.run_after,
+            queue=row.queue,
+            priority=row.priority,
+            _result_json=row.result,
+        )
+
+    def cancel(self, result_id: str | int) -> bool:
+        try:
+            task_id = int(result_id)
+        except (TypeError, ValueError):
+            raise TaskResultDoesNotExist(f"No task with id {result_id!r}.") from None
+        return queue.cancel_ready(task_id, using=self.database)
+
+
+def _has_first_parameter(func: Any) -> bool:
+    import inspect
+
+    params = list(inspect.signature(func).parameters.values())
+    return bool(params) and params[0].kind in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+
+
+def _worker_ids(errors: list[TaskFailure], current: str, attempts: int) -> list[str]:
+    ids = [error.worker_id for error in errors]
+    if current and attempts > len(errors):
+        ids.append(current)
+    return ids
+
+
+@cache
+def implicit_backend() -> PostgresBackend:
+    """The backend used when the project has no ``TASKS`` setting of its own."""
+    return PostgresBackend(alias=DEFAULT_TASK_BACKEND_ALIAS, params={})
+
+
+def get_backend(alias: str = DEFAULT_TASK_BACKEND_ALIAS) -> PostgresBackend:
+    """The Postgres backend for ``alias`` (the implicit one if ``TASKS`` is not configured)."""
+    if not settings.is_overridden("TASKS"):
+        return implicit_backend()
+    from django_tasks_q.compat import task_backends
+
+    backend = task_backends[alias]
+    if not isinstance(backend, PostgresBackend):
+        raise InvalidTask(
+            f"TASKS[{alias!r}] uses {type(backend).__module__}.{type(backend).__name__}; "
+            "set its BACKEND to 'django_tasks_q.backend.PostgresBackend'."
+        )
+    return backend

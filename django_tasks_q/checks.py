@@ -1,0 +1,95 @@
+"""System checks: every misconfiguration gets a stable id, what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from django.conf import settings
+from django.core import checks
+
+from django_tasks_q.conf import DEFAULTS, SETTING_NAME
+
+_POSITIVE_NUMBERS = ("POLL_INTERVAL", "LEASE_SECONDS")
+_POSITIVE_INTS = ("CONCURRENCY", "BATCH_SIZE")
+
+
+def _error(msg: str, hint: str, id_: str) -> checks.Error:
+    return checks.Error(msg, hint=hint, id=f"django_tasks_q.{id_}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@checks.register(checks.Tags.compatibility)
+def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    value = getattr(settings, SETTING_NAME, {})
+    if not isinstance(value, dict):
+        return [_error(f"{SETTING_NAME} must be a dict, got {type(value).__name__}.",
+                       f"Set {SETTING_NAME} = {{}} or remove it.", "E001")]  # fmt: skip
+    errors: list[checks.CheckMessage] = []
+    for key in value:
+        if key not in DEFAULTS:
+            close = difflib.get_close_matches(key, list(DEFAULTS), n=1)
+            hint = f"Did you mean {close[0]!r}?" if close else f"Valid keys: {', '.join(DEFAULTS)}."
+            errors.append(_error(f"{SETTING_NAME} has an unknown key {key!r}.", hint, "E002"))
+    for key in _POSITIVE_NUMBERS:
+        if key in value and not (_is_number(value[key]) and value[key] > 0):
+            errors.append(_error(f"{SETTING_NAME}[{key!r}] must be a number > 0, got {value[key]!r}.",
+                                 f"For example {key!r}: {DEFAULTS[key]!r}.", "E003"))  # fmt: skip
+    for key in _POSITIVE_INTS:
+        if key in value and not (isinstance(value[key], int) and not isinstance(value[key], bool)
+                                 and value[key] >= 1):  # fmt: skip
+            errors.append(_error(f"{SETTING_NAME}[{key!r}] must be an int >= 1, got {value[key]!r}.",
+                                 f"For example {key!r}: {DEFAULTS[key]!r}.", "E004"))  # fmt: skip
+    prefetch = value.get("PREFETCH")
+    if prefetch is not None and not (isinstance(prefetch, int) and not isinstance(prefetch, bool)
+                                     and prefetch >= 0):  # fmt: skip
+        errors.append(_error(f"{SETTING_NAME}['PREFETCH'] must be None or an int >= 0, got {prefetch!r}.",
+                             "None claims up to BATCH_SIZE extra tasks; 0 claims only free slots.",
+                             "E005"))  # fmt: skip
+    if "LISTEN_NOTIFY" in value and not isinstance(value["LISTEN_NOTIFY"], bool):
+        errors.append(_error(f"{SETTING_NAME}['LISTEN_NOTIFY'] must be True or False.",
+                             "Use False behind PgBouncer in transaction pooling mode.", "E006"))  # fmt: skip
+    alias = value.get("DATABASE", DEFAULTS["DATABASE"])
+    if alias not in settings.DATABASES:
+        errors.append(_error(f"{SETTING_NAME}['DATABASE'] is {alias!r}, which is not in DATABASES.",
+                             f"Use one of: {', '.join(settings.DATABASES)}.", "E007"))  # fmt: skip
+    elif "postgresql" not in settings.DATABASES[alias].get("ENGINE", ""):
+        errors.append(_error(
+            f"DATABASES[{alias!r}] uses {settings.DATABASES[alias].get('ENGINE')!r}; "
+            "django_tasks_q needs PostgreSQL.",
+            "Set ENGINE to 'django.db.backends.postgresql' or point TASKS_Q['DATABASE'] at a "
+            "PostgreSQL database.", "E008"))  # fmt: skip
+    return errors
+
+
+@checks.register(checks.Tags.compatibility)
+def check_task_backends(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """Warn when a @background_task would go to a backend that ignores its options."""
+    from django_tasks_q import registry
+
+    if not settings.is_overridden("TASKS"):
+        return []
+    from django_tasks_q.backend import PostgresBackend
+    from django_tasks_q.compat import task_backends
+
+    messages: list[checks.CheckMessage] = []
+    for alias in sorted({task.backend for task in registry.all_tasks().values()}):
+        try:
+            backend = task_backends[alias]
+        except Exception as exc:  # noqa: BLE001 - reported as a check, not a crash
+            messages.append(_error(f"Tasks use the TASKS alias {alias!r}, which cannot be loaded: {exc}",
+                                   "Add it to TASKS with BACKEND 'django_tasks_q.backend.PostgresBackend'.",
+                                   "E009"))  # fmt: skip
+            continue
+        if not isinstance(backend, PostgresBackend):
+            messages.append(checks.Warning(
+                f"@background_task tasks use TASKS[{alias!r}], which is "
+                f"{type(backend).__name__}: retries, timeouts and the worker do not apply.",
+                hint="Set its BACKEND to 'django_tasks_q.backend.PostgresBackend' (fine to "
+                "ignore in tests that run tasks immediately on purpose).",
+                id="django_tasks_q.W001",
+            ))  # fmt: skip
+    return messages

@@ -1,0 +1,44 @@
+"""Settings of django_tasks_q, read from ``settings.TASKS_Q`` on every access.
+
+Nothing is copied at import time, so ``override_settings`` and late configuration work.
+Validation lives in :mod:`django_tasks_q.checks`; this module only supplies defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+
+SETTING_NAME = "TASKS_Q"
+
+DEFAULTS: dict[str, Any] = {
+    # Database alias that holds the task table, for enqueue and for workers.
+    "DATABASE": "default",
+    # Wake idle workers with LISTEN/NOTIFY. Turn off behind PgBouncer in transaction mode.
+    "LISTEN_NOTIFY": True,
+    # Seconds between polls when nothing woke the worker.
+    "POLL_INTERVAL": 1.0,
+    # Worker defaults; the runtaskworker options override them.
+    "CONCURRENCY": 4,
+    "BATCH_SIZE": 50,
+    "PREFETCH": None,  # extra claimed tasks beyond concurrency; None means "as many as BATCH_SIZE"
+    # Seconds a claim is valid before a lost worker's task may be recovered.
+    "LEASE_SECONDS": 60,
+}
+
+
+class TasksQSettings:
+    """Attribute access to ``settings.TASKS_Q`` with defaults: ``conf.settings.POLL_INTERVAL``."""
+
+    def user_settings(self) -> dict[str, Any]:
+        value = getattr(django_settings, SETTING_NAME, None)
+        return value if isinstance(value, dict) else {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"{SETTING_NAME} has no setting {name!r}")
+        return self.user_settings().get(name, DEFAULTS[name])
+
+
+settings = TasksQSettings()

@@ -1,0 +1,45 @@
+"""Exceptions raised by django_tasks_q. Django's own task exceptions are re-used where they fit."""
+
+from __future__ import annotations
+
+from django_tasks_q.compat import InvalidTask, TaskResultDoesNotExist
+
+__all__ = [
+    "InvalidTask",
+    "Retry",
+    "TaskResultDoesNotExist",
+    "TaskTimeoutError",
+    "UnknownTaskError",
+]
+
+
+class UnknownTaskError(InvalidTask, LookupError):
+    """No task is registered under the given name."""
+
+
+class TaskTimeoutError(TimeoutError):
+    """``TaskHandle.wait()`` gave up before the task finished."""
+
+
+class Retry(Exception):  # noqa: N818 - the name users raise, as in Celery
+    """Raised by ``context.retry()`` to ask the worker to run the task again.
+
+    ``countdown`` (seconds) or ``eta`` (aware datetime) choose when; ``exc`` is the error to
+    record for this attempt and to fail with once retries are exhausted.
+    """
+
+    def __init__(
+        self,
+        *,
+        countdown: float | None = None,
+        exc: BaseException | None = None,
+        max_retries: int | None = None,
+    ) -> None:
+        self.countdown = countdown
+        self.exc = exc
+        self.max_retries = max_retries
+        super().__init__(f"retry requested (countdown={countdown!r})" + (f": {exc!r}" if exc else ""))
+
+
+class MaxRetriesExceededError(Exception):
+    """``context.retry()`` was called on the last allowed attempt without an ``exc``."""

@@ -1,0 +1,85 @@
+import logging
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from django_tasks_q.backend import get_backend
+from django_tasks_q.conf import settings as conf
+from django_tasks_q.worker import Worker
+
+
+def queue_list(value: str) -> list[str]:
+    queues = [name.strip() for name in value.split(",") if name.strip()]
+    if not queues:
+        raise ValueError("empty queue list")
+    return queues
+
+
+class Command(BaseCommand):
+    help = "Run tasks from the PostgreSQL queue until stopped with SIGTERM or Ctrl-C."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--queues", type=queue_list, default=None,
+            help="Comma-separated queues to take tasks from (default: all).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--concurrency", type=int, default=None,
+            help=f"Tasks run at once, on threads (default: TASKS_Q['CONCURRENCY'] = {conf.CONCURRENCY}).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--batch-size", type=int, default=None,
+            help="Most tasks claimed in one statement (default: TASKS_Q['BATCH_SIZE']).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--prefetch", type=int, default=None,
+            help="Tasks claimed beyond --concurrency so threads never wait for the database "
+            "(default: TASKS_Q['PREFETCH'], or --batch-size). Use 0 for long tasks.",
+        )  # fmt: skip
+        parser.add_argument(
+            "--poll-interval", type=float, default=None,
+            help="Seconds between polls when no notification arrives (default: TASKS_Q['POLL_INTERVAL']).",
+        )  # fmt: skip
+        parser.add_argument("--burst", action="store_true", help="Exit once no ready task is left.")
+        parser.add_argument("--worker-id", default=None, help="Name shown in results and logs.")
+        parser.add_argument(
+            "--backend", default="default", help="TASKS alias of the Postgres backend to serve."
+        )
+        parser.add_argument(
+            "--loglevel", default=None, choices=["debug", "info", "warning", "error"],
+            help="Log level for django_tasks_q when LOGGING does not configure it (default: info).",
+        )  # fmt: skip
+
+    def handle(self, *args, **options):
+        self._configure_logging(options["loglevel"])
+        try:
+            worker = Worker(
+                backend=get_backend(options["backend"]),
+                queues=options["queues"],
+                concurrency=options["concurrency"] or conf.CONCURRENCY,
+                batch_size=options["batch_size"] or conf.BATCH_SIZE,
+                prefetch=options["prefetch"] if options["prefetch"] is not None else conf.PREFETCH,
+                poll_interval=options["poll_interval"] or conf.POLL_INTERVAL,
+                lease_seconds=conf.LEASE_SECONDS,
+                listen=conf.LISTEN_NOTIFY,
+                burst=options["burst"],
+                worker_id=options["worker_id"],
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        code = worker.run()
+        if code:
+            sys.exit(code)
+
+    @staticmethod
+    def _configure_logging(level_name):
+        logger = logging.getLogger("django_tasks_q")
+        if level_name:
+            logger.setLevel(level_name.upper())
+        if logger.hasHandlers():
+            return
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        if not level_name:
+            logger.setLevel(logging.INFO)

@@ -1,0 +1,241 @@
+"""All queue SQL: enqueue, claim, finish, release, cancel, notify/listen.
+
+The statements live in ``sql/queue.sql`` and are loaded once by name. Enqueue and cancel run
+on the caller's Django connection, so they join the caller's transaction. Workers use a
+:class:`QueueConnection`: a dedicated autocommit psycopg connection that bypasses Django's
+cursor wrappers on the hot path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import psycopg
+from django.db import connections
+
+NOTIFY_CHANNEL = "django_tasks_q"
+
+
+@cache
+def statements() -> dict[str, str]:
+    text = resources.files("django_tasks_q").joinpath("sql/queue.sql").read_text()
+    found: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
+        name, _, body = block.partition("\n")
+        # Comments go: a placeholder written inside one would still count as a parameter.
+        code = "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
+        found[name.strip()] = code.strip().rstrip(";")
+    return found
+
+
+def sql(name: str) -> str:
+    return statements()[name]
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    id: int
+    run_after: datetime
+    enqueued_at: datetime
+
+
+def enqueue(
+    *,
+    using: str,
+    name: str,
+    queue: str,
+    priority: int,
+    args_json: str,
+    kwargs_json: str,
+    run_after: datetime | None,
+    max_attempts: int,
+    timeout: float | None,
+    notify: bool,
+) -> Enqueued:
+    """Insert one READY task through the caller's connection (and transaction)."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            sql("enqueue"),
+            {
+                "name": name,
+                "queue": queue,
+                "priority": priority,
+                "args": args_json,
+                "kwargs": kwargs_json,
+                "run_after": run_after,
+                "max_attempts": max_attempts,
+                "timeout": timeout,
+                "notify": notify,
+            },
+        )
+        row = cursor.fetchone()
+    return Enqueued(row[0], row[1], row[2])
+
+
+def enqueue_many(
+    *,
+    using: str,
+    name: str,
+    queue: str,
+    priority: int,
+    args_json: Sequence[str],
+    kwargs_json: Sequence[str],
+    run_after: datetime | None,
+    max_attempts: int,
+    timeout: float | None,
+    notify: bool,
+) -> list[Enqueued]:
+    """Insert many READY tasks of one task in a single statement."""
+    if not args_json:
+        return []
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            sql("enqueue_many"),
+            {
+                "name": name,
+                "queue": queue,
+                "priority": priority,
+                "args": list(args_json),
+                "kwargs": list(kwargs_json),
+                "run_after": run_after,
+                "max_attempts": max_attempts,
+                "timeout": timeout,
+                "notify": notify,
+            },
+        )
+        rows = cursor.fetchall()
+    return [Enqueued(row[0], row[1], row[2]) for row in rows]
+
+
+def cancel_ready(task_id: int, *, using: str) -> bool:
+    """Cancel a task that has not started. Returns False if it already started or finished."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql("cancel_ready"), {"id": task_id})
+        return cursor.fetchone() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTask:
+    id: int
+    name: str
+    queue: str
+    priority: int
+    args: list[Any]
+    kwargs: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    timeout: float | None
+    run_after: datetime
+    enqueued_at: datetime
+    started_at: datetime
+    last_attempted_at: datetime
+    errors: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt ended. ``status`` READY means "retry after ``retry_delay`` seconds"."""
+
+    id: int
+    attempt: int
+    status: str
+    result_json: str | None = None
+    error: dict[str, Any] | None = None
+    max_attempts: int = 1
+    retry_delay: float = 0.0
+
+
+def connection_params(using: str) -> dict[str, Any]:
+    """psycopg connect() arguments for a Django database alias, with psycopg's own adapters."""
+    params = dict(connections[using].get_connection_params())
+    # Django's adapters and cursor class are for its ORM; the queue wants psycopg's defaults
+    # (jsonb arrives decoded, timestamps aware).
+    params.pop("context", None)
+    params.pop("cursor_factory", None)
+    return params
+
+
+class QueueConnection:
+    """A worker's connection for claim / finish / release. Not thread-safe: one owner thread."""
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self._conn: psycopg.Connection | None = None
+
+    def connect(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(**connection_params(self.using), autocommit=True)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def claim(
+        self, *, worker_id: str, queues: Sequence[str] | None, limit: int, lease_seconds: float
+    ) -> list[ClaimedTask]:
+        rows = (
+            self.connect()
+            .execute(
+                sql("claim"),
+                {
+                    "queues": list(queues) if queues else None,
+                    "limit": limit,
+                    "worker_id": worker_id,
+                    "lease_seconds": lease_seconds,
+                },
+            )
+            .fetchall()
+        )
+        # The UPDATE returns rows in no particular order; run them in claim order.
+        rows.sort(key=lambda row: (-row[3], row[9], row[0]))
+        return [ClaimedTask(*row) for row in rows]
+
+    def finish(self, *, worker_id: str, outcomes: Sequence[Outcome]) -> set[int]:
+        """Record outcomes; returns the ids actually updated (the others lost their claim)."""
+        if not outcomes:
+            return set()
+        rows = (
+            self.connect()
+            .execute(
+                sql("finish"),
+                {
+                    "worker_id": worker_id,
+                    "ids": [o.id for o in outcomes],
+                    "attempts": [o.attempt for o in outcomes],
+                    "statuses": [o.status for o in outcomes],
+                    "results": [o.result_json for o in outcomes],
+                    "errors": [psycopg.types.json.Jsonb(o.error) if o.error else None for o in outcomes],
+                    "max_attempts": [o.max_attempts for o in outcomes],
+                    "retry_delays": [o.retry_delay for o in outcomes],
+                },
+            )
+            .fetchall()
+        )
+        return {row[0] for row in rows}
+
+    def release(self, *, worker_id: str, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        cursor = self.connect().execute(sql("release"), {"worker_id": worker_id, "ids": list(ids)})
+        return len(cursor.fetchall())
+
+    def count_ready(self, queues: Sequence[str] | None) -> int:
+        row = self.connect().execute(
+            sql("count_ready"), {"queues": list(queues) if queues else None}
+        ).fetchone()
+        return row[0]
+
+
+def listen_connection(using: str) -> psycopg.Connection:
+    """A connection LISTENing on the queue channel; read it with ``conn.notifies()``."""
+    conn = psycopg.connect(**connection_params(using), autocommit=True)
+    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+    return conn

@@ -1,0 +1,111 @@
+"""The handle a caller gets back: a ``django.tasks.TaskResult`` that knows our extra state."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+from django_tasks_q.compat import TaskError, TaskResult
+from django_tasks_q.exceptions import TaskTimeoutError
+from django_tasks_q.models import FINISHED_STATUSES, TaskStatus
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskFailure(TaskError):
+    """One failed attempt: Django's ``TaskError`` plus the message and where it happened."""
+
+    message: str = ""
+    attempt: int = 0
+    worker_id: str = ""
+    failed_at: str | None = None
+
+    @property
+    def type(self) -> str:
+        return self.exception_class_path
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskFailure:
+        return cls(
+            exception_class_path=data.get("type", ""),
+            traceback=data.get("traceback", ""),
+            message=data.get("message", ""),
+            attempt=data.get("attempt", 0),
+            worker_id=data.get("worker_id", ""),
+            failed_at=data.get("at"),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskHandle(TaskResult):
+    """State of one enqueued task. Call :meth:`refresh` or :meth:`wait` to see progress."""
+
+    attempt_count: int = 0
+    max_attempts: int = 1
+    run_after: datetime | None = None
+    queue: str = ""
+    priority: int = 0
+    _result_json: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # Arguments and results were checked as strict JSON on the way in; skip Django's
+        # normalisation pass.
+        object.__setattr__(self, "_return_value", self._result_json)
+
+    @property
+    def attempts(self) -> int:
+        """Attempts started so far (Django counts worker ids; we count claims)."""
+        return self.attempt_count
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    @property
+    def result(self) -> Any:
+        """The return value if the task succeeded, else ``None`` (see :attr:`error`)."""
+        return self._return_value if self.status == TaskStatus.SUCCESSFUL else None
+
+    @property
+    def error(self) -> TaskFailure | None:
+        """The latest failed attempt's error, or ``None``."""
+        return self.errors[-1] if self.errors else None
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    def refresh(self) -> None:
+        """Reload the state from the database."""
+        fresh = self.task.get_backend().get_result(self.id)
+        for item in fields(self):
+            if item.name not in ("task", "args", "kwargs", "backend"):
+                object.__setattr__(self, item.name, getattr(fresh, item.name))
+
+    def wait(self, timeout: float | None = None, *, poll_interval: float = 0.05) -> TaskHandle:
+        """Block until the task is finished (or ``timeout`` seconds pass) and return ``self``.
+
+        Raises :class:`~django_tasks_q.exceptions.TaskTimeoutError` on timeout.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = poll_interval
+        self.refresh()
+        while not self.is_finished:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TaskTimeoutError(
+                    f"Task {self.task.name} #{self.id} is still {self.status} after waiting "
+                    f"{timeout}s. Is a worker running for queue {self.queue!r}? "
+                    "(python manage.py runtaskworker)"
+                )
+            pause = interval if deadline is None else min(interval, max(0.0, deadline - time.monotonic()))
+            time.sleep(pause)
+            interval = min(interval * 1.5, 1.0)
+            self.refresh()
+        return self
+
+    def cancel(self) -> bool:
+        """Cancel the task if it has not started yet. Returns whether it was cancelled."""
+        cancelled = self.task.get_backend().cancel(self.id)
+        self.refresh()
+        return cancelled

@@ -1,0 +1,76 @@
+"""Strict JSON for task arguments and results.
+
+Arguments are checked at enqueue time so a task that could not be decoded identically by the
+worker is refused before anything is written. No pickle, ever: what is stored is plain JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class SerializationError(TypeError, ValueError):
+    """A value cannot be stored as JSON without changing its meaning."""
+
+
+def _describe(value: Any) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def check_json(value: Any, where: str) -> None:
+    """Raise :class:`SerializationError` naming ``where`` if ``value`` is not plain JSON.
+
+    Accepted: ``None``, ``bool``, ``int``, finite ``float``, ``str``, ``list``/``tuple`` of
+    accepted values and ``dict`` with ``str`` keys. Tuples come back as lists.
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SerializationError(
+                f"{where} is {value!r}, which JSON cannot represent; "
+                "pass a finite number or None instead."
+            )
+        return
+    if isinstance(value, Mapping) and type(value) is dict:
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SerializationError(
+                    f"{where} has a key {key!r} of type {_describe(key)}; JSON object keys "
+                    "must be strings (they would come back as strings)."
+                )
+            check_json(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, (list, tuple)) and isinstance(value, Sequence):
+        for index, item in enumerate(value):
+            check_json(item, f"{where}[{index}]")
+        return
+    raise SerializationError(
+        f"{where} is of type {_describe(value)}, which is not JSON-serialisable. "
+        "Pass plain JSON values (str, int, float, bool, None, list, dict) such as an id "
+        "instead of an object, and load the object inside the task."
+    )
+
+
+def check_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    for index, value in enumerate(args):
+        check_json(value, f"argument {index}")
+    for name, value in kwargs.items():
+        check_json(value, f"keyword argument {name!r}")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def result_to_json(value: Any) -> tuple[str | None, str | None]:
+    """Encode a task's return value; returns ``(json, None)`` or ``(None, reason)``."""
+    try:
+        check_json(value, "the return value")
+    except SerializationError as exc:
+        return None, str(exc)
+    return dumps(value), None

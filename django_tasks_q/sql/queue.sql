@@ -1,0 +1,123 @@
+-- Every statement the queue runs. Loaded once by django_tasks_q.queue, by name.
+-- Time comparisons use the database clock (now()): workers on many hosts must agree.
+
+-- name: enqueue
+-- One row; the NOTIFY is part of the same transaction, so it is delivered only if the
+-- caller commits, and only after the row is visible to the woken worker.
+WITH inserted AS (
+    INSERT INTO django_tasks_q_task
+        (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
+         attempts, max_attempts, timeout, worker_id, errors)
+    VALUES
+        (%(name)s, %(queue)s, %(priority)s, 'READY', %(args)s::jsonb, %(kwargs)s::jsonb,
+         COALESCE(%(run_after)s::timestamptz, now()), now(),
+         0, %(max_attempts)s, %(timeout)s, '', '[]'::jsonb)
+    RETURNING id, queue, run_after, enqueued_at
+),
+notified AS (
+    SELECT pg_notify('django_tasks_q', queue) FROM inserted WHERE %(notify)s AND run_after <= now()
+)
+SELECT id, run_after, enqueued_at, (SELECT count(*) FROM notified)
+FROM inserted;
+
+-- name: enqueue_many
+-- INSERT … SELECT FROM unnest() returns rows in input order, which maps ids back to calls.
+WITH inserted AS (
+    INSERT INTO django_tasks_q_task
+        (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
+         attempts, max_attempts, timeout, worker_id, errors)
+    SELECT %(name)s, %(queue)s, %(priority)s, 'READY', call.args, call.kwargs,
+           COALESCE(%(run_after)s::timestamptz, now()), now(),
+           0, %(max_attempts)s, %(timeout)s, '', '[]'::jsonb
+    FROM unnest(%(args)s::jsonb[], %(kwargs)s::jsonb[]) WITH ORDINALITY AS call(args, kwargs, n)
+    ORDER BY call.n
+    RETURNING id, queue, run_after, enqueued_at
+),
+notified AS (
+    SELECT pg_notify('django_tasks_q', queue)
+    FROM (SELECT DISTINCT queue FROM inserted WHERE %(notify)s AND run_after <= now()) AS ready
+)
+SELECT id, run_after, enqueued_at, (SELECT count(*) FROM notified)
+FROM inserted;
+
+-- name: claim
+-- The MATERIALIZED CTE is an optimisation fence: it makes Postgres pick and lock the ids first
+-- (walking the partial ready index in claim order and skipping rows other workers hold), then
+-- join the UPDATE to exactly those ids. Without the fence the planner may inline the subquery
+-- and lock rows it then discards, or re-evaluate LIMIT against a different plan.
+-- %(queues)s is NULL to claim from every queue.
+WITH picked AS MATERIALIZED (
+    SELECT id
+    FROM django_tasks_q_task
+    WHERE status = 'READY'
+      AND run_after <= now()
+      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+    ORDER BY priority DESC, run_after, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE django_tasks_q_task AS task
+SET status = 'RUNNING',
+    attempts = task.attempts + 1,
+    started_at = COALESCE(task.started_at, now()),
+    last_attempted_at = now(),
+    worker_id = %(worker_id)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+FROM picked
+WHERE task.id = picked.id
+RETURNING task.id, task.name, task.queue, task.priority, task.args, task.kwargs,
+          task.attempts, task.max_attempts, task.timeout, task.run_after, task.enqueued_at,
+          task.started_at, task.last_attempted_at, task.errors;
+
+-- name: finish
+-- Records a batch of outcomes in one statement: SUCCESSFUL, FAILED, or READY again for a retry.
+-- The WHERE clause is the fence: only the worker holding this attempt may finish it.
+UPDATE django_tasks_q_task AS task
+SET status = outcome.status,
+    result = outcome.result,
+    errors = CASE
+        WHEN outcome.error IS NULL THEN task.errors
+        ELSE task.errors || jsonb_build_array(outcome.error || jsonb_build_object('at', now()))
+    END,
+    max_attempts = outcome.max_attempts,
+    run_after = CASE
+        WHEN outcome.status = 'READY' THEN now() + make_interval(secs => outcome.retry_delay)
+        ELSE task.run_after
+    END,
+    finished_at = CASE WHEN outcome.status = 'READY' THEN NULL ELSE now() END,
+    lease_expires_at = NULL
+FROM unnest(
+    %(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::text[], %(results)s::jsonb[],
+    %(errors)s::jsonb[], %(max_attempts)s::integer[], %(retry_delays)s::float8[]
+) AS outcome(id, attempt, status, result, error, max_attempts, retry_delay)
+WHERE task.id = outcome.id
+  AND task.status = 'RUNNING'
+  AND task.attempts = outcome.attempt
+  AND task.worker_id = %(worker_id)s
+RETURNING task.id;
+
+-- name: release
+-- Gives back claimed tasks this worker never started (shutdown): the claim did not count.
+UPDATE django_tasks_q_task
+SET status = 'READY',
+    attempts = attempts - 1,
+    started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END,
+    last_attempted_at = CASE WHEN attempts = 1 THEN NULL ELSE last_attempted_at END,
+    lease_expires_at = NULL
+WHERE id = ANY(%(ids)s::bigint[])
+  AND status = 'RUNNING'
+  AND worker_id = %(worker_id)s
+RETURNING id;
+
+-- name: cancel_ready
+UPDATE django_tasks_q_task
+SET status = 'CANCELLED', finished_at = now()
+WHERE id = %(id)s AND status = 'READY'
+RETURNING id;
+
+-- name: count_ready
+SELECT count(*)
+FROM django_tasks_q_task
+WHERE status = 'READY'
+  AND run_after <= now()
+  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]));

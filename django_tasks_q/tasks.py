@@ -1,0 +1,253 @@
+"""``@background_task`` and the task object it makes: a ``django.tasks.Task`` with our options."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.utils import timezone
+
+from django_tasks_q import registry
+from django_tasks_q.compat import (
+    DEFAULT_TASK_BACKEND_ALIAS,
+    DEFAULT_TASK_QUEUE_NAME,
+    InvalidTask,
+    Task,
+    TaskContext,
+    task_backends,
+)
+from django_tasks_q.exceptions import MaxRetriesExceededError, Retry
+
+if TYPE_CHECKING:
+    from django_tasks_q.results import TaskHandle
+
+DEFAULT_RETRY_DELAY = 180.0
+DEFAULT_RETRY_BACKOFF_MAX = 600.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackgroundTask(Task):
+    """A Django ``Task`` that runs on the Postgres queue, with Celery-style options."""
+
+    task_name: str = ""
+    max_retries: int = 0
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
+    retry_jitter: bool = True
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    default_retry_delay: float = DEFAULT_RETRY_DELAY
+    timeout: float | None = None
+    ignore_result: bool = False
+
+    def __post_init__(self) -> None:
+        _validate_options(self)
+        Task.__post_init__(self)
+        registry.register(self)
+
+    @property
+    def name(self) -> str:
+        """The registered name: ``task_name`` if given, else ``module.function``."""
+        return self.task_name or self.module_path
+
+    @property
+    def max_attempts(self) -> int:
+        return self.max_retries + 1
+
+    def get_backend(self):
+        # A project that never configured TASKS gets the Postgres backend, not Django's
+        # ImmediateBackend default: adding the app is enough to have a queue.
+        from django.conf import settings
+
+        if settings.is_overridden("TASKS"):
+            return task_backends[self.backend]
+        from django_tasks_q.backend import implicit_backend
+
+        return implicit_backend()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the function here and now, like calling the undecorated function."""
+        return self.call(*args, **kwargs)
+
+    def delay(self, *args: Any, **kwargs: Any) -> TaskHandle:
+        """Enqueue with these arguments (Celery spelling of ``enqueue``)."""
+        return self.enqueue(*args, **kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> TaskHandle:
+        """Enqueue with per-call options: start no sooner than ``countdown`` seconds from now
+        or ``eta``; override the task's ``queue`` and ``priority``."""
+        return self.with_options(
+            countdown=countdown, eta=eta, queue=queue, priority=priority
+        ).enqueue(*(args or ()), **(kwargs or {}))
+
+    def with_options(
+        self,
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> BackgroundTask:
+        if countdown is not None and eta is not None:
+            raise InvalidTask("Pass either countdown or eta, not both.")
+        if countdown is not None:
+            if not isinstance(countdown, (int, float)) or countdown < 0:
+                raise InvalidTask(f"countdown must be a number of seconds >= 0, got {countdown!r}.")
+            eta = timezone.now() + timedelta(seconds=countdown)
+        if (eta, queue, priority) == (None, None, None):
+            return self
+        return self.using(run_after=eta, queue_name=queue, priority=priority)
+
+    def enqueue_many(
+        self,
+        args_list: Iterable[Sequence[Any]],
+        kwargs_list: Iterable[Mapping[str, Any]] | None = None,
+    ) -> list[TaskHandle]:
+        """Enqueue one task per item in a single statement: ``add.enqueue_many([(1, 2), (3, 4)])``."""
+        args_list = [tuple(args) for args in args_list]
+        kwargs_list = [dict(k) for k in kwargs_list] if kwargs_list is not None else [{}] * len(args_list)
+        if len(kwargs_list) != len(args_list):
+            raise InvalidTask(
+                f"enqueue_many got {len(args_list)} argument tuples but {len(kwargs_list)} "
+                "keyword dicts; pass one of each per task."
+            )
+        return self.get_backend().enqueue_many(self, args_list, kwargs_list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackgroundTaskContext(TaskContext):
+    """What a ``takes_context`` / ``bind`` task receives as its first argument."""
+
+    @property
+    def task_id(self) -> str:
+        return self.task_result.id
+
+    @property
+    def max_attempts(self) -> int:
+        return self.task_result.max_attempts
+
+    def retry(
+        self,
+        *,
+        countdown: float | None = None,
+        exc: BaseException | None = None,
+        max_retries: int | None = None,
+    ) -> Retry:
+        """Stop this attempt and run the task again after ``countdown`` seconds (default: the
+        task's retry policy). On the last allowed attempt, fail with ``exc`` instead."""
+        attempts_allowed = (
+            max_retries + 1 if max_retries is not None else self.task_result.max_attempts
+        )
+        if self.attempt >= attempts_allowed and exc is None:
+            raise MaxRetriesExceededError(
+                f"Task {self.task_result.task.name} #{self.task_id} asked to retry on attempt "
+                f"{self.attempt} of {attempts_allowed}."
+            )
+        raise Retry(countdown=countdown, exc=exc, max_retries=max_retries)
+
+
+_OPTION_NAMES = (
+    "name", "queue", "priority", "max_retries", "retry_backoff", "retry_backoff_max",
+    "retry_jitter", "autoretry_for", "default_retry_delay", "timeout", "ignore_result", "bind",
+    "takes_context", "backend",
+)  # fmt: skip
+
+
+def background_task(
+    function: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    queue: str = DEFAULT_TASK_QUEUE_NAME,
+    priority: int = 0,
+    max_retries: int = 0,
+    retry_backoff: bool | float = False,
+    retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
+    retry_jitter: bool = True,
+    autoretry_for: Iterable[type[BaseException]] = (),
+    default_retry_delay: float = DEFAULT_RETRY_DELAY,
+    timeout: float | None = None,
+    ignore_result: bool = False,
+    bind: bool = False,
+    takes_context: bool = False,
+    backend: str = DEFAULT_TASK_BACKEND_ALIAS,
+    **unknown: Any,
+) -> Any:
+    """Turn a module-level function into a task. Usable bare or with options."""
+    if unknown:
+        option = next(iter(unknown))
+        close = difflib.get_close_matches(option, _OPTION_NAMES, n=1)
+        hint = f", did you mean {close[0]!r}?" if close else f"; valid options: {', '.join(_OPTION_NAMES)}"
+        raise TypeError(f"@background_task got an unknown option {option!r}{hint}")
+
+    def decorate(func: Callable[..., Any]) -> BackgroundTask:
+        return BackgroundTask(
+            func=func,
+            task_name=name or "",
+            queue_name=queue,
+            priority=priority,
+            backend=backend,
+            takes_context=bind or takes_context,
+            max_retries=max_retries,
+            retry_backoff=retry_backoff,
+            retry_backoff_max=retry_backoff_max,
+            retry_jitter=retry_jitter,
+            autoretry_for=tuple(autoretry_for),
+            default_retry_delay=default_retry_delay,
+            timeout=timeout,
+            ignore_result=ignore_result,
+        )
+
+    if function is not None:
+        return decorate(function)
+    return decorate
+
+
+def send_task(
+    name: str,
+    args: Sequence[Any] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> TaskHandle:
+    """Enqueue a registered task by name; ``options`` are those of ``apply_async``."""
+    return registry.get(name).apply_async(args, kwargs, **options)
+
+
+def _validate_options(task: BackgroundTask) -> None:
+    where = f"Task {task.module_path}"
+    if not isinstance(task.max_retries, int) or isinstance(task.max_retries, bool) or task.max_retries < 0:
+        raise InvalidTask(f"{where}: max_retries must be an int >= 0, got {task.max_retries!r}.")
+    backoff = task.retry_backoff
+    if not isinstance(backoff, (bool, int, float)) or (not isinstance(backoff, bool) and backoff <= 0):
+        raise InvalidTask(
+            f"{where}: retry_backoff must be False, True or a base delay in seconds > 0, "
+            f"got {backoff!r}."
+        )
+    for option in ("retry_backoff_max", "default_retry_delay"):
+        value = getattr(task, option)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise InvalidTask(f"{where}: {option} must be a number of seconds >= 0, got {value!r}.")
+    if task.timeout is not None and (
+        not isinstance(task.timeout, (int, float)) or isinstance(task.timeout, bool) or task.timeout <= 0
+    ):
+        raise InvalidTask(f"{where}: timeout must be a number of seconds > 0 or None, got {task.timeout!r}.")
+    for exc_class in task.autoretry_for:
+        if not (inspect.isclass(exc_class) and issubclass(exc_class, BaseException)):
+            raise InvalidTask(
+                f"{where}: autoretry_for must list exception classes, got {exc_class!r}."
+            )
+    if not isinstance(task.queue_name, str) or not task.queue_name or len(task.queue_name) > 100:
+        raise InvalidTask(f"{where}: queue must be a non-empty name of at most 100 characters.")
+    if len(task.name) > 255:
+        raise InvalidTask(f"{where}: the task name must be at most 255 characters.")

@@ -1,0 +1,3 @@
+from django_tasks_q.worker.worker import Worker
+
+__all__ = ["Worker"]

@@ -1,0 +1,209 @@
+"""Run one claimed task and describe how it ended. Knows tasks and signals, not SQL."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from typing import Any
+
+from django.db import connections
+
+from django_tasks_q import registry
+from django_tasks_q.backend import PostgresBackend
+from django_tasks_q.exceptions import Retry, UnknownTaskError
+from django_tasks_q.models import TaskStatus
+from django_tasks_q.queue import ClaimedTask, Outcome
+from django_tasks_q.results import TaskFailure, TaskHandle
+from django_tasks_q.retry import retry_delay, should_retry
+from django_tasks_q.serialization import result_to_json
+from django_tasks_q.signals import task_finished, task_retried, task_started
+from django_tasks_q.tasks import BackgroundTask, BackgroundTaskContext
+
+logger = logging.getLogger("django_tasks_q.worker")
+
+
+def error_entry(exc: BaseException, attempt: int, worker_id: str) -> dict[str, Any]:
+    kind = type(exc)
+    return {
+        "attempt": attempt,
+        "worker_id": worker_id,
+        "type": f"{kind.__module__}.{kind.__qualname__}",
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+class Runner:
+    """Executes claimed tasks for one worker. Safe to share between executor threads."""
+
+    def __init__(self, *, worker_id: str, backend: PostgresBackend) -> None:
+        self.worker_id = worker_id
+        self.backend = backend
+
+    def handle_for(self, task: BackgroundTask, claimed: ClaimedTask) -> TaskHandle:
+        errors = [TaskFailure.from_json(error) for error in claimed.errors]
+        return TaskHandle(
+            task=task,
+            id=str(claimed.id),
+            status=TaskStatus.RUNNING,
+            enqueued_at=claimed.enqueued_at,
+            started_at=claimed.started_at,
+            finished_at=None,
+            last_attempted_at=claimed.last_attempted_at,
+            args=claimed.args,
+            kwargs=claimed.kwargs,
+            backend=self.backend.alias,
+            errors=errors,
+            worker_ids=[*(e.worker_id for e in errors), self.worker_id],
+            attempt_count=claimed.attempt,
+            max_attempts=claimed.max_attempts,
+            run_after=claimed.run_after,
+            queue=claimed.queue,
+            priority=claimed.priority,
+        )
+
+    def run(self, claimed: ClaimedTask) -> Outcome:
+        try:
+            task = registry.get(claimed.name)
+        except UnknownTaskError as exc:
+            # Never import a dotted path from the database: only registered tasks run.
+            logger.error(
+                "Task %s #%s cannot run: %s", claimed.name, claimed.id, exc,
+                extra=self._extra(claimed, "failed"),
+            )
+            return Outcome(
+                id=claimed.id,
+                attempt=claimed.attempt,
+                status=TaskStatus.FAILED,
+                error=error_entry(exc, claimed.attempt, self.worker_id),
+                max_attempts=claimed.max_attempts,
+            )
+        if task.queue_name != claimed.queue or task.priority != claimed.priority:
+            task = task.using(queue_name=claimed.queue, priority=claimed.priority)
+        handle = self.handle_for(task, claimed)
+        sender = type(self.backend)
+        logger.info(
+            "Task started %s #%s attempt %s/%s",
+            claimed.name, claimed.id, claimed.attempt, claimed.max_attempts,
+            extra=self._extra(claimed, "started"),
+        )  # fmt: skip
+        task_started.send(sender, task_result=handle)
+        began = time.perf_counter()
+        try:
+            if task.takes_context:
+                value = task.call(
+                    BackgroundTaskContext(task_result=handle), *claimed.args, **claimed.kwargs
+                )
+            else:
+                value = task.call(*claimed.args, **claimed.kwargs)
+        except BaseException as exc:  # noqa: BLE001 - every failure is recorded, then judged
+            duration = time.perf_counter() - began
+            _discard_broken_connections()
+            outcome = self._failure(task, claimed, handle, exc, duration)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(exc, Retry):
+                raise
+            return outcome
+        duration = time.perf_counter() - began
+        if task.ignore_result:
+            result_json, problem = None, None
+        else:
+            result_json, problem = result_to_json(value)
+        if problem is not None:
+            error = TypeError(f"{problem} (the task ran; its return value could not be stored)")
+            return self._failure(task, claimed, handle, error, duration, retry=False)
+        object.__setattr__(handle, "status", TaskStatus.SUCCESSFUL)
+        object.__setattr__(handle, "_return_value", value if result_json is not None else None)
+        logger.info(
+            "Task succeeded %s #%s attempt %s/%s in %.3fs",
+            claimed.name, claimed.id, claimed.attempt, claimed.max_attempts, duration,
+            extra=self._extra(claimed, "succeeded", duration),
+        )  # fmt: skip
+        task_finished.send(sender, task_result=handle)
+        return Outcome(
+            id=claimed.id,
+            attempt=claimed.attempt,
+            status=TaskStatus.SUCCESSFUL,
+            result_json=result_json,
+            max_attempts=claimed.max_attempts,
+        )
+
+    def _failure(
+        self,
+        task: BackgroundTask,
+        claimed: ClaimedTask,
+        handle: TaskHandle,
+        exc: BaseException,
+        duration: float,
+        *,
+        retry: bool = True,
+    ) -> Outcome:
+        max_attempts = claimed.max_attempts
+        requested_delay = None
+        recorded = exc
+        if isinstance(exc, Retry):
+            if exc.max_retries is not None:
+                max_attempts = exc.max_retries + 1
+            requested_delay = exc.countdown
+            recorded = exc.exc or exc
+        error = error_entry(recorded, claimed.attempt, self.worker_id)
+        object.__setattr__(handle, "errors", [*handle.errors, TaskFailure.from_json(error)])
+        object.__setattr__(handle, "max_attempts", max_attempts)
+        sender = type(self.backend)
+        if retry and should_retry(task, exc, claimed.attempt, max_attempts):
+            delay = retry_delay(task, claimed.attempt, requested_delay)
+            object.__setattr__(handle, "status", TaskStatus.READY)
+            logger.warning(
+                "Task retrying %s #%s attempt %s/%s in %.3fs: %s: %s (next try in %.1fs)",
+                claimed.name, claimed.id, claimed.attempt, max_attempts, duration,
+                error["type"], error["message"], delay,
+                extra=self._extra(claimed, "retrying", duration),
+            )  # fmt: skip
+            task_retried.send(sender, task_result=handle, error=recorded, delay=delay)
+            return Outcome(
+                id=claimed.id,
+                attempt=claimed.attempt,
+                status=TaskStatus.READY,
+                error=error,
+                max_attempts=max_attempts,
+                retry_delay=delay,
+            )
+        object.__setattr__(handle, "status", TaskStatus.FAILED)
+        logger.error(
+            "Task failed %s #%s attempt %s/%s in %.3fs: %s: %s",
+            claimed.name, claimed.id, claimed.attempt, max_attempts, duration,
+            error["type"], error["message"],
+            extra=self._extra(claimed, "failed", duration),
+        )  # fmt: skip
+        task_finished.send(sender, task_result=handle)
+        return Outcome(
+            id=claimed.id,
+            attempt=claimed.attempt,
+            status=TaskStatus.FAILED,
+            error=error,
+            max_attempts=max_attempts,
+        )
+
+    @staticmethod
+    def _extra(claimed: ClaimedTask, outcome: str, duration: float | None = None) -> dict:
+        return {
+            "task_id": claimed.id,
+            "task_name": claimed.name,
+            "attempt": claimed.attempt,
+            "queue": claimed.queue,
+            "outcome": outcome,
+            "duration": duration,
+        }
+
+
+def _discard_broken_connections() -> None:
+    """After a failed task, drop this thread's Django connections that no longer work, so the
+    next task starts on a healthy one (connections are otherwise kept open between tasks)."""
+    for conn in connections.all(initialized_only=True):
+        if conn.in_atomic_block:
+            continue
+        if conn.errors_occurred:
+            if conn.is_usable():
+                conn.errors_occurred = False
+            else:
+                conn.close()

@@ -1,0 +1,248 @@
+"""The worker loop: claim ready tasks in batches, run them on threads, record outcomes in batches.
+
+One thread (the caller of :meth:`Worker.run`) owns the queue connection and is the only one
+talking to the queue; executor threads only run task functions. A listener thread turns
+NOTIFY into a wake-up; polling every ``poll_interval`` seconds covers everything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue as stdlib_queue
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+
+import psycopg
+
+from django_tasks_q.backend import PostgresBackend
+from django_tasks_q.queue import ClaimedTask, Outcome, QueueConnection, listen_connection
+from django_tasks_q.worker.runner import Runner
+
+logger = logging.getLogger("django_tasks_q.worker")
+
+_STOP = object()
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    """Runs tasks until stopped (or, with ``burst``, until no ready task is left)."""
+
+    def __init__(
+        self,
+        *,
+        backend: PostgresBackend,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 4,
+        batch_size: int = 50,
+        prefetch: int | None = None,
+        poll_interval: float = 1.0,
+        lease_seconds: float = 60.0,
+        listen: bool = True,
+        burst: bool = False,
+        worker_id: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
+        self.backend = backend
+        self.queues = list(queues) if queues else None
+        self.concurrency = concurrency
+        self.batch_size = batch_size
+        self.prefetch = batch_size if prefetch is None else max(0, prefetch)
+        self.poll_interval = poll_interval
+        self.lease_seconds = lease_seconds
+        self.listen = listen
+        self.burst = burst
+        self.worker_id = worker_id or default_worker_id()
+        self.runner = Runner(worker_id=self.worker_id, backend=backend)
+        self.connection = QueueConnection(backend.database)
+        self.processed = 0
+        self._jobs: stdlib_queue.SimpleQueue[ClaimedTask | object] = stdlib_queue.SimpleQueue()
+        self._outcomes: stdlib_queue.SimpleQueue[Outcome] = stdlib_queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._inflight = 0
+        self._threads: list[threading.Thread] = []
+        self._signals_received = 0
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming; running tasks finish, unstarted ones go back to READY."""
+        self._stopping.set()
+        self._wake.set()
+
+    def run(self) -> int:
+        """Run until stopped. Returns the process exit code (0 after a clean stop)."""
+        self._install_signal_handlers()
+        logger.info(
+            "Worker %s starting: queues=%s concurrency=%s batch_size=%s listen=%s",
+            self.worker_id, ",".join(self.queues) if self.queues else "*", self.concurrency,
+            self.batch_size, self.listen,
+        )  # fmt: skip
+        for index in range(self.concurrency):
+            thread = threading.Thread(
+                target=self._execute_jobs, name=f"tasks-q-executor-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        if self.listen:
+            threading.Thread(target=self._listen, name="tasks-q-listener", daemon=True).start()
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        logger.info("Worker %s stopped after %s tasks", self.worker_id, self.processed)
+        return 0
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_signal(signum: int, frame: object) -> None:
+            self._signals_received += 1
+            if self._signals_received == 1:
+                logger.info(
+                    "Worker %s got %s: finishing running tasks, then exiting",
+                    self.worker_id, signal.Signals(signum).name,
+                )  # fmt: skip
+                self.stop()
+            else:
+                logger.warning("Worker %s got a second signal: exiting now", self.worker_id)
+                raise SystemExit(1)
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    # -- main loop ----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        capacity = self.concurrency + self.prefetch
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                self._record_outcomes(block=False)
+                free = capacity - self._inflight
+                claimed: list[ClaimedTask] = []
+                if free > 0:
+                    limit = min(self.batch_size, free)
+                    claimed = self.connection.claim(
+                        worker_id=self.worker_id,
+                        queues=self.queues,
+                        limit=limit,
+                        lease_seconds=self.lease_seconds,
+                    )
+                    for task in claimed:
+                        self._jobs.put(task)
+                    self._inflight += len(claimed)
+                    if len(claimed) == limit:
+                        continue  # more may be ready: claim again before waiting
+                if self.burst and self._inflight == 0 and not claimed:
+                    return
+                backoff = 0.5
+            except psycopg.OperationalError as exc:
+                logger.error(
+                    "Worker %s lost the database (%s); reconnecting in %.1fs",
+                    self.worker_id, exc, backoff,
+                )  # fmt: skip
+                self.connection.close()
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            self._wake.wait(self.poll_interval)
+            self._wake.clear()
+
+    def _record_outcomes(self, *, block: bool, timeout: float | None = None) -> None:
+        outcomes: list[Outcome] = []
+        if block and self._inflight:
+            try:
+                outcomes.append(self._outcomes.get(timeout=timeout))
+            except stdlib_queue.Empty:
+                return
+        while True:
+            try:
+                outcomes.append(self._outcomes.get_nowait())
+            except stdlib_queue.Empty:
+                break
+        if not outcomes:
+            return
+        updated = self.connection.finish(worker_id=self.worker_id, outcomes=outcomes)
+        self._inflight -= len(outcomes)
+        self.processed += len(outcomes)
+        if len(updated) != len(outcomes):
+            lost = sorted({o.id for o in outcomes} - updated)
+            logger.warning(
+                "Worker %s no longer held tasks %s when they finished; their outcome was "
+                "not recorded (cancelled or recovered meanwhile)",
+                self.worker_id, lost,
+            )  # fmt: skip
+
+    # -- threads --------------------------------------------------------------------------
+
+    def _execute_jobs(self) -> None:
+        from django.db import connections
+
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is _STOP:
+                    return
+                try:
+                    outcome = self.runner.run(job)
+                except BaseException:
+                    logger.exception("Worker %s executor crashed on task #%s", self.worker_id, job.id)
+                    raise
+                self._outcomes.put(outcome)
+                self._wake.set()
+        finally:
+            connections.close_all()
+
+    def _listen(self) -> None:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                with listen_connection(self.backend.database) as conn:
+                    backoff = 0.5
+                    while not self._stopping.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self._wake.set()
+            except psycopg.Error as exc:
+                logger.warning("Worker %s listener reconnecting: %s", self.worker_id, exc)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        unstarted: list[int] = []
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except stdlib_queue.Empty:
+                break
+            if job is not _STOP:
+                unstarted.append(job.id)
+        for _ in self._threads:
+            self._jobs.put(_STOP)
+        try:
+            if unstarted:
+                released = self.connection.release(worker_id=self.worker_id, ids=unstarted)
+                self._inflight -= len(unstarted)
+                logger.info("Worker %s returned %s unstarted tasks to the queue", self.worker_id, released)
+            while self._inflight > 0:
+                self._record_outcomes(block=True, timeout=1.0)
+        finally:
+            for thread in self._threads:
+                thread.join(timeout=5)
+            self.connection.close()
