@@ -214,7 +214,7 @@ class QueueConnection:
                     "results": [o.result_json for o in outcomes],
                     "errors": [psycopg.types.json.Jsonb(o.error) if o.error else None for o in outcomes],
                     "max_attempts": [o.max_attempts for o in outcomes],
-                    "retry_delays": [o.retry_delay for o in outcomes],
+                    "retry_delays": [float(o.retry_delay) for o in outcomes],
                 },
             )
             .fetchall()

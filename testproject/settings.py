@@ -83,5 +83,7 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {
         "django_tasks_q": {"handlers": ["console"], "level": env.str("TASKS_Q_LOG_LEVEL", "INFO")},
+        # django_tasks_q logs each task itself; Django's own per-task lines would repeat them.
+        "django.tasks": {"level": "WARNING"},
     },
 }

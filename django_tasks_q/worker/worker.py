@@ -85,7 +85,6 @@ class Worker:
 
     def run(self) -> int:
         """Run until stopped. Returns the process exit code (0 after a clean stop)."""
-        self._install_signal_handlers()
         logger.info(
             "Worker %s starting: queues=%s concurrency=%s batch_size=%s listen=%s",
             self.worker_id, ",".join(self.queues) if self.queues else "*", self.concurrency,
@@ -106,9 +105,8 @@ class Worker:
         logger.info("Worker %s stopped after %s tasks", self.worker_id, self.processed)
         return 0
 
-    def _install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
+    def install_signal_handlers(self) -> None:
+        """SIGTERM / SIGINT stop the worker gracefully; a second one exits at once."""
 
         def on_signal(signum: int, frame: object) -> None:
             self._signals_received += 1

@@ -15,6 +15,10 @@ def queue_list(value: str) -> list[str]:
     return queues
 
 
+def _option(options: dict, name: str, default):
+    return default if options[name] is None else options[name]
+
+
 class Command(BaseCommand):
     help = "Run tasks from the PostgreSQL queue until stopped with SIGTERM or Ctrl-C."
 
@@ -56,10 +60,10 @@ class Command(BaseCommand):
             worker = Worker(
                 backend=get_backend(options["backend"]),
                 queues=options["queues"],
-                concurrency=options["concurrency"] or conf.CONCURRENCY,
-                batch_size=options["batch_size"] or conf.BATCH_SIZE,
-                prefetch=options["prefetch"] if options["prefetch"] is not None else conf.PREFETCH,
-                poll_interval=options["poll_interval"] or conf.POLL_INTERVAL,
+                concurrency=_option(options, "concurrency", conf.CONCURRENCY),
+                batch_size=_option(options, "batch_size", conf.BATCH_SIZE),
+                prefetch=_option(options, "prefetch", conf.PREFETCH),
+                poll_interval=_option(options, "poll_interval", conf.POLL_INTERVAL),
                 lease_seconds=conf.LEASE_SECONDS,
                 listen=conf.LISTEN_NOTIFY,
                 burst=options["burst"],
@@ -67,6 +71,7 @@ class Command(BaseCommand):
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
+        worker.install_signal_handlers()
         code = worker.run()
         if code:
             sys.exit(code)

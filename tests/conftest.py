@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.02,
+              message: str = "condition") -> object:  # fmt: skip
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def database_url_for_subprocess() -> str:
+    params = connection.settings_dict
+    host = quote(params["HOST"] or "", safe="")
+    password = f":{quote(params['PASSWORD'])}" if params.get("PASSWORD") else ""
+    return f"postgres://{params['USER']}{password}@{host}:{params['PORT'] or 5432}/{params['NAME']}"
+
+
+class WorkerProcess:
+    def __init__(self, process: subprocess.Popen, log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float = 30) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            pytest.fail(f"worker {self.pid} did not exit within {timeout}s; log:\n{self.log()}")
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real ``manage.py runtaskworker`` processes against the test database."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        environment = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DATABASE_URL": database_url_for_subprocess(),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        with log_path.open("w") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, str(ROOT / "manage.py"), "runtaskworker", *args],
+                cwd=ROOT,
+                env=environment,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        worker = WorkerProcess(process, log_path)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.process.poll() is None:
+            worker.process.kill()
+            worker.process.wait(timeout=10)
+
+
+def run_burst_worker(**options):
+    """Run an in-process worker until no ready task is left; returns it for inspection."""
+    from django_tasks_q.backend import get_backend
+    from django_tasks_q.worker import Worker
+
+    defaults = {"concurrency": 2, "listen": False, "poll_interval": 0.05, "burst": True}
+    worker = Worker(backend=get_backend(), **{**defaults, **options})
+    assert worker.run() == 0
+    return worker

@@ -1,0 +1,155 @@
+"""The queue SQL on its own: claim order, locking, fencing, release, cancel."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection, transaction
+from django.utils import timezone
+
+from django_tasks_q import queue
+from django_tasks_q.models import Task, TaskStatus
+from django_tasks_q.queue import Outcome, QueueConnection
+from tests.testapp import tasks
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def qconn():
+    conn = QueueConnection("default")
+    yield conn
+    conn.close()
+
+
+def claim(conn, limit=10, worker_id="w1", queues=None):
+    return conn.claim(worker_id=worker_id, queues=queues, limit=limit, lease_seconds=60)
+
+
+def test_claim_takes_higher_priority_first_then_oldest(qconn):
+    low = tasks.add.apply_async(args=(1, 1), priority=-5)
+    first = tasks.add.apply_async(args=(1, 2))
+    second = tasks.add.apply_async(args=(1, 3))
+    urgent = tasks.add.apply_async(args=(1, 4), priority=50)
+
+    claimed = claim(qconn, limit=3)
+    assert [str(t.id) for t in claimed] == [urgent.id, first.id, second.id]
+    assert [str(t.id) for t in claim(qconn)] == [low.id]
+
+
+def test_claim_skips_tasks_scheduled_for_later(qconn):
+    tasks.add.apply_async(args=(1, 1), countdown=3600)
+    now = tasks.add.delay(1, 2)
+    assert [str(t.id) for t in claim(qconn)] == [now.id]
+
+
+def test_claim_filters_by_queue(qconn):
+    tasks.add.apply_async(args=(1, 1), queue="a")
+    b = tasks.add.apply_async(args=(1, 2), queue="b")
+    assert [str(t.id) for t in claim(qconn, queues=["b", "c"])] == [b.id]
+
+
+def test_claim_marks_running_counts_the_attempt_and_records_the_holder(qconn):
+    handle = tasks.add.delay(1, 2)
+    [claimed] = claim(qconn, worker_id="worker-a")
+    row = Task.objects.get(pk=handle.id)
+    assert (row.status, row.attempts, row.worker_id) == ("RUNNING", 1, "worker-a")
+    assert claimed.attempt == 1 and claimed.args == [1, 2]
+    assert row.started_at is not None and row.lease_expires_at > row.started_at
+
+
+def test_a_locked_row_is_skipped_not_waited_for(qconn):
+    first = tasks.add.delay(1, 1)
+    second = tasks.add.delay(1, 2)
+    # Another session holds the first row's lock (as a concurrent claim would).
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM django_tasks_q_task WHERE id = %s FOR UPDATE", [first.id])
+        assert [str(t.id) for t in claim(qconn)] == [second.id]
+
+
+def test_two_claims_never_return_the_same_task():
+    tasks.add.enqueue_many([(i, i) for i in range(40)])
+    a, b = QueueConnection("default"), QueueConnection("default")
+    try:
+        seen = []
+        while batch := claim(a, limit=7, worker_id="a") + claim(b, limit=5, worker_id="b"):
+            seen += [t.id for t in batch]
+    finally:
+        a.close()
+        b.close()
+    assert len(seen) == len(set(seen)) == 40
+
+
+def test_finish_records_success_failure_and_retry_in_one_statement(qconn):
+    ok, bad, again = (tasks.add.delay(1, i) for i in range(3))
+    claim(qconn)
+    error = {"type": "builtins.ValueError", "message": "nope", "traceback": "...", "attempt": 1}
+    updated = qconn.finish(
+        worker_id="w1",
+        outcomes=[
+            Outcome(id=int(ok.id), attempt=1, status="SUCCESSFUL", result_json='{"a": 1}'),
+            Outcome(id=int(bad.id), attempt=1, status="FAILED", error=error),
+            Outcome(id=int(again.id), attempt=1, status="READY", error=error, max_attempts=3, retry_delay=30),
+        ],
+    )
+    assert updated == {int(ok.id), int(bad.id), int(again.id)}
+    ok_row, bad_row, again_row = (Task.objects.get(pk=h.id) for h in (ok, bad, again))
+    assert (ok_row.status, ok_row.result, ok_row.finished_at is not None) == ("SUCCESSFUL", {"a": 1}, True)
+    assert bad_row.status == "FAILED" and bad_row.errors[0]["message"] == "nope"
+    assert "at" in bad_row.errors[0]
+    assert again_row.status == "READY" and again_row.finished_at is None
+    assert again_row.run_after > timezone.now() + timedelta(seconds=25)
+    assert again_row.max_attempts == 3
+
+
+def test_finish_by_a_worker_that_no_longer_holds_the_task_changes_nothing(qconn):
+    handle = tasks.add.delay(1, 2)
+    claim(qconn, worker_id="owner")
+    stale = [Outcome(id=int(handle.id), attempt=1, status="SUCCESSFUL", result_json="3")]
+    assert qconn.finish(worker_id="someone-else", outcomes=stale) == set()
+    wrong_attempt = [Outcome(id=int(handle.id), attempt=2, status="SUCCESSFUL", result_json="3")]
+    assert qconn.finish(worker_id="owner", outcomes=wrong_attempt) == set()
+    assert Task.objects.get(pk=handle.id).status == "RUNNING"
+
+
+def test_release_returns_unstarted_tasks_without_counting_the_attempt(qconn):
+    handle = tasks.add.delay(1, 2)
+    claim(qconn, worker_id="w1")
+    assert qconn.release(worker_id="other", ids=[int(handle.id)]) == 0
+    assert qconn.release(worker_id="w1", ids=[int(handle.id)]) == 1
+    row = Task.objects.get(pk=handle.id)
+    assert (row.status, row.attempts, row.started_at) == ("READY", 0, None)
+
+
+def test_cancel_only_affects_tasks_that_have_not_started(qconn):
+    ready = tasks.add.delay(1, 1)
+    running = tasks.add.delay(1, 2)
+    assert ready.cancel() is True
+    assert ready.status == TaskStatus.CANCELLED and ready.finished_at is not None
+    claim(qconn)
+    assert running.cancel() is False
+    assert Task.objects.get(pk=running.id).status == "RUNNING"
+
+
+def test_claim_is_served_by_the_partial_ready_index():
+    tasks.add.enqueue_many([(i, i) for i in range(2000)])
+    Task.objects.filter(id__in=Task.objects.order_by("id").values("id")[:1900]).update(status="SUCCESSFUL")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE django_tasks_q_task")
+        cursor.execute(
+            "EXPLAIN " + queue.sql("claim"),
+            {"queues": None, "limit": 10, "worker_id": "w", "lease_seconds": 60},
+        )
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "tasks_q_ready_idx" in plan, plan
+
+
+def test_enqueue_notifies_listeners_only_on_commit():
+    listener = queue.listen_connection("default")
+    try:
+        with transaction.atomic():
+            tasks.add.delay(1, 2)
+            assert list(listener.notifies(timeout=0.2)) == []
+        notes = list(listener.notifies(timeout=5, stop_after=1))
+        assert [(n.channel, n.payload) for n in notes] == [("django_tasks_q", "default")]
+    finally:
+        listener.close()

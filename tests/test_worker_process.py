@@ -1,0 +1,144 @@
+"""runtaskworker as a real process: wake-up, polling, signals, concurrency."""
+
+import time
+
+import pytest
+from django.db.models import Count
+
+from django_tasks_q.models import Task
+from tests.conftest import wait_for
+from tests.testapp import tasks
+from tests.testapp.models import Execution
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def worker_ready(worker):
+    return wait_for(lambda: "starting" in worker.log(), message="the worker to start")
+
+
+def test_handle_wait_returns_once_a_worker_ran_the_task(start_worker):
+    worker = start_worker("--concurrency", "2")
+    handle = tasks.add.delay(40, 2)
+    assert handle.wait(timeout=20).result == 42
+    assert handle.status == "SUCCESSFUL"
+    worker.terminate()
+    assert worker.wait() == 0
+
+
+def test_idle_worker_is_woken_by_notify_not_by_polling(start_worker):
+    # A 60 s poll interval: only LISTEN/NOTIFY can start the task within the deadline.
+    worker = start_worker("--poll-interval", "60")
+    worker_ready(worker)
+    wait_for(lambda: "LISTEN" in _pg_listeners(), message="the worker to LISTEN")
+    handle = tasks.add.delay(1, 1)
+    handle.wait(timeout=10)
+    row = Task.objects.get(pk=handle.id)
+    assert (row.last_attempted_at - row.enqueued_at).total_seconds() < 5
+    worker.terminate()
+    assert worker.wait() == 0
+
+
+def test_without_listen_the_worker_polls(start_worker):
+    worker = start_worker("--poll-interval", "0.2", env={"TASKS_Q_LISTEN_NOTIFY": "false"})
+    worker_ready(worker)
+    handle = tasks.add.delay(2, 2)
+    assert handle.wait(timeout=15).result == 4
+    assert "LISTEN" not in _pg_listeners()
+    worker.terminate()
+    assert worker.wait() == 0
+
+
+def test_sigterm_finishes_the_running_task_returns_unstarted_ones_and_exits_0(start_worker):
+    slow = tasks.sleep_then_record.delay("slow", 3)
+    waiting = [tasks.record.delay(f"after-{i}") for i in range(3)]
+    # One thread, room to prefetch the three quick tasks behind the slow one.
+    worker = start_worker("--concurrency", "1", "--prefetch", "5")
+    wait_for(lambda: Task.objects.filter(status="RUNNING").count() == 4,
+             message="the worker to claim all four tasks")  # fmt: skip
+    worker.terminate()
+    assert worker.wait(timeout=30) == 0
+
+    assert Task.objects.get(pk=slow.id).status == "SUCCESSFUL"
+    assert Execution.objects.filter(key="slow").count() == 1
+    for handle in waiting:
+        row = Task.objects.get(pk=handle.id)
+        assert (row.status, row.attempts) == ("READY", 0)
+    assert not Execution.objects.filter(key__startswith="after-").exists()
+    assert "returned 3 unstarted tasks to the queue" in worker.log()
+
+    # They run later, on the next worker.
+    second = start_worker("--burst")
+    assert second.wait() == 0
+    assert Execution.objects.filter(key__startswith="after-").count() == 3
+
+
+def test_burst_exits_0_once_no_ready_task_is_left(start_worker):
+    tasks.add.enqueue_many([(i, i) for i in range(50)])
+    tasks.add.apply_async(args=(0, 0), countdown=3600)
+    worker = start_worker("--burst", "--concurrency", "3")
+    assert worker.wait() == 0
+    assert Task.objects.filter(status="SUCCESSFUL").count() == 50
+    assert Task.objects.filter(status="READY").count() == 1
+
+
+def test_queues_option_only_takes_those_queues(start_worker):
+    mine = tasks.add.apply_async(args=(1, 1), queue="emails")
+    other = tasks.add.apply_async(args=(1, 1), queue="reports")
+    worker = start_worker("--queues", "emails,bulk", "--burst")
+    assert worker.wait() == 0
+    assert Task.objects.get(pk=mine.id).status == "SUCCESSFUL"
+    assert Task.objects.get(pk=other.id).status == "READY"
+
+
+def test_worker_id_option_is_recorded_on_tasks(start_worker):
+    handle = tasks.add.delay(1, 1)
+    assert start_worker("--burst", "--worker-id", "reports-1").wait() == 0
+    assert Task.objects.get(pk=handle.id).worker_id == "reports-1"
+
+
+def test_bad_option_values_are_refused(start_worker):
+    worker = start_worker("--concurrency", "0")
+    assert worker.wait() != 0
+    assert "concurrency must be at least 1" in worker.log()
+
+
+@pytest.mark.slow
+def test_four_workers_execute_each_of_5000_tasks_exactly_once(start_worker):
+    total = 5000
+    workers = [start_worker("--concurrency", "2", "--poll-interval", "0.2") for _ in range(4)]
+    for chunk in range(0, total, 1000):
+        tasks.record.enqueue_many([(f"t{i}",) for i in range(chunk, chunk + 1000)])
+    wait_for(
+        lambda: not Task.objects.filter(status__in=["READY", "RUNNING"]).exists(),
+        timeout=120, interval=0.2, message="all tasks to finish",
+    )  # fmt: skip
+    for worker in workers:
+        worker.terminate()
+    assert [worker.wait() for worker in workers] == [0, 0, 0, 0]
+
+    assert Task.objects.filter(status="SUCCESSFUL").count() == total
+    assert Execution.objects.count() == total
+    assert Execution.objects.values("key").distinct().count() == total
+    # The work was shared: every worker process ran some of it.
+    per_worker = Execution.objects.values("worker").annotate(n=Count("id"))
+    assert len(per_worker) == 4, list(per_worker)
+
+
+def _pg_listeners() -> str:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT string_agg(query, ' ') FROM pg_stat_activity "
+            "WHERE datname = current_database() AND query ILIKE 'LISTEN%%'"
+        )
+        return cursor.fetchone()[0] or ""
+
+
+def test_latency_helper_is_monotonic():
+    # Guards the deadline helper the other tests rely on: it must give up, not hang.
+    start = time.monotonic()
+    with pytest.raises(pytest.fail.Exception):
+        wait_for(lambda: False, timeout=0.1)
+    assert time.monotonic() - start < 2

@@ -1,0 +1,86 @@
+"""Tasks the test-suite enqueues; workers started by tests find them by autodiscovery."""
+
+import os
+import time
+
+from django_tasks_q import background_task
+from tests.testapp.models import Execution
+
+
+class TransientError(Exception):
+    pass
+
+
+class PermanentError(Exception):
+    pass
+
+
+@background_task
+def add(x, y):
+    return x + y
+
+
+@background_task
+def record(key):
+    Execution.objects.create(key=key, worker=str(os.getpid()))
+    return key
+
+
+@background_task(bind=True)
+def record_attempt(context, key):
+    Execution.objects.create(key=key, attempt=context.attempt)
+    return context.attempt
+
+
+@background_task
+def sleep_then_record(key, seconds):
+    time.sleep(seconds)
+    Execution.objects.create(key=key)
+    return key
+
+
+@background_task(max_retries=3, default_retry_delay=0)
+def fail_until(key, succeed_on):
+    attempt = Execution.objects.filter(key=key).count() + 1
+    Execution.objects.create(key=key, attempt=attempt)
+    if attempt < succeed_on:
+        raise TransientError(f"attempt {attempt} failed")
+    return attempt
+
+
+@background_task(max_retries=2, default_retry_delay=0)
+def always_fails():
+    raise TransientError("it never works")
+
+
+@background_task(max_retries=5, default_retry_delay=0, autoretry_for=(TransientError,))
+def permanent_failure():
+    raise PermanentError("do not retry me")
+
+
+@background_task(max_retries=2, bind=True)
+def retry_via_context(context, key):
+    Execution.objects.create(key=key, attempt=context.attempt)
+    if context.attempt < 3:
+        context.retry(countdown=0, exc=TransientError(f"asked on attempt {context.attempt}"))
+    return context.attempt
+
+
+@background_task(max_retries=1, bind=True)
+def retry_forever_via_context(context):
+    context.retry(countdown=0, exc=TransientError("still not ready"))
+
+
+@background_task
+def returns_unserialisable():
+    return object()
+
+
+@background_task(ignore_result=True)
+def result_ignored():
+    return {"big": "value"}
+
+
+@background_task(name="custom.task.name", queue="other", priority=5, timeout=12.5)
+def named_task():
+    return "named"
