@@ -66,8 +66,10 @@ class PostgresBackend(BaseTaskBackend):
                 f"{where} takes a context (bind/takes_context) but has no parameter to receive it."
             )
         priority = task.priority
-        if isinstance(priority, bool) or not isinstance(priority, int) or not (
-            TASK_MIN_PRIORITY <= priority <= TASK_MAX_PRIORITY
+        if (
+            isinstance(priority, bool)
+            or not isinstance(priority, int)
+            or not (TASK_MIN_PRIORITY <= priority <= TASK_MAX_PRIORITY)
         ):
             raise InvalidTask(
                 f"{where}: priority must be a whole number between {TASK_MIN_PRIORITY} and "

@@ -26,8 +26,13 @@ def _is_number(value: Any) -> bool:
 def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     value = getattr(settings, SETTING_NAME, {})
     if not isinstance(value, dict):
-        return [_error(f"{SETTING_NAME} must be a dict, got {type(value).__name__}.",
-                       f"Set {SETTING_NAME} = {{}} or remove it.", "E001")]  # fmt: skip
+        return [
+            _error(
+                f"{SETTING_NAME} must be a dict, got {type(value).__name__}.",
+                f"Set {SETTING_NAME} = {{}} or remove it.",
+                "E001",
+            )
+        ]
     errors: list[checks.CheckMessage] = []
     for key in value:
         if key not in DEFAULTS:
@@ -36,32 +41,62 @@ def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
             errors.append(_error(f"{SETTING_NAME} has an unknown key {key!r}.", hint, "E002"))
     for key in _POSITIVE_NUMBERS:
         if key in value and not (_is_number(value[key]) and value[key] > 0):
-            errors.append(_error(f"{SETTING_NAME}[{key!r}] must be a number > 0, got {value[key]!r}.",
-                                 f"For example {key!r}: {DEFAULTS[key]!r}.", "E003"))  # fmt: skip
+            errors.append(
+                _error(
+                    f"{SETTING_NAME}[{key!r}] must be a number > 0, got {value[key]!r}.",
+                    f"For example {key!r}: {DEFAULTS[key]!r}.",
+                    "E003",
+                )
+            )
     for key in _POSITIVE_INTS:
-        if key in value and not (isinstance(value[key], int) and not isinstance(value[key], bool)
-                                 and value[key] >= 1):  # fmt: skip
-            errors.append(_error(f"{SETTING_NAME}[{key!r}] must be an int >= 1, got {value[key]!r}.",
-                                 f"For example {key!r}: {DEFAULTS[key]!r}.", "E004"))  # fmt: skip
+        if key in value and not (
+            isinstance(value[key], int) and not isinstance(value[key], bool) and value[key] >= 1
+        ):
+            errors.append(
+                _error(
+                    f"{SETTING_NAME}[{key!r}] must be an int >= 1, got {value[key]!r}.",
+                    f"For example {key!r}: {DEFAULTS[key]!r}.",
+                    "E004",
+                )
+            )
     prefetch = value.get("PREFETCH")
-    if prefetch is not None and not (isinstance(prefetch, int) and not isinstance(prefetch, bool)
-                                     and prefetch >= 0):  # fmt: skip
-        errors.append(_error(f"{SETTING_NAME}['PREFETCH'] must be None or an int >= 0, got {prefetch!r}.",
-                             "None claims up to BATCH_SIZE extra tasks; 0 claims only free slots.",
-                             "E005"))  # fmt: skip
+    if prefetch is not None and not (
+        isinstance(prefetch, int) and not isinstance(prefetch, bool) and prefetch >= 0
+    ):
+        errors.append(
+            _error(
+                f"{SETTING_NAME}['PREFETCH'] must be None or an int >= 0, got {prefetch!r}.",
+                "None claims up to BATCH_SIZE extra tasks; 0 claims only free slots.",
+                "E005",
+            )
+        )
     if "LISTEN_NOTIFY" in value and not isinstance(value["LISTEN_NOTIFY"], bool):
-        errors.append(_error(f"{SETTING_NAME}['LISTEN_NOTIFY'] must be True or False.",
-                             "Use False behind PgBouncer in transaction pooling mode.", "E006"))  # fmt: skip
+        errors.append(
+            _error(
+                f"{SETTING_NAME}['LISTEN_NOTIFY'] must be True or False.",
+                "Use False behind PgBouncer in transaction pooling mode.",
+                "E006",
+            )
+        )
     alias = value.get("DATABASE", DEFAULTS["DATABASE"])
     if alias not in settings.DATABASES:
-        errors.append(_error(f"{SETTING_NAME}['DATABASE'] is {alias!r}, which is not in DATABASES.",
-                             f"Use one of: {', '.join(settings.DATABASES)}.", "E007"))  # fmt: skip
+        errors.append(
+            _error(
+                f"{SETTING_NAME}['DATABASE'] is {alias!r}, which is not in DATABASES.",
+                f"Use one of: {', '.join(settings.DATABASES)}.",
+                "E007",
+            )
+        )
     elif "postgresql" not in settings.DATABASES[alias].get("ENGINE", ""):
-        errors.append(_error(
-            f"DATABASES[{alias!r}] uses {settings.DATABASES[alias].get('ENGINE')!r}; "
-            "django_tasks_q needs PostgreSQL.",
-            "Set ENGINE to 'django.db.backends.postgresql' or point TASKS_Q['DATABASE'] at a "
-            "PostgreSQL database.", "E008"))  # fmt: skip
+        errors.append(
+            _error(
+                f"DATABASES[{alias!r}] uses {settings.DATABASES[alias].get('ENGINE')!r}; "
+                "django_tasks_q needs PostgreSQL.",
+                "Set ENGINE to 'django.db.backends.postgresql' or point TASKS_Q['DATABASE'] at a "
+                "PostgreSQL database.",
+                "E008",
+            )
+        )
     return errors
 
 
@@ -79,17 +114,23 @@ def check_task_backends(app_configs=None, **kwargs) -> list[checks.CheckMessage]
     for alias in sorted({task.backend for task in registry.all_tasks().values()}):
         try:
             backend = task_backends[alias]
-        except Exception as exc:  # noqa: BLE001 - reported as a check, not a crash
-            messages.append(_error(f"Tasks use the TASKS alias {alias!r}, which cannot be loaded: {exc}",
-                                   "Add it to TASKS with BACKEND 'django_tasks_q.backend.PostgresBackend'.",
-                                   "E009"))  # fmt: skip
+        except Exception as exc:
+            messages.append(
+                _error(
+                    f"Tasks use the TASKS alias {alias!r}, which cannot be loaded: {exc}",
+                    "Add it to TASKS with BACKEND 'django_tasks_q.backend.PostgresBackend'.",
+                    "E009",
+                )
+            )
             continue
         if not isinstance(backend, PostgresBackend):
-            messages.append(checks.Warning(
-                f"@background_task tasks use TASKS[{alias!r}], which is "
-                f"{type(backend).__name__}: retries, timeouts and the worker do not apply.",
-                hint="Set its BACKEND to 'django_tasks_q.backend.PostgresBackend' (fine to "
-                "ignore in tests that run tasks immediately on purpose).",
-                id="django_tasks_q.W001",
-            ))  # fmt: skip
+            messages.append(
+                checks.Warning(
+                    f"@background_task tasks use TASKS[{alias!r}], which is "
+                    f"{type(backend).__name__}: retries, timeouts and the worker do not apply.",
+                    hint="Set its BACKEND to 'django_tasks_q.backend.PostgresBackend' (fine to "
+                    "ignore in tests that run tasks immediately on purpose).",
+                    id="django_tasks_q.W001",
+                )
+            )
     return messages

@@ -21,7 +21,7 @@ class TaskTimeoutError(TimeoutError):
     """``TaskHandle.wait()`` gave up before the task finished."""
 
 
-class Retry(Exception):  # noqa: N818 - the name users raise, as in Celery
+class Retry(Exception):
     """Raised by ``context.retry()`` to ask the worker to run the task again.
 
     ``countdown`` (seconds) or ``eta`` (aware datetime) choose when; ``exc`` is the error to
@@ -38,7 +38,9 @@ class Retry(Exception):  # noqa: N818 - the name users raise, as in Celery
         self.countdown = countdown
         self.exc = exc
         self.max_retries = max_retries
-        super().__init__(f"retry requested (countdown={countdown!r})" + (f": {exc!r}" if exc else ""))
+        super().__init__(
+            f"retry requested (countdown={countdown!r})" + (f": {exc!r}" if exc else "")
+        )
 
 
 class MaxRetriesExceededError(Exception):

@@ -212,7 +212,9 @@ class QueueConnection:
                     "attempts": [o.attempt for o in outcomes],
                     "statuses": [o.status for o in outcomes],
                     "results": [o.result_json for o in outcomes],
-                    "errors": [psycopg.types.json.Jsonb(o.error) if o.error else None for o in outcomes],
+                    "errors": [
+                        psycopg.types.json.Jsonb(o.error) if o.error else None for o in outcomes
+                    ],
                     "max_attempts": [o.max_attempts for o in outcomes],
                     "retry_delays": [float(o.retry_delay) for o in outcomes],
                 },
@@ -228,9 +230,11 @@ class QueueConnection:
         return len(cursor.fetchall())
 
     def count_ready(self, queues: Sequence[str] | None) -> int:
-        row = self.connect().execute(
-            sql("count_ready"), {"queues": list(queues) if queues else None}
-        ).fetchone()
+        row = (
+            self.connect()
+            .execute(sql("count_ready"), {"queues": list(queues) if queues else None})
+            .fetchone()
+        )
         return row[0]
 
 

@@ -98,7 +98,11 @@ class TaskHandle(TaskResult):
                     f"{timeout}s. Is a worker running for queue {self.queue!r}? "
                     "(python manage.py runtaskworker)"
                 )
-            pause = interval if deadline is None else min(interval, max(0.0, deadline - time.monotonic()))
+            pause = (
+                interval
+                if deadline is None
+                else min(interval, max(0.0, deadline - time.monotonic()))
+            )
             time.sleep(pause)
             interval = min(interval * 1.5, 1.0)
             self.refresh()

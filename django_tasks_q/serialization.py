@@ -18,7 +18,11 @@ class SerializationError(TypeError, ValueError):
 
 def _describe(value: Any) -> str:
     kind = type(value)
-    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    return (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
 
 
 def check_json(value: Any, where: str) -> None:

@@ -115,9 +115,14 @@ class BackgroundTask(Task):
         args_list: Iterable[Sequence[Any]],
         kwargs_list: Iterable[Mapping[str, Any]] | None = None,
     ) -> list[TaskHandle]:
-        """Enqueue one task per item in a single statement: ``add.enqueue_many([(1, 2), (3, 4)])``."""
+        """Enqueue one task per argument tuple, in one statement.
+
+        ``add.enqueue_many([(1, 2), (3, 4)])``; ``kwargs_list`` gives keyword arguments per task.
+        """
         args_list = [tuple(args) for args in args_list]
-        kwargs_list = [dict(k) for k in kwargs_list] if kwargs_list is not None else [{}] * len(args_list)
+        kwargs_list = (
+            [dict(k) for k in kwargs_list] if kwargs_list is not None else [{}] * len(args_list)
+        )
         if len(kwargs_list) != len(args_list):
             raise InvalidTask(
                 f"enqueue_many got {len(args_list)} argument tuples but {len(kwargs_list)} "
@@ -188,7 +193,11 @@ def background_task(
     if unknown:
         option = next(iter(unknown))
         close = difflib.get_close_matches(option, _OPTION_NAMES, n=1)
-        hint = f", did you mean {close[0]!r}?" if close else f"; valid options: {', '.join(_OPTION_NAMES)}"
+        hint = (
+            f", did you mean {close[0]!r}?"
+            if close
+            else f"; valid options: {', '.join(_OPTION_NAMES)}"
+        )
         raise TypeError(f"@background_task got an unknown option {option!r}{hint}")
 
     def decorate(func: Callable[..., Any]) -> BackgroundTask:
@@ -226,10 +235,16 @@ def send_task(
 
 def _validate_options(task: BackgroundTask) -> None:
     where = f"Task {task.module_path}"
-    if not isinstance(task.max_retries, int) or isinstance(task.max_retries, bool) or task.max_retries < 0:
+    if (
+        not isinstance(task.max_retries, int)
+        or isinstance(task.max_retries, bool)
+        or task.max_retries < 0
+    ):
         raise InvalidTask(f"{where}: max_retries must be an int >= 0, got {task.max_retries!r}.")
     backoff = task.retry_backoff
-    if not isinstance(backoff, (bool, int, float)) or (not isinstance(backoff, bool) and backoff <= 0):
+    if not isinstance(backoff, (bool, int, float)) or (
+        not isinstance(backoff, bool) and backoff <= 0
+    ):
         raise InvalidTask(
             f"{where}: retry_backoff must be False, True or a base delay in seconds > 0, "
             f"got {backoff!r}."
@@ -239,9 +254,13 @@ def _validate_options(task: BackgroundTask) -> None:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise InvalidTask(f"{where}: {option} must be a number of seconds >= 0, got {value!r}.")
     if task.timeout is not None and (
-        not isinstance(task.timeout, (int, float)) or isinstance(task.timeout, bool) or task.timeout <= 0
+        not isinstance(task.timeout, (int, float))
+        or isinstance(task.timeout, bool)
+        or task.timeout <= 0
     ):
-        raise InvalidTask(f"{where}: timeout must be a number of seconds > 0 or None, got {task.timeout!r}.")
+        raise InvalidTask(
+            f"{where}: timeout must be a number of seconds > 0 or None, got {task.timeout!r}."
+        )
     for exc_class in task.autoretry_for:
         if not (inspect.isclass(exc_class) and issubclass(exc_class, BaseException)):
             raise InvalidTask(

@@ -13,7 +13,7 @@ BASE_DIR = Path(__file__).resolve().parent
 env = environ.Env()
 
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
-SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="demo-only-not-a-secret")  # noqa: S105
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="demo-only-not-a-secret")
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
 
 if "DATABASE_URL" not in env:

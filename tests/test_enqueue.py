@@ -28,7 +28,9 @@ def test_delay_writes_a_ready_row_with_the_arguments():
 
 def test_apply_async_sets_queue_priority_and_countdown():
     before = timezone.now()
-    handle = tasks.add.apply_async(args=(1,), kwargs={"y": 2}, countdown=60, queue="bulk", priority=10)
+    handle = tasks.add.apply_async(
+        args=(1,), kwargs={"y": 2}, countdown=60, queue="bulk", priority=10
+    )
 
     row = Task.objects.get(pk=handle.id)
     assert (row.queue, row.priority, row.args, row.kwargs) == ("bulk", 10, [1], {"y": 2})
@@ -44,7 +46,12 @@ def test_apply_async_eta_is_stored_as_run_after():
 def test_task_options_are_recorded_on_the_row():
     handle = tasks.named_task.delay()
     row = Task.objects.get(pk=handle.id)
-    assert (row.name, row.queue, row.priority, row.timeout) == ("custom.task.name", "other", 5, 12.5)
+    assert (row.name, row.queue, row.priority, row.timeout) == (
+        "custom.task.name",
+        "other",
+        5,
+        12.5,
+    )
     assert Task.objects.get(pk=tasks.fail_until.delay("k", 2).id).max_attempts == 4
 
 
@@ -57,7 +64,10 @@ def test_send_task_enqueues_by_registered_name():
 
 
 def test_send_task_with_unknown_name_says_so_and_suggests():
-    with pytest.raises(UnknownTaskError, match=r"No task named 'tests.testapp.tasks.ad'.*Did you mean 'tests.testapp.tasks.add'"):
+    with pytest.raises(
+        UnknownTaskError,
+        match=r"No task named 'tests.testapp.tasks.ad'.*Did you mean 'tests.testapp.tasks.add'",
+    ):
         send_task("tests.testapp.tasks.ad", args=(1, 2))
     assert not Task.objects.exists()
 
@@ -149,7 +159,9 @@ RESTRICTED = {
 @override_settings(TASKS=RESTRICTED)
 def test_unknown_queue_is_refused_when_queues_are_restricted():
     tasks.add.apply_async(args=(1, 2), queue="emails")
-    with pytest.raises(InvalidTask, match=r"queue 'bulk' is not allowed by TASKS\['default'\]\['QUEUES'\]"):
+    with pytest.raises(
+        InvalidTask, match=r"queue 'bulk' is not allowed by TASKS\['default'\]\['QUEUES'\]"
+    ):
         tasks.add.apply_async(args=(1, 2), queue="bulk")
     assert list(Task.objects.values_list("queue", flat=True)) == ["emails"]
 
@@ -160,7 +172,9 @@ def test_any_queue_is_accepted_without_restriction():
 
 
 def test_unknown_decorator_option_suggests_the_right_one():
-    with pytest.raises(TypeError, match="unknown option 'retry_backof', did you mean 'retry_backoff'"):
+    with pytest.raises(
+        TypeError, match="unknown option 'retry_backof', did you mean 'retry_backoff'"
+    ):
         background_task(retry_backof=True)
 
 
@@ -207,7 +221,7 @@ def test_two_functions_cannot_share_a_task_name():
         pass
 
     other.__qualname__ = "other"
-    with pytest.raises(ImproperlyConfigured, match="Two tasks are named 'custom.task.name'"):
+    with pytest.raises(ImproperlyConfigured, match=r"Two tasks are named 'custom\.task\.name'"):
         background_task(name="custom.task.name")(other)
 
 

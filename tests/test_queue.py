@@ -88,12 +88,23 @@ def test_finish_records_success_failure_and_retry_in_one_statement(qconn):
         outcomes=[
             Outcome(id=int(ok.id), attempt=1, status="SUCCESSFUL", result_json='{"a": 1}'),
             Outcome(id=int(bad.id), attempt=1, status="FAILED", error=error),
-            Outcome(id=int(again.id), attempt=1, status="READY", error=error, max_attempts=3, retry_delay=30),
+            Outcome(
+                id=int(again.id),
+                attempt=1,
+                status="READY",
+                error=error,
+                max_attempts=3,
+                retry_delay=30,
+            ),
         ],
     )
     assert updated == {int(ok.id), int(bad.id), int(again.id)}
     ok_row, bad_row, again_row = (Task.objects.get(pk=h.id) for h in (ok, bad, again))
-    assert (ok_row.status, ok_row.result, ok_row.finished_at is not None) == ("SUCCESSFUL", {"a": 1}, True)
+    assert (ok_row.status, ok_row.result, ok_row.finished_at is not None) == (
+        "SUCCESSFUL",
+        {"a": 1},
+        True,
+    )
     assert bad_row.status == "FAILED" and bad_row.errors[0]["message"] == "nope"
     assert "at" in bad_row.errors[0]
     assert again_row.status == "READY" and again_row.finished_at is None
@@ -132,7 +143,9 @@ def test_cancel_only_affects_tasks_that_have_not_started(qconn):
 
 def test_claim_is_served_by_the_partial_ready_index():
     tasks.add.enqueue_many([(i, i) for i in range(2000)])
-    Task.objects.filter(id__in=Task.objects.order_by("id").values("id")[:1900]).update(status="SUCCESSFUL")
+    Task.objects.filter(id__in=Task.objects.order_by("id").values("id")[:1900]).update(
+        status="SUCCESSFUL"
+    )
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE django_tasks_q_task")
         cursor.execute(

@@ -67,7 +67,9 @@ def test_context_retry_runs_the_task_again_and_records_the_given_exception():
     run_burst_worker()
     handle.refresh()
     assert (handle.status, handle.result) == ("SUCCESSFUL", 3)
-    assert list(Execution.objects.filter(key="ctx").values_list("attempt", flat=True).order_by("id")) == [1, 2, 3]
+    assert list(
+        Execution.objects.filter(key="ctx").values_list("attempt", flat=True).order_by("id")
+    ) == [1, 2, 3]
     assert [e.message for e in handle.errors] == ["asked on attempt 1", "asked on attempt 2"]
 
 

@@ -69,7 +69,10 @@ class Runner:
         except UnknownTaskError as exc:
             # Never import a dotted path from the database: only registered tasks run.
             logger.error(
-                "Task %s #%s cannot run: %s", claimed.name, claimed.id, exc,
+                "Task %s #%s cannot run: %s",
+                claimed.name,
+                claimed.id,
+                exc,
                 extra=self._extra(claimed, "failed"),
             )
             return Outcome(
@@ -97,7 +100,7 @@ class Runner:
                 )
             else:
                 value = task.call(*claimed.args, **claimed.kwargs)
-        except BaseException as exc:  # noqa: BLE001 - every failure is recorded, then judged
+        except BaseException as exc:
             duration = time.perf_counter() - began
             _discard_broken_connections()
             outcome = self._failure(task, claimed, handle, exc, duration)

@@ -13,7 +13,6 @@ import queue as stdlib_queue
 import signal
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 
@@ -199,7 +198,9 @@ class Worker:
                 try:
                     outcome = self.runner.run(job)
                 except BaseException:
-                    logger.exception("Worker %s executor crashed on task #%s", self.worker_id, job.id)
+                    logger.exception(
+                        "Worker %s executor crashed on task #%s", self.worker_id, job.id
+                    )
                     raise
                 self._outcomes.put(outcome)
                 self._wake.set()
@@ -237,7 +238,9 @@ class Worker:
             if unstarted:
                 released = self.connection.release(worker_id=self.worker_id, ids=unstarted)
                 self._inflight -= len(unstarted)
-                logger.info("Worker %s returned %s unstarted tasks to the queue", self.worker_id, released)
+                logger.info(
+                    "Worker %s returned %s unstarted tasks to the queue", self.worker_id, released
+                )
             while self._inflight > 0:
                 self._record_outcomes(block=True, timeout=1.0)
         finally:

@@ -39,4 +39,4 @@ def always_fails(reason: str = "this task always fails") -> None:
 
 @background_task
 def roll_dice() -> int:
-    return random.randint(1, 6)  # noqa: S311
+    return random.randint(1, 6)

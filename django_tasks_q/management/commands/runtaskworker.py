@@ -24,35 +24,48 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--queues", type=queue_list, default=None,
+            "--queues",
+            type=queue_list,
+            default=None,
             help="Comma-separated queues to take tasks from (default: all).",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--concurrency", type=int, default=None,
-            help=f"Tasks run at once, on threads (default: TASKS_Q['CONCURRENCY'] = {conf.CONCURRENCY}).",
-        )  # fmt: skip
+            "--concurrency",
+            type=int,
+            default=None,
+            help="Tasks run at once, on threads (default: TASKS_Q['CONCURRENCY']).",
+        )
         parser.add_argument(
-            "--batch-size", type=int, default=None,
+            "--batch-size",
+            type=int,
+            default=None,
             help="Most tasks claimed in one statement (default: TASKS_Q['BATCH_SIZE']).",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--prefetch", type=int, default=None,
+            "--prefetch",
+            type=int,
+            default=None,
             help="Tasks claimed beyond --concurrency so threads never wait for the database "
             "(default: TASKS_Q['PREFETCH'], or --batch-size). Use 0 for long tasks.",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--poll-interval", type=float, default=None,
-            help="Seconds between polls when no notification arrives (default: TASKS_Q['POLL_INTERVAL']).",
-        )  # fmt: skip
+            "--poll-interval",
+            type=float,
+            default=None,
+            help="Seconds between polls when no notification arrives "
+            "(default: TASKS_Q['POLL_INTERVAL']).",
+        )
         parser.add_argument("--burst", action="store_true", help="Exit once no ready task is left.")
         parser.add_argument("--worker-id", default=None, help="Name shown in results and logs.")
         parser.add_argument(
             "--backend", default="default", help="TASKS alias of the Postgres backend to serve."
         )
         parser.add_argument(
-            "--loglevel", default=None, choices=["debug", "info", "warning", "error"],
+            "--loglevel",
+            default=None,
+            choices=["debug", "info", "warning", "error"],
             help="Log level for django_tasks_q when LOGGING does not configure it (default: info).",
-        )  # fmt: skip
+        )
 
     def handle(self, *args, **options):
         self._configure_logging(options["loglevel"])

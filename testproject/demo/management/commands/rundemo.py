@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
 DEMO_USER = "admin"
-DEMO_PASSWORD = "admin"  # noqa: S105 - a local demo login, printed on purpose
+DEMO_PASSWORD = "admin"
 
 
 class Command(BaseCommand):

@@ -1,0 +1,709 @@
+"""``manage.py taskbench``: how fast this deployment enqueues, runs and starts tasks.
+
+Everything happens on a queue of its own ("taskbench" unless ``--queue`` says otherwise) that
+the benchmark's own worker processes serve; rows of other queues are never read or written.
+Rates and latencies come from the database's timestamps, so they measure the queue, not the
+Python start-up of the processes around it.
+
+Imported by ``AppConfig.ready()`` so that every worker process knows :func:`noop` by name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, replace
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+from django.db import connections
+
+from django_tasks_q import queue
+from django_tasks_q.compat import InvalidTask
+from django_tasks_q.conf import settings as conf
+from django_tasks_q.models import TaskStatus
+from django_tasks_q.serialization import dumps
+from django_tasks_q.tasks import BackgroundTask, background_task
+
+NOOP_NAME = "django_tasks_q.bench.noop"
+# Rows for the SQL ceiling are never run by a worker, so their name needs no registered task.
+CEILING_NAME = "django_tasks_q.bench.ceiling"
+BENCH_NAMES = (NOOP_NAME, CEILING_NAME)
+
+BULK_CHUNK = 5000
+MIN_SINGLE_ENQUEUES = 1000
+# A drain that makes no progress for this long has a broken worker or database.
+STALL_TIMEOUT = 60.0
+# Idle workers wake on NOTIFY, or else at their poll interval; far more than either.
+LATENCY_TIMEOUT = 30.0
+WORKER_STOP_TIMEOUT = 30.0
+DRAIN_POLL_INTERVAL = 0.1
+LATENCY_POLL_INTERVAL = 0.002
+
+Report = Callable[[str], None]
+
+
+@background_task(name=NOOP_NAME)
+def noop(n: int) -> int:
+    return n
+
+
+class BenchError(Exception):
+    """The benchmark cannot run or its results cannot be trusted."""
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    tasks: int = 20_000
+    workers: int | None = None  # None: os.cpu_count()
+    concurrency: int | None = None  # None: TASKS_Q["CONCURRENCY"]
+    batch_size: int | None = None  # None: TASKS_Q["BATCH_SIZE"]
+    queue: str = "taskbench"
+    latency_samples: int = 200
+    skip_ceiling: bool = False
+    keep: bool = False
+
+    def resolved(self) -> BenchOptions:
+        """These options with every default filled in, validated."""
+        resolved = replace(
+            self,
+            workers=self.workers or os.cpu_count() or 1,
+            concurrency=self.concurrency or conf.CONCURRENCY,
+            batch_size=self.batch_size or conf.BATCH_SIZE,
+        )
+        for name in ("tasks", "workers", "concurrency", "batch_size"):
+            if getattr(resolved, name) < 1:
+                raise BenchError(f"--{name.replace('_', '-')} must be at least 1.")
+        if resolved.latency_samples < 0:
+            raise BenchError("--latency-samples must be 0 or more.")
+        # runtaskworker takes a comma-separated list: a comma would name two queues.
+        if not resolved.queue or "," in resolved.queue or len(resolved.queue) > 100:
+            raise BenchError("--queue must be one queue name of at most 100 characters, no commas.")
+        return resolved
+
+    def worker_arguments(self) -> list[str]:
+        """runtaskworker options for the benchmark's workers; a new worker option is one line."""
+        return [
+            "--queues", self.queue,
+            "--concurrency", str(self.concurrency),
+            "--batch-size", str(self.batch_size),
+            "--loglevel", "warning",
+        ]  # fmt: skip
+
+
+@dataclass(slots=True)
+class Results:
+    version: str
+    postgres: str
+    cpus: int
+    tasks: int
+    workers: int
+    concurrency: int
+    batch_size: int
+    listen_notify: bool
+    queue: str
+    enqueue_single_tasks: int = 0
+    enqueue_single_per_s: float = 0.0
+    enqueue_bulk_per_s: float = 0.0
+    drain_tasks: int = 0
+    drain_seconds: float = 0.0
+    drain_per_s: float = 0.0
+    latency_samples: int = 0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
+    worker_peak_mb: float | None = None
+    ceiling_per_s: float | None = None
+    drain_vs_ceiling_pct: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+
+def run(options: BenchOptions, report: Report) -> Results:
+    """Run every phase in order, reporting one line per phase. Raises :class:`BenchError`."""
+    options = options.resolved()
+    database = _database()
+    results = Results(
+        version=_package_version(),
+        postgres=_server_version(database),
+        cpus=os.cpu_count() or 1,
+        tasks=options.tasks,
+        workers=options.workers,
+        concurrency=options.concurrency,
+        batch_size=options.batch_size,
+        listen_notify=conf.LISTEN_NOTIFY,
+        queue=options.queue,
+    )
+    report(header(results))
+    _refuse_foreign_rows(database, options.queue)
+    task = noop.using(queue_name=options.queue)
+    with _signals_interrupt():
+        _delete_bench_rows(database, options.queue)
+        try:
+            _run_phases(options, database, task, results, report)
+        finally:
+            if not options.keep:
+                _delete_bench_rows(database, options.queue, report=report)
+    return results
+
+
+def _run_phases(
+    options: BenchOptions, database: str, task: BackgroundTask, results: Results, report: Report
+) -> None:
+    singles = max(options.tasks // 10, min(MIN_SINGLE_ENQUEUES, options.tasks))
+    elapsed = enqueue_one_by_one(task, singles)
+    results.enqueue_single_tasks = singles
+    results.enqueue_single_per_s = singles / elapsed
+    report(_phase("1. enqueue, one commit each", singles, elapsed, "tasks"))
+
+    elapsed = enqueue_in_bulk(task, range(singles, singles + options.tasks))
+    results.enqueue_bulk_per_s = options.tasks / elapsed
+    report(_phase(f"2. enqueue_many, {BULK_CHUNK} a call", options.tasks, elapsed, "tasks"))
+
+    # Started only now, so that they face a full backlog from their first claim.
+    with running_workers(options) as workers:
+        expected = singles + options.tasks
+        drained, seconds = drain(database, options.queue, workers, expected)
+        results.drain_tasks, results.drain_seconds = drained, seconds
+        results.drain_per_s = drained / seconds
+        label = f"3. drain, {options.workers}×{options.concurrency} threads"
+        report(_phase(label, drained, seconds, "tasks") + "  (results verified)")
+
+        if options.latency_samples:
+            latencies = measure_latency(database, task, workers, options.latency_samples)
+            results.latency_samples = len(latencies)
+            p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
+            results.latency_p50_ms, results.latency_p95_ms, results.latency_p99_ms = p50, p95, p99
+            report(
+                f"{'4. latency, idle workers':<32}{len(latencies):>8,} tasks   "
+                f"p50 {p50:.1f} ms  p95 {p95:.1f} ms  p99 {p99:.1f} ms"
+            )
+        else:
+            report(f"{'4. latency, idle workers':<32}skipped (--latency-samples 0)")
+
+        results.worker_peak_mb = peak_memory_mb(workers)
+        stop_workers(workers)
+        memory = "n/a" if results.worker_peak_mb is None else f"{results.worker_peak_mb:.1f} MB"
+        report(f"{'5. peak worker memory':<32}{memory} (largest VmHWM of {len(workers)}), clean exit")
+
+    if options.skip_ceiling:
+        report(f"{'6. SQL ceiling':<32}skipped (--skip-ceiling)")
+        return
+    rows, seconds = sql_ceiling(database, options)
+    results.ceiling_per_s = rows / seconds
+    results.drain_vs_ceiling_pct = 100 * results.drain_per_s / results.ceiling_per_s
+    report(_phase(f"6. SQL ceiling, {options.workers} connections", rows, seconds, "rows"))
+    report(f"{'   drain / ceiling':<32}{results.drain_vs_ceiling_pct:>8.0f}%")
+
+
+# -- phases -----------------------------------------------------------------------------------
+
+
+def enqueue_one_by_one(task: BackgroundTask, count: int) -> float:
+    """Seconds to enqueue ``count`` tasks, one commit each, as many web requests would."""
+    started = time.perf_counter()
+    for n in range(count):
+        task.enqueue(n)
+    return time.perf_counter() - started
+
+
+def enqueue_in_bulk(task: BackgroundTask, numbers: range) -> float:
+    """Seconds to enqueue one task per number with ``enqueue_many``, a commit per chunk."""
+    started = time.perf_counter()
+    for chunk in _chunks(numbers, BULK_CHUNK):
+        task.enqueue_many([(n,) for n in chunk])
+    return time.perf_counter() - started
+
+
+def drain(
+    database: str, queue_name: str, workers: Sequence[WorkerProcess], expected: int
+) -> tuple[int, float]:
+    """Wait until the workers ran every task, check each result; returns (tasks, seconds)."""
+    remaining = _unfinished(database, queue_name)
+    last_progress = time.monotonic()
+    while remaining:
+        _check_alive(workers)
+        if time.monotonic() - last_progress > STALL_TIMEOUT:
+            raise BenchError(
+                f"The workers made no progress for {STALL_TIMEOUT:.0f}s with {remaining} tasks "
+                f"left.{_logs(workers)}"
+            )
+        time.sleep(DRAIN_POLL_INTERVAL)
+        now_remaining = _unfinished(database, queue_name)
+        if now_remaining < remaining:
+            last_progress = time.monotonic()
+        remaining = now_remaining
+    verified, seconds = _verify(database, queue_name, NOOP_NAME, expected)
+    _refuse_foreign_workers(database, queue_name, workers)
+    return verified, seconds
+
+
+def measure_latency(
+    database: str, task: BackgroundTask, workers: Sequence[WorkerProcess], samples: int
+) -> list[float]:
+    """Enqueue→start latencies in ms, one task at a time so that every worker is idle."""
+    ids: list[int] = []
+    for n in range(samples):
+        task_id = int(task.enqueue(n).id)
+        ids.append(task_id)
+        # Waiting for the end, not just the start, keeps the next sample's workers truly idle.
+        deadline = time.monotonic() + LATENCY_TIMEOUT
+        while _status(database, task_id) in (TaskStatus.READY, TaskStatus.RUNNING):
+            _check_alive(workers)
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"Task #{task_id} did not finish within {LATENCY_TIMEOUT:.0f}s of being "
+                    f"enqueued to idle workers.{_logs(workers)}"
+                )
+            time.sleep(LATENCY_POLL_INTERVAL)
+    with connections[database].cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT extract(epoch FROM last_attempted_at - enqueued_at) * 1000
+            FROM django_tasks_q_task
+            WHERE id = ANY(%s) AND status = 'SUCCESSFUL' AND result = args->0
+            """,
+            [ids],
+        )
+        latencies = sorted(float(row[0]) for row in cursor.fetchall())
+    if len(latencies) != samples:
+        raise BenchError(
+            f"Only {len(latencies)} of the {samples} latency tasks succeeded with the right result."
+        )
+    return latencies
+
+
+def peak_memory_mb(workers: Sequence[WorkerProcess]) -> float | None:
+    """The largest peak resident set size among the workers; None where /proc is missing."""
+    peaks = []
+    for worker in workers:
+        try:
+            status = Path(f"/proc/{worker.process.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peaks.append(int(line.split()[1]) / 1024)  # reported in kB
+    return max(peaks) if peaks else None
+
+
+def sql_ceiling(database: str, options: BenchOptions) -> tuple[int, float]:
+    """Rows/s of the workers' own claim and finish statements with no Python task around them.
+
+    One connection per thread, as many as there were worker processes: the work is round
+    trips, which release the GIL, so threads get as far as processes would.
+    """
+    _insert_ceiling_rows(database, options.queue, options.tasks)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def claim_and_finish(index: int) -> None:
+        connection = queue.QueueConnection(database)
+        worker_id = f"taskbench-ceiling-{os.getpid()}-{index}"
+        try:
+            while not stop.is_set():
+                claimed = connection.claim(
+                    worker_id=worker_id,
+                    queues=[options.queue],
+                    limit=options.batch_size,
+                    lease_seconds=conf.LEASE_SECONDS,
+                )
+                if not claimed:
+                    return
+                outcomes = [
+                    queue.Outcome(
+                        id=row.id,
+                        attempt=row.attempt,
+                        status=TaskStatus.SUCCESSFUL.value,
+                        result_json=dumps(row.args[0]),
+                        max_attempts=row.max_attempts,
+                    )
+                    for row in claimed
+                ]
+                connection.finish(worker_id=worker_id, outcomes=outcomes)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=claim_and_finish, args=(i,), name=f"taskbench-ceiling-{i}")
+        for i in range(options.workers)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        # Reached early only on Ctrl-C: let the threads see it and close their connections.
+        stop.set()
+        for thread in threads:
+            thread.join()
+    if failures:
+        raise BenchError(f"The SQL ceiling failed: {failures[0]!r}") from failures[0]
+    return _verify(database, options.queue, CEILING_NAME, options.tasks)
+
+
+# -- worker processes -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class WorkerProcess:
+    worker_id: str
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    def log_tail(self, limit: int = 2000) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-limit:]
+
+
+# Every worker id of one run starts with this, to tell them from workers the bench did not start.
+WORKER_ID_PREFIX = f"taskbench-{uuid.uuid4().hex[:8]}-"
+
+
+def worker_command(options: BenchOptions, worker_id: str) -> list[str]:
+    return [
+        sys.executable, "-m", "django", "runtaskworker",
+        *options.worker_arguments(),
+        "--worker-id", worker_id,
+    ]  # fmt: skip
+
+
+def worker_environment() -> dict[str, str]:
+    """This process's environment plus what a fresh interpreter needs to load the same settings
+    (they may come from --settings / --pythonpath rather than the environment)."""
+    module = settings.SETTINGS_MODULE
+    if not module:
+        raise BenchError("taskbench needs settings from a module (DJANGO_SETTINGS_MODULE).")
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE=module)
+    env["PYTHONPATH"] = os.pathsep.join(
+        path for path in (_import_root(module), os.environ.get("PYTHONPATH")) if path
+    )
+    return env
+
+
+@contextmanager
+def running_workers(options: BenchOptions) -> Iterator[list[WorkerProcess]]:
+    """Start the worker processes; whatever happens inside, none outlives the block."""
+    env = worker_environment()
+    workers: list[WorkerProcess] = []
+    try:
+        for index in range(options.workers):
+            worker_id = f"{WORKER_ID_PREFIX}{index}"
+            log = tempfile.TemporaryFile(prefix="taskbench-worker-")  # noqa: SIM115 - closed below
+            process = subprocess.Popen(
+                worker_command(options, worker_id),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # A session of their own: a Ctrl-C in the terminal reaches only this process,
+                # which then stops the workers with one SIGTERM each.
+                start_new_session=True,
+            )
+            workers.append(WorkerProcess(worker_id, process, log))
+        yield workers
+    finally:
+        with suppress(BenchError):
+            stop_workers(workers)
+        for worker in workers:
+            worker.log.close()
+
+
+def stop_workers(workers: Sequence[WorkerProcess]) -> None:
+    """SIGTERM every worker, wait, kill the ones still there. Raises if one exited non-zero."""
+    for worker in workers:
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + WORKER_STOP_TIMEOUT
+    killed = []
+    for worker in workers:
+        try:
+            worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            worker.process.wait()
+            killed.append(worker)
+    if killed:
+        raise BenchError(
+            f"{len(killed)} worker(s) did not stop within {WORKER_STOP_TIMEOUT:.0f}s of SIGTERM "
+            f"and were killed.{_logs(killed)}"
+        )
+    failed = [worker for worker in workers if worker.process.returncode != 0]
+    if failed:
+        codes = ", ".join(str(worker.process.returncode) for worker in failed)
+        raise BenchError(f"Worker(s) exited with status {codes} instead of 0.{_logs(failed)}")
+
+
+def _check_alive(workers: Sequence[WorkerProcess]) -> None:
+    dead = [worker for worker in workers if worker.process.poll() is not None]
+    if dead:
+        raise BenchError(
+            f"{len(dead)} worker(s) exited during the benchmark "
+            f"(status {', '.join(str(w.process.returncode) for w in dead)}).{_logs(dead)}"
+        )
+
+
+def _logs(workers: Sequence[WorkerProcess]) -> str:
+    parts = [
+        f"\n--- output of worker {worker.worker_id} (pid {worker.process.pid}) ---\n{tail}"
+        for worker in workers
+        if (tail := worker.log_tail().strip())
+    ]
+    return "".join(parts)
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Make SIGTERM and SIGHUP unwind like Ctrl-C, so that the ``finally`` blocks stop the
+    workers: they run in a session of their own and would otherwise outlive this process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    names = ("SIGTERM", "SIGHUP")
+    signums = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    previous = {signum: signal.signal(signum, interrupt) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+# -- database ---------------------------------------------------------------------------------
+
+
+def _database() -> str:
+    from django_tasks_q.backend import get_backend
+
+    try:
+        return get_backend().database
+    except InvalidTask as exc:
+        raise BenchError(str(exc)) from None
+
+
+def _refuse_foreign_rows(database: str, queue_name: str) -> None:
+    """Stop before deleting anything if the queue holds tasks the benchmark did not make."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT count(*) FROM django_tasks_q_task
+            WHERE queue = %s AND NOT (name = ANY(%s))
+            """,
+            [queue_name, list(BENCH_NAMES)],
+        )
+        (count,) = cursor.fetchone()
+    if count:
+        raise BenchError(
+            f"Queue {queue_name!r} holds {count} tasks that are not the benchmark's. The "
+            "benchmark deletes its queue's rows and its workers would run those tasks: pass "
+            "--queue with a name no application uses."
+        )
+
+
+def _delete_bench_rows(database: str, queue_name: str, report: Report | None = None) -> None:
+    try:
+        with connections[database].cursor() as cursor:
+            cursor.execute(
+                "DELETE FROM django_tasks_q_task WHERE queue = %s AND name = ANY(%s)",
+                [queue_name, list(BENCH_NAMES)],
+            )
+    except Exception as exc:
+        if report is None:
+            raise
+        # Cleaning up after a failure must not hide the failure.
+        report(f"Could not delete the benchmark's rows of queue {queue_name!r}: {exc}")
+
+
+def _insert_ceiling_rows(database: str, queue_name: str, count: int) -> None:
+    for chunk in _chunks(range(count), BULK_CHUNK):
+        queue.enqueue_many(
+            using=database,
+            name=CEILING_NAME,
+            queue=queue_name,
+            priority=0,
+            args_json=[dumps([n]) for n in chunk],
+            kwargs_json=["{}"] * len(chunk),
+            run_after=None,
+            max_attempts=1,
+            timeout=None,
+            notify=False,
+        )
+
+
+def _unfinished(database: str, queue_name: str) -> int:
+    # Two counts rather than one IN, so each can use its partial index (READY, RUNNING).
+    with connections[database].cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT (SELECT count(*) FROM django_tasks_q_task
+                    WHERE status = 'READY' AND queue = %(queue)s)
+                 + (SELECT count(*) FROM django_tasks_q_task
+                    WHERE status = 'RUNNING' AND queue = %(queue)s)
+            """,
+            {"queue": queue_name},
+        )
+        return cursor.fetchone()[0]
+
+
+def _status(database: str, task_id: int) -> str | None:
+    with connections[database].cursor() as cursor:
+        cursor.execute("SELECT status FROM django_tasks_q_task WHERE id = %s", [task_id])
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def _verify(database: str, queue_name: str, name: str, expected: int) -> tuple[int, float]:
+    """Check that every row of ``name`` succeeded with its argument as result (what both the
+    no-op and the ceiling return); returns (rows, seconds from first claim to last finish)."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT count(*) FILTER (WHERE status = 'SUCCESSFUL' AND result = args->0),
+                   extract(epoch FROM max(finished_at) - min(last_attempted_at))
+            FROM django_tasks_q_task
+            WHERE queue = %s AND name = %s
+            """,
+            [queue_name, name],
+        )
+        verified, seconds = cursor.fetchone()
+        if verified == expected and seconds:
+            return verified, float(seconds)
+        cursor.execute(
+            """
+            SELECT status, count(*) FROM django_tasks_q_task
+            WHERE queue = %s AND name = %s GROUP BY status ORDER BY status
+            """,
+            [queue_name, name],
+        )
+        statuses = ", ".join(f"{status} {count}" for status, count in cursor.fetchall())
+    raise BenchError(
+        f"Only {verified} of {expected} {name} tasks succeeded with the right result "
+        f"(by status: {statuses or 'none'}). No rate is reported."
+    )
+
+
+def _refuse_foreign_workers(
+    database: str, queue_name: str, workers: Sequence[WorkerProcess]
+) -> None:
+    """A worker serving every queue would have run some of the tasks and skewed the rate."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT count(*), min(worker_id) FROM django_tasks_q_task
+            WHERE queue = %s AND name = %s AND NOT starts_with(worker_id, %s)
+            """,
+            [queue_name, NOOP_NAME, WORKER_ID_PREFIX],
+        )
+        count, example = cursor.fetchone()
+    if count:
+        raise BenchError(
+            f"{count} tasks were run by another worker ({example}), probably one started "
+            "without --queues, which serves every queue. Stop it while benchmarking: the rate "
+            "would not be this benchmark's."
+        )
+
+
+def _server_version(database: str) -> str:
+    with connections[database].cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        return cursor.fetchone()[0]
+
+
+def _import_root(module: str) -> str | None:
+    """The sys.path entry from which ``module``'s top-level package was imported."""
+    spec = importlib.util.find_spec(module.partition(".")[0])
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return str(Path(next(iter(spec.submodule_search_locations))).parent)
+    return str(Path(spec.origin).parent) if spec.origin else None
+
+
+# -- numbers and text -------------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile by linear interpolation between closest ranks."""
+    position = (len(sorted_values) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def _chunks(numbers: range, size: int) -> Iterator[range]:
+    for start in range(0, len(numbers), size):
+        yield numbers[start : start + size]
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("django-tasks-q")
+    except metadata.PackageNotFoundError:
+        return "dev"
+
+
+def _phase(label: str, count: int, seconds: float, unit: str) -> str:
+    return f"{label:<32}{count:>8,} {unit:<5} {seconds:>7.2f} s {count / seconds:>10,.0f} {unit}/s"
+
+
+def header(results: Results) -> str:
+    return (
+        f"django_tasks_q {results.version} · PostgreSQL {results.postgres} · "
+        f"{results.cpus} CPUs\n"
+        f"tasks={results.tasks} workers={results.workers} concurrency={results.concurrency} "
+        f"batch_size={results.batch_size} "
+        f"listen_notify={'on' if results.listen_notify else 'off'} queue={results.queue}\n"
+    )
+
+
+def summary(results: Results) -> str:
+    """The compact table printed at the end."""
+
+    def rate(value: float | None, unit: str) -> str:
+        return "skipped" if value is None else f"{value:,.0f} {unit}/s"
+
+    if results.latency_p50_ms is None:
+        latency = "skipped"
+    else:
+        latency = (
+            f"{results.latency_p50_ms:.1f} / {results.latency_p95_ms:.1f} / "
+            f"{results.latency_p99_ms:.1f} ms"
+        )
+    memory = "n/a" if results.worker_peak_mb is None else f"{results.worker_peak_mb:.1f} MB"
+    ratio = (
+        "skipped" if results.drain_vs_ceiling_pct is None else f"{results.drain_vs_ceiling_pct:.0f}%"
+    )
+    rows = [
+        ("enqueue, one commit each", rate(results.enqueue_single_per_s, "tasks")),
+        ("enqueue_many", rate(results.enqueue_bulk_per_s, "tasks")),
+        ("drain", rate(results.drain_per_s, "tasks")),
+        ("latency p50 / p95 / p99", latency),
+        ("peak worker memory", memory),
+        ("SQL ceiling", rate(results.ceiling_per_s, "rows")),
+        ("drain / ceiling", ratio),
+    ]
+    width = max(len(label) for label, _ in rows)
+    return "\nSummary\n" + "\n".join(f"  {label:<{width}}  {value}" for label, value in rows)

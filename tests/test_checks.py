@@ -1,0 +1,57 @@
+"""Bad settings are reported as system checks with stable ids."""
+
+import pytest
+from django.core import checks
+from django.test import override_settings
+
+
+def ids(**settings):
+    with override_settings(**settings):
+        return sorted({m.id for m in checks.run_checks() if m.id.startswith("django_tasks_q")})
+
+
+def test_default_settings_pass():
+    assert ids() == []
+
+
+def test_unknown_key_suggests_the_close_one():
+    with override_settings(TASKS_Q={"POLL_INTERVALL": 1}):
+        [message] = [m for m in checks.run_checks() if m.id == "django_tasks_q.E002"]
+    assert "'POLL_INTERVALL'" in message.msg and "POLL_INTERVAL" in message.hint
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("not a dict", ["django_tasks_q.E001"]),
+        ({"POLL_INTERVAL": 0}, ["django_tasks_q.E003"]),
+        ({"LEASE_SECONDS": "60"}, ["django_tasks_q.E003"]),
+        ({"CONCURRENCY": 0}, ["django_tasks_q.E004"]),
+        ({"BATCH_SIZE": 2.5}, ["django_tasks_q.E004"]),
+        ({"PREFETCH": -1}, ["django_tasks_q.E005"]),
+        ({"LISTEN_NOTIFY": "yes"}, ["django_tasks_q.E006"]),
+        ({"DATABASE": "missing"}, ["django_tasks_q.E007"]),
+    ],
+)
+def test_bad_values_are_errors(value, expected):
+    assert ids(TASKS_Q=value) == expected
+
+
+def test_a_database_that_is_not_postgresql_is_an_error(settings):
+    databases = {
+        **settings.DATABASES,
+        "other": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+    }
+    with pytest.warns(UserWarning, match="Overriding setting DATABASES"):
+        found = ids(DATABASES=databases, TASKS_Q={"DATABASE": "other"})
+    assert found == ["django_tasks_q.E008"]
+
+
+def test_tasks_routed_to_a_non_postgres_backend_get_a_warning():
+    immediate = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
+    assert ids(TASKS=immediate) == ["django_tasks_q.W001"]
+
+
+def test_configured_postgres_backend_passes():
+    configured = {"default": {"BACKEND": "django_tasks_q.backend.PostgresBackend"}}
+    assert ids(TASKS=configured) == []

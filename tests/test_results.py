@@ -1,0 +1,61 @@
+"""The handle a caller keeps: refresh, wait, cancel, lookup by id."""
+
+import time
+
+import pytest
+
+from django_tasks_q import TaskResultDoesNotExist, TaskTimeoutError, get_result
+from django_tasks_q.models import Task, TaskStatus
+from tests.testapp import tasks
+
+pytestmark = pytest.mark.django_db
+
+
+def test_wait_gives_up_with_a_clear_error():
+    handle = tasks.add.delay(1, 2)
+    started = time.monotonic()
+    with pytest.raises(
+        TaskTimeoutError,
+        match=r"is still READY after waiting 0.3s\. Is a worker running for queue 'default'",
+    ):
+        handle.wait(timeout=0.3)
+    assert time.monotonic() - started < 2
+
+
+def test_refresh_sees_changes_made_elsewhere():
+    handle = tasks.add.delay(1, 2)
+    Task.objects.filter(pk=handle.id).update(status="SUCCESSFUL", result=3, attempts=1)
+    handle.refresh()
+    assert (handle.status, handle.result, handle.attempts, handle.is_finished) == (
+        "SUCCESSFUL",
+        3,
+        1,
+        True,
+    )
+
+
+def test_cancel_a_task_that_has_not_started():
+    handle = tasks.add.apply_async(args=(1, 2), countdown=60)
+    assert handle.cancel() is True
+    assert handle.status == TaskStatus.CANCELLED and handle.is_finished
+    assert handle.cancel() is False  # already cancelled: nothing to do
+
+
+def test_result_and_return_value_before_the_task_ran():
+    handle = tasks.add.delay(1, 2)
+    assert handle.result is None
+    with pytest.raises(ValueError, match="not finished yet"):
+        handle.return_value
+
+
+def test_get_result_for_an_unknown_id():
+    with pytest.raises(TaskResultDoesNotExist, match="No task with id '999999'"):
+        get_result("999999")
+    with pytest.raises(TaskResultDoesNotExist, match="No task with id 'not-a-number'"):
+        get_result("not-a-number")
+
+
+def test_get_result_keeps_per_call_queue_and_priority():
+    handle = tasks.add.apply_async(args=(1, 2), queue="bulk", priority=7)
+    again = get_result(handle.id)
+    assert (again.queue, again.priority, again.task.queue_name) == ("bulk", 7, "bulk")
