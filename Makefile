@@ -9,7 +9,7 @@ ifndef PYTHON
 PYTHON := $(shell \
 	for candidate in python3.13 python3.12 python3 python; do \
 		if command -v $$candidate >/dev/null 2>&1 && \
-			$$candidate -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then \
+			$$candidate -c 'import sys; sys.exit(not (3, 12) <= sys.version_info < (3, 14))' >/dev/null 2>&1; then \
 			echo $$candidate; exit 0; fi; \
 	done; \
 	root=$$(pyenv root 2>/dev/null || echo "$$HOME/.pyenv"); \
@@ -22,7 +22,7 @@ endif
 
 $(BIN)/.installed: pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then \
-		echo "No Python >= 3.12 found. Install one, or run: make PYTHON=/path/to/python3.12 $(MAKECMDGOALS)"; \
+		echo "No Python 3.12 or 3.13 found. Install one, or run: make PYTHON=/path/to/python3.12 $(MAKECMDGOALS)"; \
 		exit 1; fi
 	@echo "Creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
 	$(PYTHON) -m venv $(VENV)

@@ -12,6 +12,7 @@ from django_tasks_q.exceptions import (
     TaskTimeoutError,
     UnknownTaskError,
 )
+from django_tasks_q.serialization import SerializationError
 from django_tasks_q.tasks import BackgroundTask, BackgroundTaskContext, background_task, send_task
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ __all__ = [
     "InvalidTask",
     "MaxRetriesExceededError",
     "Retry",
+    "SerializationError",
     "TaskResultDoesNotExist",
     "TaskTimeoutError",
     "UnknownTaskError",

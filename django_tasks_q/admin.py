@@ -11,3 +11,7 @@ class TaskAdmin(admin.ModelAdmin):
     search_fields = ("name",)
     show_full_result_count = False
     readonly_fields = [field.name for field in Task._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        # Tasks are created by enqueueing them, never by hand.
+        return False

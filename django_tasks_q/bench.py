@@ -176,12 +176,13 @@ def _run_phases(
     report(_phase(f"2. enqueue_many, {BULK_CHUNK} a call", options.tasks, elapsed, "tasks"))
 
     # Started only now, so that they face a full backlog from their first claim.
+    _refuse_foreign_workers(database, options.queue)
     with running_workers(options) as workers:
         expected = singles + options.tasks
         drained, seconds = drain(database, options.queue, workers, expected)
         results.drain_tasks, results.drain_seconds = drained, seconds
         results.drain_per_s = drained / seconds
-        label = f"3. drain, {options.workers}×{options.concurrency} threads"
+        label = f"3. drain, {options.workers} workers x {options.concurrency}"
         report(_phase(label, drained, seconds, "tasks") + "  (results verified)")
 
         if options.latency_samples:
@@ -199,7 +200,9 @@ def _run_phases(
         results.worker_peak_mb = peak_memory_mb(workers)
         stop_workers(workers)
         memory = "n/a" if results.worker_peak_mb is None else f"{results.worker_peak_mb:.1f} MB"
-        report(f"{'5. peak worker memory':<32}{memory} (largest VmHWM of {len(workers)}), clean exit")
+        report(
+            f"{'5. peak worker memory':<32}{memory} (largest VmHWM of {len(workers)}), clean exit"
+        )
 
     if options.skip_ceiling:
         report(f"{'6. SQL ceiling':<32}skipped (--skip-ceiling)")
@@ -249,7 +252,7 @@ def drain(
             last_progress = time.monotonic()
         remaining = now_remaining
     verified, seconds = _verify(database, queue_name, NOOP_NAME, expected)
-    _refuse_foreign_workers(database, queue_name, workers)
+    _refuse_foreign_workers(database, queue_name)
     return verified, seconds
 
 
@@ -336,7 +339,7 @@ def sql_ceiling(database: str, options: BenchOptions) -> tuple[int, float]:
                     for row in claimed
                 ]
                 connection.finish(worker_id=worker_id, outcomes=outcomes)
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread
+        except BaseException as exc:  # handed to the main thread, which raises it
             failures.append(exc)
         finally:
             connection.close()
@@ -605,15 +608,14 @@ def _verify(database: str, queue_name: str, name: str, expected: int) -> tuple[i
     )
 
 
-def _refuse_foreign_workers(
-    database: str, queue_name: str, workers: Sequence[WorkerProcess]
-) -> None:
+def _refuse_foreign_workers(database: str, queue_name: str) -> None:
     """A worker serving every queue would have run some of the tasks and skewed the rate."""
     with connections[database].cursor() as cursor:
         cursor.execute(
             """
             SELECT count(*), min(worker_id) FROM django_tasks_q_task
-            WHERE queue = %s AND name = %s AND NOT starts_with(worker_id, %s)
+            WHERE queue = %s AND name = %s
+              AND worker_id <> '' AND NOT starts_with(worker_id, %s)
             """,
             [queue_name, NOOP_NAME, WORKER_ID_PREFIX],
         )
@@ -694,7 +696,9 @@ def summary(results: Results) -> str:
         )
     memory = "n/a" if results.worker_peak_mb is None else f"{results.worker_peak_mb:.1f} MB"
     ratio = (
-        "skipped" if results.drain_vs_ceiling_pct is None else f"{results.drain_vs_ceiling_pct:.0f}%"
+        "skipped"
+        if results.drain_vs_ceiling_pct is None
+        else f"{results.drain_vs_ceiling_pct:.0f}%"
     )
     rows = [
         ("enqueue, one commit each", rate(results.enqueue_single_per_s, "tasks")),

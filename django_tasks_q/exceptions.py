@@ -24,8 +24,9 @@ class TaskTimeoutError(TimeoutError):
 class Retry(Exception):
     """Raised by ``context.retry()`` to ask the worker to run the task again.
 
-    ``countdown`` (seconds) or ``eta`` (aware datetime) choose when; ``exc`` is the error to
-    record for this attempt and to fail with once retries are exhausted.
+    ``countdown`` (seconds) chooses when (default: the task's retry policy); ``exc`` is the
+    error to record for this attempt and to fail with once retries are exhausted;
+    ``max_retries`` overrides the task's limit for this decision.
     """
 
     def __init__(

@@ -58,6 +58,12 @@ class Task(models.Model):
                 name="tasks_q_ready_idx",
                 condition=models.Q(status="READY"),
             ),
+            # The same, per queue, for workers that serve only some queues.
+            models.Index(
+                fields=["queue", "-priority", "run_after", "id"],
+                name="tasks_q_ready_queue_idx",
+                condition=models.Q(status="READY"),
+            ),
             models.Index(
                 fields=["lease_expires_at"],
                 name="tasks_q_running_idx",

@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 from django.db import connections
+from psycopg.types.json import Jsonb
 
 NOTIFY_CHANNEL = "django_tasks_q"
 
@@ -181,19 +182,21 @@ class QueueConnection:
     def claim(
         self, *, worker_id: str, queues: Sequence[str] | None, limit: int, lease_seconds: float
     ) -> list[ClaimedTask]:
-        rows = (
-            self.connect()
-            .execute(
-                sql("claim"),
-                {
-                    "queues": list(queues) if queues else None,
-                    "limit": limit,
-                    "worker_id": worker_id,
-                    "lease_seconds": lease_seconds,
-                },
-            )
-            .fetchall()
-        )
+        statement, params = self._claim_statement(worker_id, queues, limit, lease_seconds)
+        return self._claimed(self.connect().execute(statement, params).fetchall())
+
+    @staticmethod
+    def _claim_statement(
+        worker_id: str, queues: Sequence[str] | None, limit: int, lease_seconds: float
+    ) -> tuple[str, dict[str, Any]]:
+        params = {"limit": limit, "worker_id": worker_id, "lease_seconds": lease_seconds}
+        if not queues:
+            return sql("claim"), params
+        params["queues"] = list(queues)
+        return sql("claim_from_queues"), params
+
+    @staticmethod
+    def _claimed(rows: list[tuple]) -> list[ClaimedTask]:
         # The UPDATE returns rows in no particular order; run them in claim order.
         rows.sort(key=lambda row: (-row[3], row[9], row[0]))
         return [ClaimedTask(*row) for row in rows]
@@ -202,26 +205,49 @@ class QueueConnection:
         """Record outcomes; returns the ids actually updated (the others lost their claim)."""
         if not outcomes:
             return set()
-        rows = (
-            self.connect()
-            .execute(
-                sql("finish"),
-                {
-                    "worker_id": worker_id,
-                    "ids": [o.id for o in outcomes],
-                    "attempts": [o.attempt for o in outcomes],
-                    "statuses": [o.status for o in outcomes],
-                    "results": [o.result_json for o in outcomes],
-                    "errors": [
-                        psycopg.types.json.Jsonb(o.error) if o.error else None for o in outcomes
-                    ],
-                    "max_attempts": [o.max_attempts for o in outcomes],
-                    "retry_delays": [float(o.retry_delay) for o in outcomes],
-                },
-            )
-            .fetchall()
+        rows = self.connect().execute(sql("finish"), self._finish_params(worker_id, outcomes))
+        return {row[0] for row in rows.fetchall()}
+
+    def finish_and_claim(
+        self,
+        *,
+        worker_id: str,
+        outcomes: Sequence[Outcome],
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_seconds: float,
+    ) -> tuple[set[int], list[ClaimedTask]]:
+        """Record ``outcomes`` and claim up to ``limit`` tasks: one transaction, one round trip.
+
+        Returns the ids whose outcome was recorded (others lost their claim) and the claimed
+        tasks, in claim order.
+        """
+        conn = self.connect()
+        finished = claimed = None
+        with conn.pipeline(), conn.transaction():
+            conn.execute(sql("plan_hints"))
+            if outcomes:
+                finished = conn.execute(sql("finish"), self._finish_params(worker_id, outcomes))
+            if limit:
+                statement, params = self._claim_statement(worker_id, queues, limit, lease_seconds)
+                claimed = conn.execute(statement, params)
+        return (
+            {row[0] for row in finished.fetchall()} if finished else set(),
+            self._claimed(claimed.fetchall()) if claimed else [],
         )
-        return {row[0] for row in rows}
+
+    @staticmethod
+    def _finish_params(worker_id: str, outcomes: Sequence[Outcome]) -> dict[str, Any]:
+        return {
+            "worker_id": worker_id,
+            "ids": [o.id for o in outcomes],
+            "attempts": [o.attempt for o in outcomes],
+            "statuses": [o.status for o in outcomes],
+            "results": [o.result_json for o in outcomes],
+            "errors": [Jsonb(o.error) if o.error else None for o in outcomes],
+            "max_attempts": [o.max_attempts for o in outcomes],
+            "retry_delays": [float(o.retry_delay) for o in outcomes],
+        }
 
     def release(self, *, worker_id: str, ids: Sequence[int]) -> int:
         if not ids:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
+from asgiref.sync import sync_to_async
+
 from django_tasks_q.compat import TaskError, TaskResult
 from django_tasks_q.exceptions import TaskTimeoutError
 from django_tasks_q.models import FINISHED_STATUSES, TaskStatus
@@ -19,7 +21,7 @@ class TaskFailure(TaskError):
     message: str = ""
     attempt: int = 0
     worker_id: str = ""
-    failed_at: str | None = None
+    failed_at: datetime | None = None
 
     @property
     def type(self) -> str:
@@ -33,7 +35,7 @@ class TaskFailure(TaskError):
             message=data.get("message", ""),
             attempt=data.get("attempt", 0),
             worker_id=data.get("worker_id", ""),
-            failed_at=data.get("at"),
+            failed_at=_parse_timestamp(data.get("at")),
         )
 
 
@@ -63,6 +65,13 @@ class TaskHandle(TaskResult):
         return self.status in FINISHED_STATUSES
 
     @property
+    def return_value(self) -> Any:
+        """The return value; raises ``ValueError`` unless the task succeeded (Django's contract)."""
+        if self.status == TaskStatus.CANCELLED:
+            raise ValueError("Task was cancelled")
+        return TaskResult.return_value.__get__(self)
+
+    @property
     def result(self) -> Any:
         """The return value if the task succeeded, else ``None`` (see :attr:`error`)."""
         return self._return_value if self.status == TaskStatus.SUCCESSFUL else None
@@ -82,6 +91,10 @@ class TaskHandle(TaskResult):
         for item in fields(self):
             if item.name not in ("task", "args", "kwargs", "backend"):
                 object.__setattr__(self, item.name, getattr(fresh, item.name))
+
+    async def arefresh(self) -> None:
+        """Reload the state from the database (async)."""
+        await sync_to_async(self.refresh, thread_sensitive=True)()
 
     def wait(self, timeout: float | None = None, *, poll_interval: float = 0.05) -> TaskHandle:
         """Block until the task is finished (or ``timeout`` seconds pass) and return ``self``.
@@ -113,3 +126,7 @@ class TaskHandle(TaskResult):
         cancelled = self.task.get_backend().cancel(self.id)
         self.refresh()
         return cancelled
+
+
+def _parse_timestamp(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None

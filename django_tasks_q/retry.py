@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from django_tasks_q.exceptions import Retry
+from django_tasks_q.exceptions import MaxRetriesExceededError, Retry
 from django_tasks_q.tasks import BackgroundTask
 
 
@@ -13,6 +13,8 @@ def should_retry(task: BackgroundTask, exc: BaseException, attempt: int, max_att
         return False
     if isinstance(exc, Retry):
         return True
+    if isinstance(exc, MaxRetriesExceededError):
+        return False
     if not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt: the process is going away
         return False
     return not task.autoretry_for or isinstance(exc, task.autoretry_for)

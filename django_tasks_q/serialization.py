@@ -31,7 +31,14 @@ def check_json(value: Any, where: str) -> None:
     Accepted: ``None``, ``bool``, ``int``, finite ``float``, ``str``, ``list``/``tuple`` of
     accepted values and ``dict`` with ``str`` keys. Tuples come back as lists.
     """
-    if value is None or isinstance(value, (bool, int, str)):
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise SerializationError(
+                f"{where} contains a NUL character (\\x00), which PostgreSQL cannot store in "
+                "JSON; remove it or encode the value (for example as base64)."
+            )
+        return
+    if value is None or isinstance(value, (bool, int)):
         return
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -40,7 +47,7 @@ def check_json(value: Any, where: str) -> None:
                 "pass a finite number or None instead."
             )
         return
-    if isinstance(value, Mapping) and type(value) is dict:
+    if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise SerializationError(
@@ -49,7 +56,7 @@ def check_json(value: Any, where: str) -> None:
                 )
             check_json(item, f"{where}[{key!r}]")
         return
-    if isinstance(value, (list, tuple)) and isinstance(value, Sequence):
+    if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             check_json(item, f"{where}[{index}]")
         return

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.utils import timezone
 
@@ -149,7 +149,7 @@ class BackgroundTaskContext(TaskContext):
         countdown: float | None = None,
         exc: BaseException | None = None,
         max_retries: int | None = None,
-    ) -> Retry:
+    ) -> NoReturn:
         """Stop this attempt and run the task again after ``countdown`` seconds (default: the
         task's retry policy). On the last allowed attempt, fail with ``exc`` instead."""
         attempts_allowed = (

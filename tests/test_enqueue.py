@@ -240,3 +240,9 @@ def test_enqueued_signal_carries_the_handle():
         task_enqueued.disconnect(receiver)
     assert [r.id for r in received] == [handle.id]
     assert received[0].args == [4, 5]
+
+
+def test_strings_with_nul_characters_are_refused_before_postgres_sees_them():
+    with pytest.raises(SerializationError, match=r"argument 0 contains a NUL character"):
+        tasks.add.delay("a\x00b", "c")
+    assert not Task.objects.exists()

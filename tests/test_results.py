@@ -59,3 +59,10 @@ def test_get_result_keeps_per_call_queue_and_priority():
     handle = tasks.add.apply_async(args=(1, 2), queue="bulk", priority=7)
     again = get_result(handle.id)
     assert (again.queue, again.priority, again.task.queue_name) == ("bulk", 7, "bulk")
+
+
+def test_return_value_of_a_cancelled_task_says_so():
+    handle = tasks.add.delay(1, 2)
+    handle.cancel()
+    with pytest.raises(ValueError, match="Task was cancelled"):
+        handle.return_value

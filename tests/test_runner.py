@@ -175,3 +175,45 @@ def test_get_result_rebuilds_a_handle_from_an_id():
     again = get_result(handle.id)
     assert (again.status, again.result, again.args) == ("SUCCESSFUL", 42, [20, 22])
     assert tasks.add.get_result(handle.id).id == handle.id
+
+
+def test_a_task_raising_system_exit_fails_and_the_worker_carries_on():
+    bad = tasks.exits_the_process.delay()
+    good = tasks.add.delay(1, 1)
+    run_burst_worker(concurrency=1)
+    bad.refresh()
+    good.refresh()
+    assert (bad.status, bad.attempts, bad.error.type) == ("FAILED", 1, "builtins.SystemExit")
+    assert good.status == "SUCCESSFUL"
+
+
+def test_a_signal_receiver_that_raises_does_not_disturb_the_task(caplog):
+    def broken(sender, **kwargs):
+        raise RuntimeError("receiver bug")
+
+    task_started.connect(broken)
+    try:
+        handle = tasks.add.delay(1, 2)
+        with caplog.at_level(logging.ERROR, logger="django_tasks_q.worker"):
+            run_burst_worker()
+    finally:
+        task_started.disconnect(broken)
+    handle.refresh()
+    assert (handle.status, handle.result) == ("SUCCESSFUL", 3)
+    assert any("Signal receiver" in r.getMessage() for r in caplog.records)
+
+
+def test_context_retry_beyond_its_own_max_retries_fails_without_retrying():
+    handle = tasks.gives_up_early.delay()
+    run_burst_worker()
+    handle.refresh()
+    assert (handle.status, handle.attempts) == ("FAILED", 1)
+    assert handle.error.type == "django_tasks_q.exceptions.MaxRetriesExceededError"
+
+
+def test_error_timestamps_are_datetimes():
+    handle = tasks.always_fails.delay()
+    run_burst_worker()
+    handle.refresh()
+    assert all(error.failed_at.tzinfo is not None for error in handle.errors)
+    assert handle.errors[0].failed_at <= handle.errors[-1].failed_at

@@ -41,17 +41,15 @@ SELECT id, run_after, enqueued_at, (SELECT count(*) FROM notified)
 FROM inserted;
 
 -- name: claim
--- The MATERIALIZED CTE is an optimisation fence: it makes Postgres pick and lock the ids first
--- (walking the partial ready index in claim order and skipping rows other workers hold), then
--- join the UPDATE to exactly those ids. Without the fence the planner may inline the subquery
--- and lock rows it then discards, or re-evaluate LIMIT against a different plan.
--- %(queues)s is NULL to claim from every queue.
+-- Claims from every queue. The MATERIALIZED CTE is an optimisation fence: Postgres first picks
+-- and locks ids (walking the partial ready index in claim order, skipping rows other workers
+-- hold), then joins the UPDATE to exactly those ids. Without the fence the planner may inline
+-- the subquery and lock rows it then discards. The ORDER BY matches tasks_q_ready_idx, so the
+-- scan stops after LIMIT rows whatever the table statistics say.
 WITH picked AS MATERIALIZED (
     SELECT id
     FROM django_tasks_q_task
-    WHERE status = 'READY'
-      AND run_after <= now()
-      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+    WHERE status = 'READY' AND run_after <= now()
     ORDER BY priority DESC, run_after, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -68,6 +66,48 @@ WHERE task.id = picked.id
 RETURNING task.id, task.name, task.queue, task.priority, task.args, task.kwargs,
           task.attempts, task.max_attempts, task.timeout, task.run_after, task.enqueued_at,
           task.started_at, task.last_attempted_at, task.errors;
+
+-- name: claim_from_queues
+-- Claims from the given queues. `queue = ANY(...)` cannot walk an index in claim order across
+-- several queues (it would sort every ready row of those queues on each claim), so each queue
+-- is read in order through tasks_q_ready_queue_idx, at most LIMIT rows each, and the best
+-- LIMIT of those are kept. Rows locked but not kept are unlocked when the statement commits.
+WITH picked AS MATERIALIZED (
+    SELECT candidate.id
+    FROM unnest(%(queues)s::text[]) AS wanted(queue)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_after
+        FROM django_tasks_q_task
+        WHERE status = 'READY' AND queue = wanted.queue AND run_after <= now()
+        ORDER BY priority DESC, run_after, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS candidate
+    ORDER BY candidate.priority DESC, candidate.run_after, candidate.id
+    LIMIT %(limit)s
+)
+UPDATE django_tasks_q_task AS task
+SET status = 'RUNNING',
+    attempts = task.attempts + 1,
+    started_at = COALESCE(task.started_at, now()),
+    last_attempted_at = now(),
+    worker_id = %(worker_id)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+FROM picked
+WHERE task.id = picked.id
+RETURNING task.id, task.name, task.queue, task.priority, task.args, task.kwargs,
+          task.attempts, task.max_attempts, task.timeout, task.run_after, task.enqueued_at,
+          task.started_at, task.last_attempted_at, task.errors;
+
+-- name: plan_hints
+-- Run first in each worker transaction. Every queue statement is built to be a short walk of
+-- an index (in claim order, or by primary key). Right after a bulk enqueue or a burst of
+-- completions the table statistics lag far behind, and the planner may then pick a hash join
+-- over all RUNNING rows or a scan of the whole table. These hints, local to the transaction,
+-- keep the index plans whatever the statistics say.
+SELECT set_config('enable_seqscan', 'off', true),
+       set_config('enable_hashjoin', 'off', true),
+       set_config('enable_mergejoin', 'off', true);
 
 -- name: finish
 -- Records a batch of outcomes in one statement: SUCCESSFUL, FAILED, or READY again for a retry.
@@ -120,4 +160,4 @@ SELECT count(*)
 FROM django_tasks_q_task
 WHERE status = 'READY'
   AND run_after <= now()
-  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]));
+  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))

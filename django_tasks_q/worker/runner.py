@@ -8,6 +8,7 @@ import traceback
 from typing import Any
 
 from django.db import connections
+from django.dispatch import Signal
 
 from django_tasks_q import registry
 from django_tasks_q.backend import PostgresBackend
@@ -82,8 +83,6 @@ class Runner:
                 error=error_entry(exc, claimed.attempt, self.worker_id),
                 max_attempts=claimed.max_attempts,
             )
-        if task.queue_name != claimed.queue or task.priority != claimed.priority:
-            task = task.using(queue_name=claimed.queue, priority=claimed.priority)
         handle = self.handle_for(task, claimed)
         sender = type(self.backend)
         logger.info(
@@ -91,7 +90,7 @@ class Runner:
             claimed.name, claimed.id, claimed.attempt, claimed.max_attempts,
             extra=self._extra(claimed, "started"),
         )  # fmt: skip
-        task_started.send(sender, task_result=handle)
+        _send(task_started, sender, task_result=handle)
         began = time.perf_counter()
         try:
             if task.takes_context:
@@ -103,10 +102,9 @@ class Runner:
         except BaseException as exc:
             duration = time.perf_counter() - began
             _discard_broken_connections()
-            outcome = self._failure(task, claimed, handle, exc, duration)
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(exc, Retry):
-                raise
-            return outcome
+            # SystemExit / KeyboardInterrupt raised by task code end this attempt only: the
+            # worker stays up and the failure is recorded like any other.
+            return self._failure(task, claimed, handle, exc, duration)
         duration = time.perf_counter() - began
         if task.ignore_result:
             result_json, problem = None, None
@@ -122,7 +120,7 @@ class Runner:
             claimed.name, claimed.id, claimed.attempt, claimed.max_attempts, duration,
             extra=self._extra(claimed, "succeeded", duration),
         )  # fmt: skip
-        task_finished.send(sender, task_result=handle)
+        _send(task_finished, sender, task_result=handle)
         return Outcome(
             id=claimed.id,
             attempt=claimed.attempt,
@@ -162,7 +160,7 @@ class Runner:
                 error["type"], error["message"], delay,
                 extra=self._extra(claimed, "retrying", duration),
             )  # fmt: skip
-            task_retried.send(sender, task_result=handle, error=recorded, delay=delay)
+            _send(task_retried, sender, task_result=handle, error=recorded, delay=delay)
             return Outcome(
                 id=claimed.id,
                 attempt=claimed.attempt,
@@ -178,7 +176,7 @@ class Runner:
             error["type"], error["message"],
             extra=self._extra(claimed, "failed", duration),
         )  # fmt: skip
-        task_finished.send(sender, task_result=handle)
+        _send(task_finished, sender, task_result=handle)
         return Outcome(
             id=claimed.id,
             attempt=claimed.attempt,
@@ -197,6 +195,16 @@ class Runner:
             "outcome": outcome,
             "duration": duration,
         }
+
+
+def _send(signal: Signal, sender: type, **kwargs: Any) -> None:
+    """Send a lifecycle signal; a receiver that raises is logged and cannot disturb the task."""
+    for receiver, response in signal.send_robust(sender, **kwargs):
+        if isinstance(response, Exception):
+            logger.error(
+                "Signal receiver %r raised", receiver, exc_info=response,
+                extra={"task_id": kwargs["task_result"].id},
+            )  # fmt: skip
 
 
 def _discard_broken_connections() -> None:

@@ -72,8 +72,12 @@ class Worker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._inflight = 0
+        self._unrecorded: list[Outcome] = []
+        # False once a claim came back short; a notification, a retry or the poll resets it.
+        self._maybe_ready = True
         self._threads: list[threading.Thread] = []
         self._signals_received = 0
+        self._abandon = False
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -101,7 +105,7 @@ class Worker:
             self._loop()
         finally:
             self._shutdown()
-        logger.info("Worker %s stopped after %s tasks", self.worker_id, self.processed)
+        logger.info("Worker %s stopped after %s task attempts", self.worker_id, self.processed)
         return 0
 
     def install_signal_handlers(self) -> None:
@@ -116,7 +120,11 @@ class Worker:
                 )  # fmt: skip
                 self.stop()
             else:
-                logger.warning("Worker %s got a second signal: exiting now", self.worker_id)
+                logger.warning(
+                    "Worker %s got a second signal: exiting now, abandoning running tasks",
+                    self.worker_id,
+                )
+                self._abandon = True
                 raise SystemExit(1)
 
         signal.signal(signal.SIGTERM, on_signal)
@@ -125,28 +133,10 @@ class Worker:
     # -- main loop ----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        capacity = self.concurrency + self.prefetch
         backoff = 0.5
         while not self._stopping.is_set():
             try:
-                self._record_outcomes(block=False)
-                free = capacity - self._inflight
-                claimed: list[ClaimedTask] = []
-                if free > 0:
-                    limit = min(self.batch_size, free)
-                    claimed = self.connection.claim(
-                        worker_id=self.worker_id,
-                        queues=self.queues,
-                        limit=limit,
-                        lease_seconds=self.lease_seconds,
-                    )
-                    for task in claimed:
-                        self._jobs.put(task)
-                    self._inflight += len(claimed)
-                    if len(claimed) == limit:
-                        continue  # more may be ready: claim again before waiting
-                if self.burst and self._inflight == 0 and not claimed:
-                    return
+                did_work = self._exchange()
                 backoff = 0.5
             except psycopg.OperationalError as exc:
                 logger.error(
@@ -157,33 +147,73 @@ class Worker:
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
-            self._wake.wait(self.poll_interval)
+            if did_work:
+                continue
+            if self.burst and self._inflight == 0 and not self._maybe_ready:
+                return
+            if not self._wake.wait(self.poll_interval):
+                self._maybe_ready = True  # the poll: look again even without a notification
             self._wake.clear()
 
-    def _record_outcomes(self, *, block: bool, timeout: float | None = None) -> None:
-        outcomes: list[Outcome] = []
-        if block and self._inflight:
-            try:
-                outcomes.append(self._outcomes.get(timeout=timeout))
-            except stdlib_queue.Empty:
-                return
+    def _claim_limit(self) -> int:
+        """How many tasks to claim now: 0, or a batch worth a round trip.
+
+        Executors that have nothing to do always get work. Otherwise the prefetch buffer is
+        refilled only once half a batch has room, so a steady stream of completions does not
+        turn into a stream of one-row claims.
+        """
+        if not self._maybe_ready or self._stopping.is_set():
+            return 0
+        free = self.concurrency + self.prefetch - self._inflight
+        if free <= 0:
+            return 0
+        if self._inflight < self.concurrency or free >= min(self.batch_size, self.prefetch) // 2:
+            return min(self.batch_size, free)
+        return 0
+
+    def _exchange(self) -> bool:
+        """Record finished outcomes and claim more, in one round trip. Returns whether it did
+        anything."""
         while True:
             try:
-                outcomes.append(self._outcomes.get_nowait())
+                self._unrecorded.append(self._outcomes.get_nowait())
             except stdlib_queue.Empty:
                 break
-        if not outcomes:
-            return
-        updated = self.connection.finish(worker_id=self.worker_id, outcomes=outcomes)
-        self._inflight -= len(outcomes)
-        self.processed += len(outcomes)
-        if len(updated) != len(outcomes):
-            lost = sorted({o.id for o in outcomes} - updated)
-            logger.warning(
-                "Worker %s no longer held tasks %s when they finished; their outcome was "
-                "not recorded (cancelled or recovered meanwhile)",
-                self.worker_id, lost,
-            )  # fmt: skip
+        limit = self._claim_limit()
+        if not self._unrecorded and not limit:
+            return False
+        outcomes = self._unrecorded
+        updated, claimed = self.connection.finish_and_claim(
+            worker_id=self.worker_id,
+            outcomes=outcomes,
+            queues=self.queues,
+            limit=limit,
+            lease_seconds=self.lease_seconds,
+        )
+        # Recorded: only now may they be forgotten (a lost connection keeps them for the retry).
+        self._unrecorded = []
+        if outcomes:
+            self._inflight -= len(outcomes)
+            self.processed += len(outcomes)
+            if len(updated) != len(outcomes):
+                self._warn_lost(outcomes, updated)
+            if any(outcome.status == "READY" for outcome in outcomes):
+                self._maybe_ready = True  # a retry may be due at once
+        if limit:
+            for task in claimed:
+                self._jobs.put(task)
+            self._inflight += len(claimed)
+            if len(claimed) < limit:
+                self._maybe_ready = False  # drained: wait for a notification or the next poll
+        return True
+
+    def _warn_lost(self, outcomes: list[Outcome], updated: set[int]) -> None:
+        lost = sorted({o.id for o in outcomes} - updated)
+        logger.warning(
+            "Worker %s no longer held tasks %s when they finished; their outcome was "
+            "not recorded (cancelled or recovered meanwhile)",
+            self.worker_id, lost,
+        )  # fmt: skip
 
     # -- threads --------------------------------------------------------------------------
 
@@ -215,6 +245,7 @@ class Worker:
                     backoff = 0.5
                     while not self._stopping.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self._maybe_ready = True
                             self._wake.set()
             except psycopg.Error as exc:
                 logger.warning("Worker %s listener reconnecting: %s", self.worker_id, exc)
@@ -242,8 +273,11 @@ class Worker:
                     "Worker %s returned %s unstarted tasks to the queue", self.worker_id, released
                 )
             while self._inflight > 0:
-                self._record_outcomes(block=True, timeout=1.0)
+                if not self._exchange():
+                    self._wake.wait(1.0)
+                    self._wake.clear()
         finally:
-            for thread in self._threads:
-                thread.join(timeout=5)
+            if not self._abandon:
+                for thread in self._threads:
+                    thread.join(timeout=5)
             self.connection.close()

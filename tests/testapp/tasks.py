@@ -84,3 +84,13 @@ def result_ignored():
 @background_task(name="custom.task.name", queue="other", priority=5, timeout=12.5)
 def named_task():
     return "named"
+
+
+@background_task(max_retries=3, default_retry_delay=0)
+def exits_the_process():
+    raise SystemExit(3)
+
+
+@background_task(max_retries=5, default_retry_delay=0, bind=True)
+def gives_up_early(context):
+    context.retry(max_retries=0)

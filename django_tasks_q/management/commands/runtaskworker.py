@@ -64,7 +64,7 @@ class Command(BaseCommand):
             "--loglevel",
             default=None,
             choices=["debug", "info", "warning", "error"],
-            help="Log level for django_tasks_q when LOGGING does not configure it (default: info).",
+            help="Log level of the django_tasks_q loggers (default: from LOGGING, else info).",
         )
 
     def handle(self, *args, **options):

@@ -31,9 +31,15 @@ class Command(BaseCommand):
             )
         )
         manage = [sys.executable, "manage.py"]
+        # Own sessions: Ctrl-C reaches only this process, which then stops each child once
+        # (a worker treats a second signal as "exit now, abandon running tasks").
         children = [
-            subprocess.Popen([*manage, "runtaskworker", "--concurrency", "4"]),
-            subprocess.Popen([*manage, "runserver", options["addr"], "--noreload"]),
+            subprocess.Popen(
+                [*manage, "runtaskworker", "--concurrency", "4"], start_new_session=True
+            ),
+            subprocess.Popen(
+                [*manage, "runserver", options["addr"], "--noreload"], start_new_session=True
+            ),
         ]
         stopping = False
 

@@ -1,0 +1,85 @@
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from django_tasks_q import bench
+from django_tasks_q.conf import settings as conf
+
+
+class Command(BaseCommand):
+    help = (
+        "Benchmark the task queue on this database: enqueue rates, drain rate of real worker "
+        "processes, enqueue-to-start latency, worker memory and the raw SQL ceiling. Uses a "
+        "queue of its own and deletes its rows afterwards."
+    )
+
+    def add_arguments(self, parser):
+        defaults = bench.BenchOptions()
+        parser.add_argument(
+            "--tasks", type=int, default=defaults.tasks,
+            help=f"Tasks to enqueue in bulk and drain (default: {defaults.tasks}).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--workers", type=int, default=None,
+            help="Worker processes to start (default: the number of CPUs).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--concurrency", type=int, default=None,
+            help=f"Threads per worker (default: TASKS_Q['CONCURRENCY'] = {conf.CONCURRENCY}).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--batch-size", type=int, default=None,
+            help=f"Tasks claimed at once (default: TASKS_Q['BATCH_SIZE'] = {conf.BATCH_SIZE}).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--queue", default=defaults.queue,
+            help=f"Queue to benchmark on; no application may use it (default: {defaults.queue}).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--latency-samples", type=int, default=defaults.latency_samples,
+            help="Tasks timed one at a time on idle workers, 0 to skip "
+            f"(default: {defaults.latency_samples}).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--skip-ceiling", action="store_true",
+            help="Do not measure the raw SQL claim/finish ceiling.",
+        )  # fmt: skip
+        parser.add_argument(
+            "--keep",
+            action="store_true",
+            help="Keep the benchmark's rows instead of deleting them.",
+        )
+        parser.add_argument(
+            "--json", action="store_true",
+            help="Print the results as one JSON object; progress goes to stderr.",
+        )  # fmt: skip
+
+    def handle(self, *args, **options):
+        bench_options = bench.BenchOptions(
+            tasks=options["tasks"],
+            workers=options["workers"],
+            concurrency=options["concurrency"],
+            batch_size=options["batch_size"],
+            queue=options["queue"],
+            latency_samples=options["latency_samples"],
+            skip_ceiling=options["skip_ceiling"],
+            keep=options["keep"],
+        )
+        if options["json"]:
+            # stdout carries only the JSON, so that CI can parse it.
+            def report(line: str) -> None:
+                self.stderr.write(line, style_func=lambda text: text)
+        else:
+            report = self.stdout.write
+        try:
+            results = bench.run(bench_options, report)
+        except bench.BenchError as exc:
+            raise CommandError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise CommandError(
+                "Interrupted; the benchmark's workers were stopped.", returncode=130
+            ) from None
+        if options["json"]:
+            self.stdout.write(json.dumps(results.as_json()))
+        else:
+            self.stdout.write(bench.summary(results))
