@@ -50,6 +50,12 @@ LATENCY_TIMEOUT = 30.0
 WORKER_STOP_TIMEOUT = 30.0
 DRAIN_POLL_INTERVAL = 0.1
 LATENCY_POLL_INTERVAL = 0.002
+# With this many dead rows a claim was seen to take up to 2.5 times as long as after a VACUUM.
+DEAD_ROWS_WARNING = 1_000_000
+# Every worker id of one run starts with this, to tell its workers from any others.
+WORKER_ID_PREFIX = f"taskbench-{uuid.uuid4().hex[:8]}-"
+
+LABEL_WIDTH = 36
 
 Report = Callable[[str], None]
 
@@ -113,6 +119,9 @@ class Results:
     batch_size: int
     listen_notify: bool
     queue: str
+    autovacuum: bool
+    table_live_rows: int
+    table_dead_rows: int
     enqueue_single_tasks: int = 0
     enqueue_single_per_s: float = 0.0
     enqueue_bulk_per_s: float = 0.0
@@ -138,9 +147,10 @@ def run(options: BenchOptions, report: Report) -> Results:
     """Run every phase in order, reporting one line per phase. Raises :class:`BenchError`."""
     options = options.resolved()
     database = _database()
+    live_rows, dead_rows = _table_rows(database)
     results = Results(
         version=_package_version(),
-        postgres=_server_version(database),
+        postgres=_server_setting(database, "server_version"),
         cpus=os.cpu_count() or 1,
         tasks=options.tasks,
         workers=options.workers,
@@ -148,6 +158,9 @@ def run(options: BenchOptions, report: Report) -> Results:
         batch_size=options.batch_size,
         listen_notify=conf.LISTEN_NOTIFY,
         queue=options.queue,
+        autovacuum=_server_setting(database, "autovacuum") == "on",
+        table_live_rows=live_rows,
+        table_dead_rows=dead_rows,
     )
     report(header(results))
     _refuse_foreign_rows(database, options.queue)
@@ -165,6 +178,21 @@ def run(options: BenchOptions, report: Report) -> Results:
 def _run_phases(
     options: BenchOptions, database: str, task: BackgroundTask, results: Results, report: Report
 ) -> None:
+    _enqueue_phases(options, task, results, report)
+    _worker_phases(options, database, task, results, report)
+    if options.skip_ceiling:
+        report(f"{'6. SQL ceiling':<{LABEL_WIDTH}}skipped (--skip-ceiling)")
+        return
+    rows, seconds = sql_ceiling(database, options)
+    results.ceiling_per_s = rows / seconds
+    results.drain_vs_ceiling_pct = 100 * results.drain_per_s / results.ceiling_per_s
+    report(_phase(f"6. SQL ceiling, {options.workers} connections", rows, seconds, "rows"))
+    report(f"{'   drain / ceiling':<{LABEL_WIDTH}}{results.drain_vs_ceiling_pct:>8.0f}%")
+
+
+def _enqueue_phases(
+    options: BenchOptions, task: BackgroundTask, results: Results, report: Report
+) -> None:
     singles = max(options.tasks // 10, min(MIN_SINGLE_ENQUEUES, options.tasks))
     elapsed = enqueue_one_by_one(task, singles)
     results.enqueue_single_tasks = singles
@@ -175,43 +203,40 @@ def _run_phases(
     results.enqueue_bulk_per_s = options.tasks / elapsed
     report(_phase(f"2. enqueue_many, {BULK_CHUNK} a call", options.tasks, elapsed, "tasks"))
 
-    # Started only now, so that they face a full backlog from their first claim.
+
+def _worker_phases(
+    options: BenchOptions, database: str, task: BackgroundTask, results: Results, report: Report
+) -> None:
+    # No other worker may have touched the backlog. Ours start only now, so that they face
+    # all of it from their first claim.
     _refuse_foreign_workers(database, options.queue)
     with running_workers(options) as workers:
-        expected = singles + options.tasks
+        expected = results.enqueue_single_tasks + options.tasks
         drained, seconds = drain(database, options.queue, workers, expected)
         results.drain_tasks, results.drain_seconds = drained, seconds
         results.drain_per_s = drained / seconds
-        label = f"3. drain, {options.workers} workers x {options.concurrency}"
+        label = f"3. drain, {options.workers} workers x {options.concurrency} threads"
         report(_phase(label, drained, seconds, "tasks") + "  (results verified)")
 
         if options.latency_samples:
             latencies = measure_latency(database, task, workers, options.latency_samples)
-            results.latency_samples = len(latencies)
             p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
+            results.latency_samples = len(latencies)
             results.latency_p50_ms, results.latency_p95_ms, results.latency_p99_ms = p50, p95, p99
             report(
-                f"{'4. latency, idle workers':<32}{len(latencies):>8,} tasks   "
+                f"{'4. latency, idle workers':<{LABEL_WIDTH}}{len(latencies):>8,} tasks   "
                 f"p50 {p50:.1f} ms  p95 {p95:.1f} ms  p99 {p99:.1f} ms"
             )
         else:
-            report(f"{'4. latency, idle workers':<32}skipped (--latency-samples 0)")
+            report(f"{'4. latency, idle workers':<{LABEL_WIDTH}}skipped (--latency-samples 0)")
 
+        # Read before stopping: the peak is gone with the process.
         results.worker_peak_mb = peak_memory_mb(workers)
         stop_workers(workers)
-        memory = "n/a" if results.worker_peak_mb is None else f"{results.worker_peak_mb:.1f} MB"
         report(
-            f"{'5. peak worker memory':<32}{memory} (largest VmHWM of {len(workers)}), clean exit"
+            f"{'5. peak worker memory':<{LABEL_WIDTH}}{_megabytes(results.worker_peak_mb)} "
+            f"(largest VmHWM of {len(workers)} workers); all exited cleanly"
         )
-
-    if options.skip_ceiling:
-        report(f"{'6. SQL ceiling':<32}skipped (--skip-ceiling)")
-        return
-    rows, seconds = sql_ceiling(database, options)
-    results.ceiling_per_s = rows / seconds
-    results.drain_vs_ceiling_pct = 100 * results.drain_per_s / results.ceiling_per_s
-    report(_phase(f"6. SQL ceiling, {options.workers} connections", rows, seconds, "rows"))
-    report(f"{'   drain / ceiling':<32}{results.drain_vs_ceiling_pct:>8.0f}%")
 
 
 # -- phases -----------------------------------------------------------------------------------
@@ -259,7 +284,7 @@ def drain(
 def measure_latency(
     database: str, task: BackgroundTask, workers: Sequence[WorkerProcess], samples: int
 ) -> list[float]:
-    """Enqueue→start latencies in ms, one task at a time so that every worker is idle."""
+    """Enqueue-to-start latencies in ms, one task at a time so that every worker is idle."""
     ids: list[int] = []
     for n in range(samples):
         task_id = int(task.enqueue(n).id)
@@ -306,10 +331,12 @@ def peak_memory_mb(workers: Sequence[WorkerProcess]) -> float | None:
 
 
 def sql_ceiling(database: str, options: BenchOptions) -> tuple[int, float]:
-    """Rows/s of the workers' own claim and finish statements with no Python task around them.
+    """Rows/s of the workers' own queue statements with no task execution around them.
 
-    One connection per thread, as many as there were worker processes: the work is round
-    trips, which release the GIL, so threads get as far as processes would.
+    Each connection makes the workers' round trip, finishing the previous batch and claiming
+    the next in one transaction, as fast as it can. One connection per thread, as many as
+    there were worker processes: the time goes to round trips, which release the GIL, so
+    threads get as far as processes would.
     """
     _insert_ceiling_rows(database, options.queue, options.tasks)
     stop = threading.Event()
@@ -317,17 +344,19 @@ def sql_ceiling(database: str, options: BenchOptions) -> tuple[int, float]:
 
     def claim_and_finish(index: int) -> None:
         connection = queue.QueueConnection(database)
-        worker_id = f"taskbench-ceiling-{os.getpid()}-{index}"
+        worker_id = f"{WORKER_ID_PREFIX}ceiling-{index}"
+        outcomes: list[queue.Outcome] = []
         try:
             while not stop.is_set():
-                claimed = connection.claim(
+                _, claimed = connection.finish_and_claim(
                     worker_id=worker_id,
+                    outcomes=outcomes,
                     queues=[options.queue],
                     limit=options.batch_size,
                     lease_seconds=conf.LEASE_SECONDS,
                 )
                 if not claimed:
-                    return
+                    return  # and the last outcomes were recorded by this very call
                 outcomes = [
                     queue.Outcome(
                         id=row.id,
@@ -338,7 +367,6 @@ def sql_ceiling(database: str, options: BenchOptions) -> tuple[int, float]:
                     )
                     for row in claimed
                 ]
-                connection.finish(worker_id=worker_id, outcomes=outcomes)
         except BaseException as exc:  # handed to the main thread, which raises it
             failures.append(exc)
         finally:
@@ -376,10 +404,6 @@ class WorkerProcess:
         self.log.flush()
         self.log.seek(0)
         return self.log.read().decode(errors="replace")[-limit:]
-
-
-# Every worker id of one run starts with this, to tell them from workers the bench did not start.
-WORKER_ID_PREFIX = f"taskbench-{uuid.uuid4().hex[:8]}-"
 
 
 def worker_command(options: BenchOptions, worker_id: str) -> list[str]:
@@ -492,7 +516,8 @@ def _signals_interrupt() -> Iterator[None]:
         yield
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            # None: the previous handler was not set from Python and cannot be put back.
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 # -- database ---------------------------------------------------------------------------------
@@ -520,9 +545,9 @@ def _refuse_foreign_rows(database: str, queue_name: str) -> None:
         (count,) = cursor.fetchone()
     if count:
         raise BenchError(
-            f"Queue {queue_name!r} holds {count} tasks that are not the benchmark's. The "
-            "benchmark deletes its queue's rows and its workers would run those tasks: pass "
-            "--queue with a name no application uses."
+            f"Queue {queue_name!r} holds {count} task(s) that the benchmark did not create. "
+            "The benchmark deletes its queue's rows, and its workers would run those tasks: "
+            "pass --queue with a name no application uses."
         )
 
 
@@ -622,16 +647,29 @@ def _refuse_foreign_workers(database: str, queue_name: str) -> None:
         count, example = cursor.fetchone()
     if count:
         raise BenchError(
-            f"{count} tasks were run by another worker ({example}), probably one started "
-            "without --queues, which serves every queue. Stop it while benchmarking: the rate "
-            "would not be this benchmark's."
+            f"{count} benchmark task(s) were run by a worker the benchmark did not start "
+            f"({example}): one serving this queue, or every queue (no --queues). Stop it while "
+            "benchmarking, or the rates measure it too."
         )
 
 
-def _server_version(database: str) -> str:
+def _server_setting(database: str, name: str) -> str:
     with connections[database].cursor() as cursor:
-        cursor.execute("SHOW server_version")
+        cursor.execute("SELECT current_setting(%s)", [name])
         return cursor.fetchone()[0]
+
+
+def _table_rows(database: str) -> tuple[int, int]:
+    """The statistics' estimate of live and dead rows in the task table."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT n_live_tup, n_dead_tup FROM pg_stat_user_tables
+            WHERE relid = 'django_tasks_q_task'::regclass
+            """
+        )
+        row = cursor.fetchone()
+    return (row[0], row[1]) if row else (0, 0)
 
 
 def _import_root(module: str) -> str | None:
@@ -667,18 +705,35 @@ def _package_version() -> str:
         return "dev"
 
 
+def _megabytes(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} MB"
+
+
 def _phase(label: str, count: int, seconds: float, unit: str) -> str:
-    return f"{label:<32}{count:>8,} {unit:<5} {seconds:>7.2f} s {count / seconds:>10,.0f} {unit}/s"
+    rate = count / seconds
+    return f"{label:<{LABEL_WIDTH}}{count:>8,} {unit:<5} {seconds:>7.2f} s {rate:>10,.0f} {unit}/s"
 
 
 def header(results: Results) -> str:
-    return (
-        f"django_tasks_q {results.version} · PostgreSQL {results.postgres} · "
-        f"{results.cpus} CPUs\n"
+    lines = [
+        f"django_tasks_q {results.version}, PostgreSQL {results.postgres}, {results.cpus} CPUs",
         f"tasks={results.tasks} workers={results.workers} concurrency={results.concurrency} "
-        f"batch_size={results.batch_size} "
-        f"listen_notify={'on' if results.listen_notify else 'off'} queue={results.queue}\n"
-    )
+        f"batch_size={results.batch_size} listen_notify={_on_off(results.listen_notify)} "
+        f"queue={results.queue}",
+        f"task table: ~{results.table_live_rows:,} live rows, ~{results.table_dead_rows:,} dead; "
+        f"autovacuum={_on_off(results.autovacuum)}",
+    ]
+    if results.table_dead_rows > max(DEAD_ROWS_WARNING, results.table_live_rows):
+        # Claims walk the ready index past entries of dead rows until a vacuum removes them.
+        lines.append(
+            "warning: that many dead rows can slow claims down; after VACUUM ANALYZE "
+            "django_tasks_q_task the numbers would reflect a vacuumed table."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _on_off(value: bool) -> str:
+    return "on" if value else "off"
 
 
 def summary(results: Results) -> str:
@@ -694,7 +749,7 @@ def summary(results: Results) -> str:
             f"{results.latency_p50_ms:.1f} / {results.latency_p95_ms:.1f} / "
             f"{results.latency_p99_ms:.1f} ms"
         )
-    memory = "n/a" if results.worker_peak_mb is None else f"{results.worker_peak_mb:.1f} MB"
+    memory = _megabytes(results.worker_peak_mb)
     ratio = (
         "skipped"
         if results.drain_vs_ceiling_pct is None

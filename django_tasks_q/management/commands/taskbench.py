@@ -77,7 +77,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         except KeyboardInterrupt:
             raise CommandError(
-                "Interrupted; the benchmark's workers were stopped.", returncode=130
+                "Interrupted; no benchmark worker is left running.", returncode=130
             ) from None
         if options["json"]:
             self.stdout.write(json.dumps(results.as_json()))
