@@ -348,7 +348,7 @@ def sql_ceiling(database: str, options: BenchOptions) -> tuple[int, float]:
         outcomes: list[queue.Outcome] = []
         try:
             while not stop.is_set():
-                _, claimed = connection.finish_and_claim(
+                _, claimed = connection.exchange(
                     worker_id=worker_id,
                     outcomes=outcomes,
                     queues=[options.queue],

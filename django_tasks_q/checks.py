@@ -66,7 +66,7 @@ def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
         errors.append(
             _error(
                 f"{SETTING_NAME}['PREFETCH'] must be None or an int >= 0, got {prefetch!r}.",
-                "None claims up to BATCH_SIZE extra tasks; 0 claims only free slots.",
+                "None adapts to task durations; 0 claims only free slots.",
                 "E005",
             )
         )

@@ -150,6 +150,7 @@ class Outcome:
     error: dict[str, Any] | None = None
     max_attempts: int = 1
     retry_delay: float = 0.0
+    duration: float = 0.0  # seconds the attempt ran; not stored, tunes the worker's prefetch
 
 
 def connection_params(using: str) -> dict[str, Any]:
@@ -179,75 +180,57 @@ class QueueConnection:
             self._conn.close()
             self._conn = None
 
-    def claim(
-        self, *, worker_id: str, queues: Sequence[str] | None, limit: int, lease_seconds: float
-    ) -> list[ClaimedTask]:
-        statement, params = self._claim_statement(worker_id, queues, limit, lease_seconds)
-        return self._claimed(self.connect().execute(statement, params).fetchall())
-
-    @staticmethod
-    def _claim_statement(
-        worker_id: str, queues: Sequence[str] | None, limit: int, lease_seconds: float
-    ) -> tuple[str, dict[str, Any]]:
-        params = {"limit": limit, "worker_id": worker_id, "lease_seconds": lease_seconds}
-        if not queues:
-            return sql("claim"), params
-        params["queues"] = list(queues)
-        return sql("claim_from_queues"), params
-
-    @staticmethod
-    def _claimed(rows: list[tuple]) -> list[ClaimedTask]:
-        # The UPDATE returns rows in no particular order; run them in claim order.
-        rows.sort(key=lambda row: (-row[3], row[9], row[0]))
-        return [ClaimedTask(*row) for row in rows]
-
-    def finish(self, *, worker_id: str, outcomes: Sequence[Outcome]) -> set[int]:
-        """Record outcomes; returns the ids actually updated (the others lost their claim)."""
-        if not outcomes:
-            return set()
-        rows = self.connect().execute(sql("finish"), self._finish_params(worker_id, outcomes))
-        return {row[0] for row in rows.fetchall()}
-
-    def finish_and_claim(
+    def exchange(
         self,
         *,
         worker_id: str,
-        outcomes: Sequence[Outcome],
-        queues: Sequence[str] | None,
-        limit: int,
-        lease_seconds: float,
+        outcomes: Sequence[Outcome] = (),
+        queues: Sequence[str] | None = None,
+        limit: int = 0,
+        lease_seconds: float = 60.0,
     ) -> tuple[set[int], list[ClaimedTask]]:
-        """Record ``outcomes`` and claim up to ``limit`` tasks: one transaction, one round trip.
+        """Record ``outcomes`` and claim up to ``limit`` tasks, in one statement and one commit.
 
-        Returns the ids whose outcome was recorded (others lost their claim) and the claimed
-        tasks, in claim order.
+        Returns the ids whose outcome was recorded (the others' holder had lost the claim) and
+        the claimed tasks in claim order.
         """
-        conn = self.connect()
-        finished = claimed = None
-        with conn.pipeline(), conn.transaction():
-            conn.execute(sql("plan_hints"))
-            if outcomes:
-                finished = conn.execute(sql("finish"), self._finish_params(worker_id, outcomes))
-            if limit:
-                statement, params = self._claim_statement(worker_id, queues, limit, lease_seconds)
-                claimed = conn.execute(statement, params)
-        return (
-            {row[0] for row in finished.fetchall()} if finished else set(),
-            self._claimed(claimed.fetchall()) if claimed else [],
-        )
-
-    @staticmethod
-    def _finish_params(worker_id: str, outcomes: Sequence[Outcome]) -> dict[str, Any]:
-        return {
+        params: dict[str, Any] = {
             "worker_id": worker_id,
+            "limit": limit,
+            "lease_seconds": lease_seconds,
             "ids": [o.id for o in outcomes],
             "attempts": [o.attempt for o in outcomes],
-            "statuses": [o.status for o in outcomes],
+            "statuses": [str(o.status) for o in outcomes],
             "results": [o.result_json for o in outcomes],
             "errors": [Jsonb(o.error) if o.error else None for o in outcomes],
             "max_attempts": [o.max_attempts for o in outcomes],
             "retry_delays": [float(o.retry_delay) for o in outcomes],
         }
+        if queues:
+            statement, params["queues"] = sql("exchange_from_queues"), list(queues)
+        else:
+            statement = sql("exchange")
+        finished: set[int] = set()
+        claimed: list[tuple] = []
+        for row in self.connect().execute(statement, params).fetchall():
+            if row[0]:
+                claimed.append(row[1:])
+            else:
+                finished.add(row[1])
+        # The UPDATE returns rows in no particular order; run them in claim order.
+        claimed.sort(key=lambda row: (-row[3], row[9], row[0]))
+        return finished, [ClaimedTask(*row) for row in claimed]
+
+    def claim(
+        self, *, worker_id: str, queues: Sequence[str] | None, limit: int, lease_seconds: float
+    ) -> list[ClaimedTask]:
+        return self.exchange(
+            worker_id=worker_id, queues=queues, limit=limit, lease_seconds=lease_seconds
+        )[1]
+
+    def finish(self, *, worker_id: str, outcomes: Sequence[Outcome]) -> set[int]:
+        """Record outcomes; returns the ids actually updated (the others lost their claim)."""
+        return self.exchange(worker_id=worker_id, outcomes=outcomes)[0]
 
     def release(self, *, worker_id: str, ids: Sequence[int]) -> int:
         if not ids:

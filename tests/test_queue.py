@@ -141,19 +141,60 @@ def test_cancel_only_affects_tasks_that_have_not_started(qconn):
     assert Task.objects.get(pk=running.id).status == "RUNNING"
 
 
-def test_claim_is_served_by_the_partial_ready_index():
-    tasks.add.enqueue_many([(i, i) for i in range(2000)])
-    Task.objects.filter(id__in=Task.objects.order_by("id").values("id")[:1900]).update(
-        status="SUCCESSFUL"
-    )
+def explain_exchange(statement: str, **extra) -> str:
+    empty = {
+        name: []
+        for name in (
+            "ids",
+            "attempts",
+            "statuses",
+            "results",
+            "errors",
+            "max_attempts",
+            "retry_delays",
+        )
+    }
+    params = {"limit": 10, "worker_id": "w", "lease_seconds": 60, **empty, **extra}
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE django_tasks_q_task")
-        cursor.execute(
-            "EXPLAIN " + queue.sql("claim"),
-            {"queues": None, "limit": 10, "worker_id": "w", "lease_seconds": 60},
-        )
-        plan = "\n".join(row[0] for row in cursor.fetchall())
-    assert "tasks_q_ready_idx" in plan, plan
+        cursor.execute("EXPLAIN " + queue.sql(statement), params)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+@pytest.fixture
+def backlog():
+    """A big backlog in the default queue behind a little work in a second queue."""
+    tasks.add.enqueue_many([(i, i) for i in range(5000)])
+    tasks.add.using(queue_name="rare").enqueue_many([(i, i) for i in range(20)])
+    old = Task.objects.order_by("id").values("id")[:2000]
+    Task.objects.filter(id__in=old).update(status="SUCCESSFUL")
+
+
+def test_claim_walks_the_partial_ready_index(backlog):
+    plan = explain_exchange("exchange")
+    assert "Index Scan using tasks_q_ready_idx" in plan, plan
+    assert "Seq Scan on django_tasks_q_task" not in plan, plan
+
+
+def test_claim_from_a_small_queue_does_not_walk_the_big_backlog(backlog):
+    plan = explain_exchange("exchange_from_queues", queues=["rare"])
+    assert "Index Scan using tasks_q_ready_queue_idx" in plan, plan
+    assert "Seq Scan on django_tasks_q_task" not in plan, plan
+
+
+def test_exchange_records_outcomes_and_claims_in_one_statement(qconn):
+    done = tasks.add.delay(1, 1)
+    [claimed] = claim(qconn, limit=1)
+    waiting = tasks.add.delay(2, 2)
+    updated, more = qconn.exchange(
+        worker_id="w1",
+        outcomes=[Outcome(id=claimed.id, attempt=1, status="SUCCESSFUL", result_json="2")],
+        limit=5,
+        lease_seconds=60,
+    )
+    assert updated == {int(done.id)}
+    assert [str(t.id) for t in more] == [waiting.id]
+    assert Task.objects.get(pk=done.id).status == "SUCCESSFUL"
 
 
 def test_enqueue_notifies_listeners_only_on_commit():

@@ -40,39 +40,109 @@ notified AS (
 SELECT id, run_after, enqueued_at, (SELECT count(*) FROM notified)
 FROM inserted;
 
--- name: claim
--- Claims from every queue. The MATERIALIZED CTE is an optimisation fence: Postgres first picks
--- and locks ids (walking the partial ready index in claim order, skipping rows other workers
--- hold), then joins the UPDATE to exactly those ids. Without the fence the planner may inline
--- the subquery and lock rows it then discards. The ORDER BY matches tasks_q_ready_idx, so the
--- scan stops after LIMIT rows whatever the table statistics say.
-WITH picked AS MATERIALIZED (
+-- name: exchange
+-- The worker's hot path, one statement and one commit: record the outcomes of finished
+-- attempts, then claim up to %(limit)s ready tasks from every queue. Empty outcome arrays and
+-- a limit of 0 are fine. Returns one row per recorded outcome (kind 0, its id) and one per
+-- claimed task (kind 1, with what the worker needs to run it).
+--
+-- finished: the WHERE clause is the fence. Only the worker holding this attempt may finish it,
+-- so a worker that lost its claim (cancelled, recovered) changes nothing.
+-- picked: the MATERIALIZED CTE is an optimisation fence. Postgres first picks and locks ids,
+-- walking the partial ready index in claim order and skipping rows other workers hold, then
+-- joins the UPDATE to exactly those ids. Inlined, the planner may lock rows it then discards.
+-- The ORDER BY matches tasks_q_ready_idx, so the walk stops after LIMIT rows.
+WITH outcome AS (
+    SELECT *
+    FROM unnest(
+        %(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::text[], %(results)s::jsonb[],
+        %(errors)s::jsonb[], %(max_attempts)s::integer[], %(retry_delays)s::float8[]
+    ) AS outcome(id, attempt, status, result, error, max_attempts, retry_delay)
+),
+finished AS (
+    UPDATE django_tasks_q_task AS task
+    SET status = outcome.status,
+        result = outcome.result,
+        errors = CASE
+            WHEN outcome.error IS NULL THEN task.errors
+            ELSE task.errors || jsonb_build_array(outcome.error || jsonb_build_object('at', now()))
+        END,
+        max_attempts = outcome.max_attempts,
+        run_after = CASE
+            WHEN outcome.status = 'READY' THEN now() + make_interval(secs => outcome.retry_delay)
+            ELSE task.run_after
+        END,
+        finished_at = CASE WHEN outcome.status = 'READY' THEN NULL ELSE now() END,
+        lease_expires_at = NULL
+    FROM outcome
+    WHERE task.id = outcome.id
+      AND task.status = 'RUNNING'
+      AND task.attempts = outcome.attempt
+      AND task.worker_id = %(worker_id)s
+    RETURNING task.id
+),
+picked AS MATERIALIZED (
     SELECT id
     FROM django_tasks_q_task
     WHERE status = 'READY' AND run_after <= now()
     ORDER BY priority DESC, run_after, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE django_tasks_q_task AS task
+    SET status = 'RUNNING',
+        attempts = task.attempts + 1,
+        started_at = COALESCE(task.started_at, now()),
+        last_attempted_at = now(),
+        worker_id = %(worker_id)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+    FROM picked
+    WHERE task.id = picked.id
+    RETURNING task.*
 )
-UPDATE django_tasks_q_task AS task
-SET status = 'RUNNING',
-    attempts = task.attempts + 1,
-    started_at = COALESCE(task.started_at, now()),
-    last_attempted_at = now(),
-    worker_id = %(worker_id)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-FROM picked
-WHERE task.id = picked.id
-RETURNING task.id, task.name, task.queue, task.priority, task.args, task.kwargs,
-          task.attempts, task.max_attempts, task.timeout, task.run_after, task.enqueued_at,
-          task.started_at, task.last_attempted_at, task.errors;
+SELECT 0, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM finished
+UNION ALL
+SELECT 1, id, name, queue, priority, args, kwargs, attempts, max_attempts, timeout, run_after,
+       enqueued_at, started_at, last_attempted_at, errors
+FROM claimed;
 
--- name: claim_from_queues
--- Claims from the given queues. `queue = ANY(...)` cannot walk an index in claim order across
--- several queues (it would sort every ready row of those queues on each claim), so each queue
--- is read in order through tasks_q_ready_queue_idx, at most LIMIT rows each, and the best
--- LIMIT of those are kept. Rows locked but not kept are unlocked when the statement commits.
-WITH picked AS MATERIALIZED (
+-- name: exchange_from_queues
+-- The same, claiming only from %(queues)s. `queue = ANY(...)` cannot walk an index in claim
+-- order across several queues (it would sort every ready row of those queues on each claim),
+-- so each queue is read in order through tasks_q_ready_queue_idx, at most LIMIT rows each, and
+-- the best LIMIT of those are kept. Rows locked but not kept are unlocked at commit.
+WITH outcome AS (
+    SELECT *
+    FROM unnest(
+        %(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::text[], %(results)s::jsonb[],
+        %(errors)s::jsonb[], %(max_attempts)s::integer[], %(retry_delays)s::float8[]
+    ) AS outcome(id, attempt, status, result, error, max_attempts, retry_delay)
+),
+finished AS (
+    UPDATE django_tasks_q_task AS task
+    SET status = outcome.status,
+        result = outcome.result,
+        errors = CASE
+            WHEN outcome.error IS NULL THEN task.errors
+            ELSE task.errors || jsonb_build_array(outcome.error || jsonb_build_object('at', now()))
+        END,
+        max_attempts = outcome.max_attempts,
+        run_after = CASE
+            WHEN outcome.status = 'READY' THEN now() + make_interval(secs => outcome.retry_delay)
+            ELSE task.run_after
+        END,
+        finished_at = CASE WHEN outcome.status = 'READY' THEN NULL ELSE now() END,
+        lease_expires_at = NULL
+    FROM outcome
+    WHERE task.id = outcome.id
+      AND task.status = 'RUNNING'
+      AND task.attempts = outcome.attempt
+      AND task.worker_id = %(worker_id)s
+    RETURNING task.id
+),
+picked AS MATERIALIZED (
     SELECT candidate.id
     FROM unnest(%(queues)s::text[]) AS wanted(queue)
     CROSS JOIN LATERAL (
@@ -85,56 +155,25 @@ WITH picked AS MATERIALIZED (
     ) AS candidate
     ORDER BY candidate.priority DESC, candidate.run_after, candidate.id
     LIMIT %(limit)s
+),
+claimed AS (
+    UPDATE django_tasks_q_task AS task
+    SET status = 'RUNNING',
+        attempts = task.attempts + 1,
+        started_at = COALESCE(task.started_at, now()),
+        last_attempted_at = now(),
+        worker_id = %(worker_id)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+    FROM picked
+    WHERE task.id = picked.id
+    RETURNING task.*
 )
-UPDATE django_tasks_q_task AS task
-SET status = 'RUNNING',
-    attempts = task.attempts + 1,
-    started_at = COALESCE(task.started_at, now()),
-    last_attempted_at = now(),
-    worker_id = %(worker_id)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-FROM picked
-WHERE task.id = picked.id
-RETURNING task.id, task.name, task.queue, task.priority, task.args, task.kwargs,
-          task.attempts, task.max_attempts, task.timeout, task.run_after, task.enqueued_at,
-          task.started_at, task.last_attempted_at, task.errors;
-
--- name: plan_hints
--- Run first in each worker transaction. Every queue statement is built to be a short walk of
--- an index (in claim order, or by primary key). Right after a bulk enqueue or a burst of
--- completions the table statistics lag far behind, and the planner may then pick a hash join
--- over all RUNNING rows or a scan of the whole table. These hints, local to the transaction,
--- keep the index plans whatever the statistics say.
-SELECT set_config('enable_seqscan', 'off', true),
-       set_config('enable_hashjoin', 'off', true),
-       set_config('enable_mergejoin', 'off', true);
-
--- name: finish
--- Records a batch of outcomes in one statement: SUCCESSFUL, FAILED, or READY again for a retry.
--- The WHERE clause is the fence: only the worker holding this attempt may finish it.
-UPDATE django_tasks_q_task AS task
-SET status = outcome.status,
-    result = outcome.result,
-    errors = CASE
-        WHEN outcome.error IS NULL THEN task.errors
-        ELSE task.errors || jsonb_build_array(outcome.error || jsonb_build_object('at', now()))
-    END,
-    max_attempts = outcome.max_attempts,
-    run_after = CASE
-        WHEN outcome.status = 'READY' THEN now() + make_interval(secs => outcome.retry_delay)
-        ELSE task.run_after
-    END,
-    finished_at = CASE WHEN outcome.status = 'READY' THEN NULL ELSE now() END,
-    lease_expires_at = NULL
-FROM unnest(
-    %(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::text[], %(results)s::jsonb[],
-    %(errors)s::jsonb[], %(max_attempts)s::integer[], %(retry_delays)s::float8[]
-) AS outcome(id, attempt, status, result, error, max_attempts, retry_delay)
-WHERE task.id = outcome.id
-  AND task.status = 'RUNNING'
-  AND task.attempts = outcome.attempt
-  AND task.worker_id = %(worker_id)s
-RETURNING task.id;
+SELECT 0, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM finished
+UNION ALL
+SELECT 1, id, name, queue, priority, args, kwargs, attempts, max_attempts, timeout, run_after,
+       enqueued_at, started_at, last_attempted_at, errors
+FROM claimed;
 
 -- name: release
 -- Gives back claimed tasks this worker never started (shutdown): the claim did not count.

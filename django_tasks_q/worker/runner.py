@@ -127,6 +127,7 @@ class Runner:
             status=TaskStatus.SUCCESSFUL,
             result_json=result_json,
             max_attempts=claimed.max_attempts,
+            duration=duration,
         )
 
     def _failure(
@@ -168,6 +169,7 @@ class Runner:
                 error=error,
                 max_attempts=max_attempts,
                 retry_delay=delay,
+                duration=duration,
             )
         object.__setattr__(handle, "status", TaskStatus.FAILED)
         logger.error(
@@ -183,6 +185,7 @@ class Runner:
             status=TaskStatus.FAILED,
             error=error,
             max_attempts=max_attempts,
+            duration=duration,
         )
 
     @staticmethod

@@ -13,6 +13,7 @@ import queue as stdlib_queue
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -58,7 +59,10 @@ class Worker:
         self.queues = list(queues) if queues else None
         self.concurrency = concurrency
         self.batch_size = batch_size
-        self.prefetch = batch_size if prefetch is None else max(0, prefetch)
+        if prefetch is not None and prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0 or None (adaptive), got {prefetch}")
+        # None: adapt to task durations (see _prefetch); a number fixes it.
+        self.prefetch = prefetch
         self.poll_interval = poll_interval
         self.lease_seconds = lease_seconds
         self.listen = listen
@@ -75,6 +79,8 @@ class Worker:
         self._unrecorded: list[Outcome] = []
         # False once a claim came back short; a notification, a retry or the poll resets it.
         self._maybe_ready = True
+        self._mean_duration: float | None = None
+        self._mean_round_trip = 0.0
         self._threads: list[threading.Thread] = []
         self._signals_received = 0
         self._abandon = False
@@ -164,12 +170,27 @@ class Worker:
         """
         if not self._maybe_ready or self._stopping.is_set():
             return 0
-        free = self.concurrency + self.prefetch - self._inflight
+        prefetch = self._prefetch()
+        free = self.concurrency + prefetch - self._inflight
         if free <= 0:
             return 0
-        if self._inflight < self.concurrency or free >= min(self.batch_size, self.prefetch) // 2:
+        if self._inflight < self.concurrency or free >= min(self.batch_size, prefetch) // 2:
             return min(self.batch_size, free)
         return 0
+
+    def _prefetch(self) -> int:
+        """Tasks to hold beyond the executors' capacity.
+
+        Adaptive by default: as many as the executors finish during one database round trip,
+        so short tasks never wait for the next claim, while long tasks are not hoarded by one
+        worker when others are idle. Capped by ``batch_size``.
+        """
+        if self.prefetch is not None:
+            return self.prefetch
+        if self._mean_duration is None:
+            return 0
+        ahead = self.concurrency * self._mean_round_trip / max(self._mean_duration, 1e-6)
+        return min(self.batch_size, int(ahead + 0.5))
 
     def _exchange(self) -> bool:
         """Record finished outcomes and claim more, in one round trip. Returns whether it did
@@ -183,7 +204,8 @@ class Worker:
         if not self._unrecorded and not limit:
             return False
         outcomes = self._unrecorded
-        updated, claimed = self.connection.finish_and_claim(
+        began = time.perf_counter()
+        updated, claimed = self.connection.exchange(
             worker_id=self.worker_id,
             outcomes=outcomes,
             queues=self.queues,
@@ -192,6 +214,9 @@ class Worker:
         )
         # Recorded: only now may they be forgotten (a lost connection keeps them for the retry).
         self._unrecorded = []
+        self._mean_round_trip = _moving_average(self._mean_round_trip, time.perf_counter() - began)
+        for outcome in outcomes:
+            self._mean_duration = _moving_average(self._mean_duration, outcome.duration)
         if outcomes:
             self._inflight -= len(outcomes)
             self.processed += len(outcomes)
@@ -281,3 +306,7 @@ class Worker:
                 for thread in self._threads:
                     thread.join(timeout=5)
             self.connection.close()
+
+
+def _moving_average(current: float | None, sample: float, weight: float = 0.1) -> float:
+    return sample if current is None else current + weight * (sample - current)

@@ -45,8 +45,8 @@ class Command(BaseCommand):
             "--prefetch",
             type=int,
             default=None,
-            help="Tasks claimed beyond --concurrency so threads never wait for the database "
-            "(default: TASKS_Q['PREFETCH'], or --batch-size). Use 0 for long tasks.",
+            help="Tasks claimed beyond --concurrency so threads never wait for the database. "
+            "Default (TASKS_Q['PREFETCH'] = None): adapts to task durations, up to --batch-size.",
         )
         parser.add_argument(
             "--poll-interval",
