@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
@@ -77,6 +78,7 @@ class BenchOptions:
     batch_size: int | None = None  # None: TASKS_Q["BATCH_SIZE"]
     queue: str = "taskbench"
     latency_samples: int = 200
+    enqueue_threads: int = 8
     skip_ceiling: bool = False
     keep: bool = False
 
@@ -88,7 +90,7 @@ class BenchOptions:
             concurrency=self.concurrency or conf.CONCURRENCY,
             batch_size=self.batch_size or conf.BATCH_SIZE,
         )
-        for name in ("tasks", "workers", "concurrency", "batch_size"):
+        for name in ("tasks", "workers", "concurrency", "batch_size", "enqueue_threads"):
             if getattr(resolved, name) < 1:
                 raise BenchError(f"--{name.replace('_', '-')} must be at least 1.")
         if resolved.latency_samples < 0:
@@ -122,8 +124,10 @@ class Results:
     autovacuum: bool
     table_live_rows: int
     table_dead_rows: int
-    enqueue_single_tasks: int = 0
+    enqueue_single_tasks: int = 0  # enqueued one by one, from one thread and from several
     enqueue_single_per_s: float = 0.0
+    enqueue_threads: int = 0
+    enqueue_concurrent_per_s: float = 0.0
     enqueue_bulk_per_s: float = 0.0
     drain_tasks: int = 0
     drain_seconds: float = 0.0
@@ -199,7 +203,16 @@ def _enqueue_phases(
     results.enqueue_single_per_s = singles / elapsed
     report(_phase("1. enqueue, one commit each", singles, elapsed, "tasks"))
 
-    elapsed = enqueue_in_bulk(task, range(singles, singles + options.tasks))
+    # Commits from many web processes at once share WAL flushes (group commit): the rate a
+    # site sees under load, beyond one connection's commit latency.
+    threads = options.enqueue_threads
+    elapsed = enqueue_concurrently(task, range(singles, 2 * singles), threads)
+    results.enqueue_threads = threads
+    results.enqueue_concurrent_per_s = singles / elapsed
+    report(_phase(f"   the same from {threads} threads", singles, elapsed, "tasks"))
+    results.enqueue_single_tasks = 2 * singles
+
+    elapsed = enqueue_in_bulk(task, range(2 * singles, 2 * singles + options.tasks))
     results.enqueue_bulk_per_s = options.tasks / elapsed
     report(_phase(f"2. enqueue_many, {BULK_CHUNK} a call", options.tasks, elapsed, "tasks"))
 
@@ -247,6 +260,22 @@ def enqueue_one_by_one(task: BackgroundTask, count: int) -> float:
     started = time.perf_counter()
     for n in range(count):
         task.enqueue(n)
+    return time.perf_counter() - started
+
+
+def enqueue_concurrently(task: BackgroundTask, numbers: range, threads: int) -> float:
+    """Seconds to enqueue one task per number from ``threads`` threads, one commit each."""
+
+    def enqueue_share(index: int) -> None:
+        try:
+            for n in numbers[index::threads]:
+                task.enqueue(n)
+        finally:
+            connections.close_all()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(enqueue_share, range(threads)))
     return time.perf_counter() - started
 
 
@@ -757,6 +786,10 @@ def summary(results: Results) -> str:
     )
     rows = [
         ("enqueue, one commit each", rate(results.enqueue_single_per_s, "tasks")),
+        (
+            f"  the same, {results.enqueue_threads} threads",
+            rate(results.enqueue_concurrent_per_s, "tasks"),
+        ),
         ("enqueue_many", rate(results.enqueue_bulk_per_s, "tasks")),
         ("drain", rate(results.drain_per_s, "tasks")),
         ("latency p50 / p95 / p99", latency),

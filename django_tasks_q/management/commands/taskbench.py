@@ -41,6 +41,11 @@ class Command(BaseCommand):
             f"(default: {defaults.latency_samples}).",
         )  # fmt: skip
         parser.add_argument(
+            "--enqueue-threads", type=int, default=defaults.enqueue_threads,
+            help="Threads enqueueing one by one at once, as web processes would "
+            f"(default: {defaults.enqueue_threads}).",
+        )  # fmt: skip
+        parser.add_argument(
             "--skip-ceiling", action="store_true",
             help="Do not measure the raw SQL claim/finish ceiling.",
         )  # fmt: skip
@@ -62,6 +67,7 @@ class Command(BaseCommand):
             batch_size=options["batch_size"],
             queue=options["queue"],
             latency_samples=options["latency_samples"],
+            enqueue_threads=options["enqueue_threads"],
             skip_ceiling=options["skip_ceiling"],
             keep=options["keep"],
         )
