@@ -110,8 +110,8 @@ def enqueue_many(
                 "notify": notify,
             },
         )
-        rows = cursor.fetchall()
-    return [Enqueued(row[0], row[1], row[2]) for row in rows]
+        ids, run_after_, enqueued_at, _ = cursor.fetchone()
+    return [Enqueued(task_id, run_after_, enqueued_at) for task_id in ids]
 
 
 def cancel_ready(task_id: int, *, using: str) -> bool:

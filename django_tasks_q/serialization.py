@@ -74,8 +74,14 @@ def check_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         check_json(value, f"keyword argument {name!r}")
 
 
+# One encoder for every call: json.dumps() with options builds a new encoder each time.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    if not value and type(value) is dict:
+        return "{}"  # the usual kwargs
+    return _encode(value)
 
 
 def result_to_json(value: Any) -> tuple[str | None, str | None]:

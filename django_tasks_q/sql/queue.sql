@@ -21,7 +21,8 @@ SELECT id, run_after, enqueued_at, (SELECT count(*) FROM notified)
 FROM inserted;
 
 -- name: enqueue_many
--- INSERT … SELECT FROM unnest() returns rows in input order, which maps ids back to calls.
+-- Ids come from the sequence in the order the SELECT produces rows (call order), so the sorted
+-- ids map back to the calls. run_after and enqueued_at are the same for every row.
 WITH inserted AS (
     INSERT INTO django_tasks_q_task
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
@@ -37,7 +38,7 @@ notified AS (
     SELECT pg_notify('django_tasks_q', queue)
     FROM (SELECT DISTINCT queue FROM inserted WHERE %(notify)s AND run_after <= now()) AS ready
 )
-SELECT id, run_after, enqueued_at, (SELECT count(*) FROM notified)
+SELECT array_agg(id ORDER BY id), min(run_after), min(enqueued_at), (SELECT count(*) FROM notified)
 FROM inserted;
 
 -- name: exchange
