@@ -153,9 +153,12 @@ class Outcome:
     duration: float = 0.0  # seconds the attempt ran; not stored, tunes the worker's prefetch
 
 
-def connection_params(using: str) -> dict[str, Any]:
+def connection_params(using: str, application_name: str | None = None) -> dict[str, Any]:
     """psycopg connect() arguments for a Django database alias, with psycopg's own adapters."""
     params = dict(connections[using].get_connection_params())
+    if application_name:
+        # Shows in pg_stat_activity, so operators can tell worker connections apart.
+        params.setdefault("application_name", application_name[:63])
     # Django's adapters and cursor class are for its ORM; the queue wants psycopg's defaults
     # (jsonb arrives decoded, timestamps aware).
     params.pop("context", None)
@@ -166,13 +169,16 @@ def connection_params(using: str) -> dict[str, Any]:
 class QueueConnection:
     """A worker's connection for claim / finish / release. Not thread-safe: one owner thread."""
 
-    def __init__(self, using: str) -> None:
+    def __init__(self, using: str, *, application_name: str = "django_tasks_q") -> None:
         self.using = using
+        self.application_name = application_name
         self._conn: psycopg.Connection | None = None
 
     def connect(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(**connection_params(self.using), autocommit=True)
+            self._conn = psycopg.connect(
+                **connection_params(self.using, self.application_name), autocommit=True
+            )
         return self._conn
 
     def close(self) -> None:
@@ -238,6 +244,13 @@ class QueueConnection:
         cursor = self.connect().execute(sql("release"), {"worker_id": worker_id, "ids": list(ids)})
         return len(cursor.fetchall())
 
+    def release_unknown(self, *, worker_id: str, known: set[int]) -> int:
+        """Return to READY the tasks held under ``worker_id`` that are not in ``known``."""
+        cursor = self.connect().execute(
+            sql("release_unknown"), {"worker_id": worker_id, "known": sorted(known)}
+        )
+        return len(cursor.fetchall())
+
     def count_ready(self, queues: Sequence[str] | None) -> int:
         row = (
             self.connect()
@@ -247,8 +260,8 @@ class QueueConnection:
         return row[0]
 
 
-def listen_connection(using: str) -> psycopg.Connection:
+def listen_connection(using: str, application_name: str | None = None) -> psycopg.Connection:
     """A connection LISTENing on the queue channel; read it with ``conn.notifies()``."""
-    conn = psycopg.connect(**connection_params(using), autocommit=True)
+    conn = psycopg.connect(**connection_params(using, application_name), autocommit=True)
     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
     return conn

@@ -142,3 +142,34 @@ def test_latency_helper_is_monotonic():
     with pytest.raises(pytest.fail.Exception):
         wait_for(lambda: False, timeout=0.1)
     assert time.monotonic() - start < 2
+
+
+def _terminate_worker_connections() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name LIKE 'django_tasks_q %%'"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_worker_survives_losing_its_connections_and_loses_no_task(start_worker):
+    total = 300
+    tasks.sleep_then_record.enqueue_many([(f"k{i}", 0.005) for i in range(total)])
+    worker = start_worker("--concurrency", "2", "--poll-interval", "0.2")
+    wait_for(lambda: Execution.objects.count() >= 20, message="the worker to get going")
+    # Cut the worker's queue and listener connections, twice, while it works.
+    assert _terminate_worker_connections() == 2
+    wait_for(lambda: "lost the database" in worker.log(), message="the worker to notice")
+    wait_for(lambda: Execution.objects.count() >= 150, timeout=60, message="the worker to resume")
+    assert _terminate_worker_connections() >= 1
+    wait_for(
+        lambda: not Task.objects.exclude(status="SUCCESSFUL").exists(),
+        timeout=60, message="every task to succeed",
+    )  # fmt: skip
+    worker.terminate()
+    assert worker.wait() == 0
+    assert Execution.objects.count() == total
+    assert Execution.objects.values("key").distinct().count() == total

@@ -189,6 +189,21 @@ WHERE id = ANY(%(ids)s::bigint[])
   AND worker_id = %(worker_id)s
 RETURNING id;
 
+-- name: release_unknown
+-- After a lost connection: a claim may have committed without the worker receiving the rows.
+-- Worker ids are unique per process, so RUNNING rows under this id that the worker does not
+-- know it holds were never started; they go back as if unclaimed.
+UPDATE django_tasks_q_task
+SET status = 'READY',
+    attempts = attempts - 1,
+    started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END,
+    last_attempted_at = CASE WHEN attempts = 1 THEN NULL ELSE last_attempted_at END,
+    lease_expires_at = NULL
+WHERE status = 'RUNNING'
+  AND worker_id = %(worker_id)s
+  AND NOT (id = ANY(%(known)s::bigint[]))
+RETURNING id;
+
 -- name: cancel_ready
 UPDATE django_tasks_q_task
 SET status = 'CANCELLED', finished_at = now()

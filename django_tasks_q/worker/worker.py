@@ -69,13 +69,17 @@ class Worker:
         self.burst = burst
         self.worker_id = worker_id or default_worker_id()
         self.runner = Runner(worker_id=self.worker_id, backend=backend)
-        self.connection = QueueConnection(backend.database)
+        self.connection = QueueConnection(
+            backend.database, application_name=f"django_tasks_q worker {self.worker_id}"
+        )
         self.processed = 0
         self._jobs: stdlib_queue.SimpleQueue[ClaimedTask | object] = stdlib_queue.SimpleQueue()
         self._outcomes: stdlib_queue.SimpleQueue[Outcome] = stdlib_queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._inflight = 0
+        # Ids claimed by this worker whose outcome is not recorded yet.
+        self._held: set[int] = set()
+        self._reconcile = False
         self._unrecorded: list[Outcome] = []
         # False once a claim came back short; a notification, a retry or the poll resets it.
         self._maybe_ready = True
@@ -145,21 +149,27 @@ class Worker:
                 did_work = self._exchange()
                 backoff = 0.5
             except psycopg.OperationalError as exc:
-                logger.error(
-                    "Worker %s lost the database (%s); reconnecting in %.1fs",
-                    self.worker_id, exc, backoff,
-                )  # fmt: skip
-                self.connection.close()
+                self._lost_database(exc, backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
             if did_work:
                 continue
-            if self.burst and self._inflight == 0 and not self._maybe_ready:
+            if self.burst and not self._held and not self._maybe_ready:
                 return
             if not self._wake.wait(self.poll_interval):
                 self._maybe_ready = True  # the poll: look again even without a notification
             self._wake.clear()
+
+    def _lost_database(self, exc: Exception, retry_in: float) -> None:
+        logger.error(
+            "Worker %s lost the database (%s); reconnecting in %.1fs",
+            self.worker_id, exc, retry_in,
+        )  # fmt: skip
+        self.connection.close()
+        # The last statement may have committed without us seeing the answer: then rows were
+        # claimed that no thread will run. Give them back once the database answers again.
+        self._reconcile = True
 
     def _claim_limit(self) -> int:
         """How many tasks to claim now: 0, or a batch worth a round trip.
@@ -171,10 +181,10 @@ class Worker:
         if not self._maybe_ready or self._stopping.is_set():
             return 0
         prefetch = self._prefetch()
-        free = self.concurrency + prefetch - self._inflight
+        free = self.concurrency + prefetch - len(self._held)
         if free <= 0:
             return 0
-        if self._inflight < self.concurrency or free >= min(self.batch_size, prefetch) // 2:
+        if len(self._held) < self.concurrency or free >= min(self.batch_size, prefetch) // 2:
             return min(self.batch_size, free)
         return 0
 
@@ -203,6 +213,14 @@ class Worker:
         limit = self._claim_limit()
         if not self._unrecorded and not limit:
             return False
+        if self._reconcile:
+            released = self.connection.release_unknown(worker_id=self.worker_id, known=self._held)
+            self._reconcile = False
+            if released:
+                logger.warning(
+                    "Worker %s returned %s tasks claimed while the connection was lost",
+                    self.worker_id, released,
+                )  # fmt: skip
         outcomes = self._unrecorded
         began = time.perf_counter()
         updated, claimed = self.connection.exchange(
@@ -218,7 +236,7 @@ class Worker:
         for outcome in outcomes:
             self._mean_duration = _moving_average(self._mean_duration, outcome.duration)
         if outcomes:
-            self._inflight -= len(outcomes)
+            self._held.difference_update(o.id for o in outcomes)
             self.processed += len(outcomes)
             if len(updated) != len(outcomes):
                 self._warn_lost(outcomes, updated)
@@ -227,7 +245,7 @@ class Worker:
         if limit:
             for task in claimed:
                 self._jobs.put(task)
-            self._inflight += len(claimed)
+            self._held.update(task.id for task in claimed)
             if len(claimed) < limit:
                 self._maybe_ready = False  # drained: wait for a notification or the next poll
         return True
@@ -266,7 +284,10 @@ class Worker:
         backoff = 0.5
         while not self._stopping.is_set():
             try:
-                with listen_connection(self.backend.database) as conn:
+                with listen_connection(
+                    self.backend.database,
+                    application_name=f"django_tasks_q listener {self.worker_id}",
+                ) as conn:
                     backoff = 0.5
                     while not self._stopping.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
@@ -293,14 +314,19 @@ class Worker:
         try:
             if unstarted:
                 released = self.connection.release(worker_id=self.worker_id, ids=unstarted)
-                self._inflight -= len(unstarted)
+                self._held.difference_update(unstarted)
                 logger.info(
                     "Worker %s returned %s unstarted tasks to the queue", self.worker_id, released
                 )
-            while self._inflight > 0:
-                if not self._exchange():
-                    self._wake.wait(1.0)
-                    self._wake.clear()
+            while self._held:
+                try:
+                    if self._exchange():
+                        continue
+                except psycopg.OperationalError as exc:
+                    self._lost_database(exc, 1.0)
+                    continue
+                self._wake.wait(1.0)
+                self._wake.clear()
         finally:
             if not self._abandon:
                 for thread in self._threads:
