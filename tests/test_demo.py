@@ -42,3 +42,16 @@ def test_task_list_endpoint_feeds_the_refreshing_table(client):
         "3/3",
         "boom",
     )
+
+
+def test_the_wsgi_application_that_runserver_serves_loads():
+    from django.core.servers.basehttp import get_internal_wsgi_application
+
+    assert callable(get_internal_wsgi_application())
+
+
+def test_a_task_that_succeeded_on_retry_shows_its_result_not_the_old_error(client):
+    Task.objects.create(name="testproject.demo.tasks.flaky_call", status="SUCCESSFUL", result="ok",
+                        attempts=3, max_attempts=4, errors=[{"message": "boom"}])  # fmt: skip
+    [row] = client.get("/tasks.json").json()["tasks"]
+    assert (row["error"], row["result"]) == ("", "ok")

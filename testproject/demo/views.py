@@ -22,7 +22,10 @@ def latest_tasks(limit: int = 25) -> list[dict]:
             "status": row.status,
             "attempts": f"{row.attempts}/{row.max_attempts}",
             "result": row.result,
-            "error": row.last_error["message"] if row.last_error else "",
+            # A task that succeeded on a retry shows its result, not the error it got past.
+            "error": row.last_error["message"]
+            if row.last_error and row.status != "SUCCESSFUL"
+            else "",
             "enqueued_at": row.enqueued_at.strftime("%H:%M:%S"),
         }
         for row in rows
