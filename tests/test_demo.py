@@ -55,3 +55,51 @@ def test_a_task_that_succeeded_on_retry_shows_its_result_not_the_old_error(clien
                         attempts=3, max_attempts=4, errors=[{"message": "boom"}])  # fmt: skip
     [row] = client.get("/tasks.json").json()["tasks"]
     assert (row["error"], row["result"]) == ("", "ok")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rundemo_serves_the_page_and_runs_tasks_until_ctrl_c(tmp_path):
+    """What `make demo` runs: the site and a worker, both stopped by one Ctrl-C."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.conftest import ROOT, database_url_for_subprocess, wait_for
+    from tests.testapp import tasks
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **__import__("os").environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": database_url_for_subprocess(),
+    }
+    log = (tmp_path / "demo.log").open("w")
+    demo = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "rundemo", "--addr", f"127.0.0.1:{port}"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+
+        def page():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    return response.read().decode()
+            except OSError:
+                return None
+
+        assert 'id="enqueue-quick"' in wait_for(page, timeout=30, message="the demo page")
+        handle = tasks.add.delay(20, 22)
+        assert handle.wait(timeout=20).result == 42
+    finally:
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=30) == 0
+        log.close()
+    output = (tmp_path / "demo.log").read_text()
+    assert "login admin / admin" in output
+    assert "Demo stopped." in output
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the dev server is still running"
