@@ -32,6 +32,10 @@ def statements() -> dict[str, str]:
         # Comments go: a placeholder written inside one would still count as a parameter.
         code = "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
         found[name.strip()] = code.strip().rstrip(";")
+    # One exchange statement, two ways of picking what to claim (see the file).
+    template = found.pop("exchange")
+    found["exchange"] = template.replace("{picked}", found.pop("pick_any_queue"))
+    found["exchange_from_queues"] = template.replace("{picked}", found.pop("pick_from_queues"))
     return found
 
 
@@ -241,14 +245,14 @@ class QueueConnection:
     def release(self, *, worker_id: str, ids: Sequence[int]) -> int:
         if not ids:
             return 0
-        cursor = self.connect().execute(sql("release"), {"worker_id": worker_id, "ids": list(ids)})
+        params = {"worker_id": worker_id, "ids": list(ids), "listed": True}
+        cursor = self.connect().execute(sql("release"), params)
         return len(cursor.fetchall())
 
     def release_unknown(self, *, worker_id: str, known: set[int]) -> int:
         """Return to READY the tasks held under ``worker_id`` that are not in ``known``."""
-        cursor = self.connect().execute(
-            sql("release_unknown"), {"worker_id": worker_id, "known": sorted(known)}
-        )
+        params = {"worker_id": worker_id, "ids": sorted(known), "listed": False}
+        cursor = self.connect().execute(sql("release"), params)
         return len(cursor.fetchall())
 
     def count_ready(self, queues: Sequence[str] | None) -> int:

@@ -207,3 +207,11 @@ def test_enqueue_notifies_listeners_only_on_commit():
         assert [(n.channel, n.payload) for n in notes] == [("django_tasks_q", "default")]
     finally:
         listener.close()
+
+
+def test_release_unknown_returns_only_tasks_the_worker_does_not_know_it_holds(qconn):
+    kept, lost = tasks.add.delay(1, 1), tasks.add.delay(2, 2)
+    claim(qconn, worker_id="w1")
+    assert qconn.release_unknown(worker_id="w1", known={int(kept.id)}) == 1
+    assert Task.objects.get(pk=kept.id).status == "RUNNING"
+    assert (Task.objects.get(pk=lost.id).status, Task.objects.get(pk=lost.id).attempts) == ("READY", 0)

@@ -49,10 +49,9 @@ FROM inserted;
 --
 -- finished: the WHERE clause is the fence. Only the worker holding this attempt may finish it,
 -- so a worker that lost its claim (cancelled, recovered) changes nothing.
--- picked: the MATERIALIZED CTE is an optimisation fence. Postgres first picks and locks ids,
--- walking the partial ready index in claim order and skipping rows other workers hold, then
--- joins the UPDATE to exactly those ids. Inlined, the planner may lock rows it then discards.
--- The ORDER BY matches tasks_q_ready_idx, so the walk stops after LIMIT rows.
+-- {picked} is filled in when the file is loaded: pick_any_queue for `exchange`,
+-- pick_from_queues for `exchange_from_queues` (the same statement for a worker started with
+-- --queues).
 WITH outcome AS (
     SELECT *
     FROM unnest(
@@ -82,14 +81,7 @@ finished AS (
       AND task.worker_id = %(worker_id)s
     RETURNING task.id
 ),
-picked AS MATERIALIZED (
-    SELECT id
-    FROM django_tasks_q_task
-    WHERE status = 'READY' AND run_after <= now()
-    ORDER BY priority DESC, run_after, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-),
+{picked},
 claimed AS (
     UPDATE django_tasks_q_task AS task
     SET status = 'RUNNING',
@@ -109,40 +101,24 @@ SELECT 1, id, name, queue, priority, args, kwargs, attempts, max_attempts, timeo
        enqueued_at, started_at, last_attempted_at, errors
 FROM claimed;
 
--- name: exchange_from_queues
--- The same, claiming only from %(queues)s. `queue = ANY(...)` cannot walk an index in claim
--- order across several queues (it would sort every ready row of those queues on each claim),
--- so each queue is read in order through tasks_q_ready_queue_idx, at most LIMIT rows each, and
+-- name: pick_any_queue
+-- The MATERIALIZED CTE is an optimisation fence. Postgres first picks and locks ids, walking
+-- the partial ready index in claim order and skipping rows other workers hold, then joins the
+-- UPDATE to exactly those ids. Inlined, the planner may lock rows it then discards. The
+-- ORDER BY matches tasks_q_ready_idx, so the walk stops after LIMIT rows.
+picked AS MATERIALIZED (
+    SELECT id
+    FROM django_tasks_q_task
+    WHERE status = 'READY' AND run_after <= now()
+    ORDER BY priority DESC, run_after, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+
+-- name: pick_from_queues
+-- Claims only from %(queues)s. `queue = ANY(...)` cannot walk an index in claim order across
+-- several queues (it would sort every ready row of those queues on each claim), so each queue is read in order through tasks_q_ready_queue_idx, at most LIMIT rows each, and
 -- the best LIMIT of those are kept. Rows locked but not kept are unlocked at commit.
-WITH outcome AS (
-    SELECT *
-    FROM unnest(
-        %(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::text[], %(results)s::jsonb[],
-        %(errors)s::jsonb[], %(max_attempts)s::integer[], %(retry_delays)s::float8[]
-    ) AS outcome(id, attempt, status, result, error, max_attempts, retry_delay)
-),
-finished AS (
-    UPDATE django_tasks_q_task AS task
-    SET status = outcome.status,
-        result = outcome.result,
-        errors = CASE
-            WHEN outcome.error IS NULL THEN task.errors
-            ELSE task.errors || jsonb_build_array(outcome.error || jsonb_build_object('at', now()))
-        END,
-        max_attempts = outcome.max_attempts,
-        run_after = CASE
-            WHEN outcome.status = 'READY' THEN now() + make_interval(secs => outcome.retry_delay)
-            ELSE task.run_after
-        END,
-        finished_at = CASE WHEN outcome.status = 'READY' THEN NULL ELSE now() END,
-        lease_expires_at = NULL
-    FROM outcome
-    WHERE task.id = outcome.id
-      AND task.status = 'RUNNING'
-      AND task.attempts = outcome.attempt
-      AND task.worker_id = %(worker_id)s
-    RETURNING task.id
-),
 picked AS MATERIALIZED (
     SELECT candidate.id
     FROM unnest(%(queues)s::text[]) AS wanted(queue)
@@ -156,43 +132,14 @@ picked AS MATERIALIZED (
     ) AS candidate
     ORDER BY candidate.priority DESC, candidate.run_after, candidate.id
     LIMIT %(limit)s
-),
-claimed AS (
-    UPDATE django_tasks_q_task AS task
-    SET status = 'RUNNING',
-        attempts = task.attempts + 1,
-        started_at = COALESCE(task.started_at, now()),
-        last_attempted_at = now(),
-        worker_id = %(worker_id)s,
-        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-    FROM picked
-    WHERE task.id = picked.id
-    RETURNING task.*
 )
-SELECT 0, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-FROM finished
-UNION ALL
-SELECT 1, id, name, queue, priority, args, kwargs, attempts, max_attempts, timeout, run_after,
-       enqueued_at, started_at, last_attempted_at, errors
-FROM claimed;
 
 -- name: release
--- Gives back claimed tasks this worker never started (shutdown): the claim did not count.
-UPDATE django_tasks_q_task
-SET status = 'READY',
-    attempts = attempts - 1,
-    started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END,
-    last_attempted_at = CASE WHEN attempts = 1 THEN NULL ELSE last_attempted_at END,
-    lease_expires_at = NULL
-WHERE id = ANY(%(ids)s::bigint[])
-  AND status = 'RUNNING'
-  AND worker_id = %(worker_id)s
-RETURNING id;
-
--- name: release_unknown
--- After a lost connection: a claim may have committed without the worker receiving the rows.
--- Worker ids are unique per process, so RUNNING rows under this id that the worker does not
--- know it holds were never started; they go back as if unclaimed.
+-- Gives back tasks this worker claimed but never started, as if they had not been claimed:
+-- with %(listed)s true, the ids in %(ids)s (unstarted at shutdown); with it false, every task
+-- held under this worker id except those ids. That second form follows a lost connection: a
+-- claim may have committed without the worker receiving its rows, and as worker ids are unique
+-- per process, a RUNNING row under this id that the worker does not know about never started.
 UPDATE django_tasks_q_task
 SET status = 'READY',
     attempts = attempts - 1,
@@ -201,7 +148,7 @@ SET status = 'READY',
     lease_expires_at = NULL
 WHERE status = 'RUNNING'
   AND worker_id = %(worker_id)s
-  AND NOT (id = ANY(%(known)s::bigint[]))
+  AND (id = ANY(%(ids)s::bigint[])) = %(listed)s
 RETURNING id;
 
 -- name: cancel_ready
