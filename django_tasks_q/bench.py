@@ -298,7 +298,9 @@ def drain(
         if time.monotonic() - last_progress > STALL_TIMEOUT:
             raise BenchError(
                 f"The workers made no progress for {STALL_TIMEOUT:.0f}s with {remaining} tasks "
-                f"left.{_logs(workers)}"
+                "left. They run `manage.py runtaskworker` with this process's environment: "
+                "check that it reaches the same database (DATABASE_URL, settings module)."
+                f"{_logs(workers)}"
             )
         time.sleep(DRAIN_POLL_INTERVAL)
         now_remaining = _unfinished(database, queue_name)

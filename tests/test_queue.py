@@ -214,4 +214,7 @@ def test_release_unknown_returns_only_tasks_the_worker_does_not_know_it_holds(qc
     claim(qconn, worker_id="w1")
     assert qconn.release_unknown(worker_id="w1", known={int(kept.id)}) == 1
     assert Task.objects.get(pk=kept.id).status == "RUNNING"
-    assert (Task.objects.get(pk=lost.id).status, Task.objects.get(pk=lost.id).attempts) == ("READY", 0)
+    assert (Task.objects.get(pk=lost.id).status, Task.objects.get(pk=lost.id).attempts) == (
+        "READY",
+        0,
+    )

@@ -173,3 +173,25 @@ def test_worker_survives_losing_its_connections_and_loses_no_task(start_worker):
     assert worker.wait() == 0
     assert Execution.objects.count() == total
     assert Execution.objects.values("key").distinct().count() == total
+
+
+def test_ctrl_c_stops_an_idle_worker_cleanly(start_worker):
+    import signal
+
+    worker = start_worker()
+    worker_ready(worker)
+    worker.process.send_signal(signal.SIGINT)
+    assert worker.wait() == 0
+    assert "got SIGINT" in worker.log()
+
+
+def test_batch_size_one_still_runs_everything_in_priority_order(start_worker):
+    for i in range(5):
+        tasks.record.apply_async(args=(f"p{i}",), priority=i)
+    assert (
+        start_worker("--burst", "--concurrency", "1", "--batch-size", "1", "--prefetch", "0").wait()
+        == 0
+    )
+    assert list(Execution.objects.order_by("id").values_list("key", flat=True)) == [
+        f"p{i}" for i in (4, 3, 2, 1, 0)
+    ]
