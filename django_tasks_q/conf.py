@@ -21,7 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "POLL_INTERVAL": 1.0,
     # Worker defaults; the runtaskworker options override them.
     "CONCURRENCY": 4,
-    "BATCH_SIZE": 50,
+    "BATCH_SIZE": 100,
     # Tasks claimed beyond CONCURRENCY. None adapts to task durations (up to BATCH_SIZE).
     "PREFETCH": None,
     # Seconds a claim is valid before a lost worker's task may be recovered.
