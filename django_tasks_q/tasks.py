@@ -207,6 +207,7 @@ def background_task(
             queue_name=queue,
             priority=priority,
             backend=backend,
+            run_after=None,  # a required field on Django 6.0
             takes_context=bind or takes_context,
             max_retries=max_retries,
             retry_backoff=retry_backoff,
