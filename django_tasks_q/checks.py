@@ -10,7 +10,7 @@ from django.core import checks
 
 from django_tasks_q.conf import DEFAULTS, SETTING_NAME
 
-_POSITIVE_NUMBERS = ("POLL_INTERVAL", "LEASE_SECONDS")
+_POSITIVE_NUMBERS = ("POLL_INTERVAL", "LEASE_SECONDS", "HEARTBEAT_INTERVAL")
 _POSITIVE_INTS = ("CONCURRENCY", "BATCH_SIZE")
 
 
@@ -76,6 +76,17 @@ def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 f"{SETTING_NAME}['LISTEN_NOTIFY'] must be True or False.",
                 "Use False behind PgBouncer in transaction pooling mode.",
                 "E006",
+            )
+        )
+    lease = value.get("LEASE_SECONDS", DEFAULTS["LEASE_SECONDS"])
+    beat = value.get("HEARTBEAT_INTERVAL", DEFAULTS["HEARTBEAT_INTERVAL"])
+    if _is_number(lease) and _is_number(beat) and lease > 0 and beat > 0 and beat * 3 > lease:
+        errors.append(
+            _error(
+                f"{SETTING_NAME}['HEARTBEAT_INTERVAL'] ({beat}) must be at most a third of "
+                f"LEASE_SECONDS ({lease}): a lease must survive a missed heartbeat or two.",
+                "Lower HEARTBEAT_INTERVAL or raise LEASE_SECONDS.",
+                "E010",
             )
         )
     alias = value.get("DATABASE", DEFAULTS["DATABASE"])

@@ -26,6 +26,9 @@ DEFAULTS: dict[str, Any] = {
     "PREFETCH": None,
     # Seconds a claim is valid before a lost worker's task may be recovered.
     "LEASE_SECONDS": 60,
+    # Seconds between a worker's heartbeats; each one extends the leases of its tasks and
+    # recovers tasks whose worker stopped heartbeating. Must be well below LEASE_SECONDS.
+    "HEARTBEAT_INTERVAL": 5.0,
 }
 
 

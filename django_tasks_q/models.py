@@ -83,3 +83,32 @@ class Task(models.Model):
     @property
     def last_error(self) -> dict | None:
         return self.errors[-1] if self.errors else None
+
+
+class WorkerState(models.TextChoices):
+    RUNNING = "RUNNING", _("Running")
+    STOPPED = "STOPPED", _("Stopped")
+
+
+class Worker(models.Model):
+    """A runtaskworker process, as it last reported itself."""
+
+    id = models.CharField(primary_key=True, max_length=100)
+    hostname = models.CharField(max_length=255)
+    pid = models.IntegerField()
+    queues = models.JSONField(default=list, blank=True, help_text=_("empty: every queue"))
+    concurrency = models.IntegerField()
+    state = models.CharField(max_length=10, choices=WorkerState.choices, default="RUNNING")
+    started_at = models.DateTimeField(db_default=Now())
+    last_heartbeat_at = models.DateTimeField(db_default=Now())
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    tasks_succeeded = models.BigIntegerField(default=0)
+    tasks_failed = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "django_tasks_q_worker"
+        verbose_name = _("worker")
+        verbose_name_plural = _("workers")
+
+    def __str__(self) -> str:
+        return self.id

@@ -255,6 +255,55 @@ class QueueConnection:
         cursor = self.connect().execute(sql("release"), params)
         return len(cursor.fetchall())
 
+    # -- workers: registration, heartbeat, recovery ----------------------------------------
+
+    def register_worker(
+        self, *, worker_id: str, hostname: str, pid: int, queues: Sequence[str] | None,
+        concurrency: int,
+    ) -> None:  # fmt: skip
+        self.connect().execute(
+            sql("worker_register"),
+            {
+                "worker_id": worker_id,
+                "hostname": hostname,
+                "pid": pid,
+                "queues": Jsonb(list(queues or [])),
+                "concurrency": concurrency,
+            },
+        )
+
+    def heartbeat(
+        self, *, worker_id: str, lease_seconds: float, succeeded: int, failed: int
+    ) -> tuple[bool, int]:
+        """Returns whether the worker row exists and how many task leases were extended."""
+        row = (
+            self.connect()
+            .execute(
+                sql("heartbeat"),
+                {
+                    "worker_id": worker_id,
+                    "lease_seconds": lease_seconds,
+                    "succeeded": succeeded,
+                    "failed": failed,
+                },
+            )
+            .fetchone()
+        )
+        return bool(row[0]), row[1]
+
+    def rescue(self, *, limit: int = 100) -> list[tuple[int, str, str, str]]:
+        """Recover tasks whose lease expired: ``(id, name, new status, lost worker)`` each."""
+        return self.connect().execute(sql("rescue"), {"limit": limit}).fetchall()
+
+    def stop_worker(self, *, worker_id: str, succeeded: int, failed: int) -> None:
+        self.connect().execute(
+            sql("worker_stop"),
+            {"worker_id": worker_id, "succeeded": succeeded, "failed": failed},
+        )
+
+    def prune_workers(self, *, older_than: float) -> int:
+        return self.connect().execute(sql("prune_workers"), {"older_than": older_than}).rowcount
+
     def count_ready(self, queues: Sequence[str] | None) -> int:
         row = (
             self.connect()

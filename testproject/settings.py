@@ -75,6 +75,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 TASKS_Q = {
     "LISTEN_NOTIFY": env.bool("TASKS_Q_LISTEN_NOTIFY", default=True),
+    # The fault-injection tests shorten these to see recovery within seconds.
+    "LEASE_SECONDS": env.float("TASKS_Q_LEASE_SECONDS", default=60.0),
+    "HEARTBEAT_INTERVAL": env.float("TASKS_Q_HEARTBEAT_INTERVAL", default=5.0),
 }
 
 LOGGING = {

@@ -163,3 +163,81 @@ FROM django_tasks_q_task
 WHERE status = 'READY'
   AND run_after <= now()
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+
+-- name: worker_register
+INSERT INTO django_tasks_q_worker
+    (id, hostname, pid, queues, concurrency, state, started_at, last_heartbeat_at,
+     tasks_succeeded, tasks_failed)
+VALUES
+    (%(worker_id)s, %(hostname)s, %(pid)s, %(queues)s::jsonb, %(concurrency)s, 'RUNNING', now(),
+     now(), 0, 0)
+ON CONFLICT (id) DO UPDATE
+SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, queues = EXCLUDED.queues,
+    concurrency = EXCLUDED.concurrency, state = 'RUNNING', last_heartbeat_at = now(),
+    stopped_at = NULL;
+
+-- name: heartbeat
+-- Proof of life: the worker row, and the lease of every task this worker holds (running or
+-- claimed and waiting for a thread), so a long task is never taken for lost while its worker
+-- lives. Returns whether the worker row still exists.
+WITH alive AS (
+    UPDATE django_tasks_q_worker
+    SET last_heartbeat_at = now(),
+        tasks_succeeded = tasks_succeeded + %(succeeded)s,
+        tasks_failed = tasks_failed + %(failed)s
+    WHERE id = %(worker_id)s
+    RETURNING id
+),
+extended AS (
+    UPDATE django_tasks_q_task
+    SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+    WHERE status = 'RUNNING' AND worker_id = %(worker_id)s
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM alive), (SELECT count(*) FROM extended);
+
+-- name: rescue
+-- Recovers tasks whose lease ran out: their worker stopped heartbeating (killed, out of
+-- memory, frozen, its machine gone). Every live worker runs this; SKIP LOCKED makes each task
+-- recovered by exactly one. The lost attempt counts: back to READY while attempts remain,
+-- FAILED otherwise, so a task that keeps killing its worker cannot loop forever. A worker that
+-- froze and wakes up later finds the row changed and records nothing (see exchange).
+WITH lost AS MATERIALIZED (
+    SELECT id
+    FROM django_tasks_q_task
+    WHERE status = 'RUNNING' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE django_tasks_q_task AS task
+SET status = CASE WHEN task.attempts >= task.max_attempts THEN 'FAILED' ELSE 'READY' END,
+    errors = task.errors || jsonb_build_array(jsonb_build_object(
+        'attempt', task.attempts,
+        'worker_id', task.worker_id,
+        'type', 'django_tasks_q.exceptions.WorkerLost',
+        'message', format(
+            'worker %%s stopped heartbeating: its lease on this attempt expired at %%s',
+            task.worker_id, task.lease_expires_at
+        ),
+        'traceback', '',
+        'at', now()
+    )),
+    run_after = now(),
+    finished_at = CASE WHEN task.attempts >= task.max_attempts THEN now() END,
+    lease_expires_at = NULL
+FROM lost
+WHERE task.id = lost.id
+RETURNING task.id, task.name, task.status, task.worker_id;
+
+-- name: worker_stop
+UPDATE django_tasks_q_worker
+SET state = 'STOPPED', stopped_at = now(), last_heartbeat_at = now(),
+    tasks_succeeded = tasks_succeeded + %(succeeded)s,
+    tasks_failed = tasks_failed + %(failed)s
+WHERE id = %(worker_id)s;
+
+-- name: prune_workers
+-- Forgets workers not heard of for a long time (stopped, or died without saying so).
+DELETE FROM django_tasks_q_worker
+WHERE last_heartbeat_at < now() - make_interval(secs => %(older_than)s);

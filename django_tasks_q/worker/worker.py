@@ -21,6 +21,7 @@ import psycopg
 
 from django_tasks_q.backend import PostgresBackend
 from django_tasks_q.queue import ClaimedTask, Outcome, QueueConnection, listen_connection
+from django_tasks_q.worker.heartbeat import Heartbeat
 from django_tasks_q.worker.runner import Runner
 
 logger = logging.getLogger("django_tasks_q.worker")
@@ -45,6 +46,7 @@ class Worker:
         prefetch: int | None = None,
         poll_interval: float = 1.0,
         lease_seconds: float = 60.0,
+        heartbeat_interval: float = 5.0,
         listen: bool = True,
         burst: bool = False,
         worker_id: str | None = None,
@@ -69,6 +71,19 @@ class Worker:
         self.burst = burst
         self.worker_id = worker_id or default_worker_id()
         self.runner = Runner(worker_id=self.worker_id, backend=backend)
+        self.succeeded = 0
+        self.failed = 0
+        self.heartbeat = Heartbeat(
+            worker_id=self.worker_id,
+            connection=QueueConnection(
+                backend.database, application_name=f"django_tasks_q heartbeat {self.worker_id}"
+            ),
+            interval=heartbeat_interval,
+            lease_seconds=lease_seconds,
+            register=self._register,
+            counters=lambda: (self.succeeded, self.failed),
+            on_rescued=self._on_rescued,
+        )
         self.connection = QueueConnection(
             backend.database, application_name=f"django_tasks_q worker {self.worker_id}"
         )
@@ -77,6 +92,7 @@ class Worker:
         self._outcomes: stdlib_queue.SimpleQueue[Outcome] = stdlib_queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._stopped = threading.Event()  # set once shutdown is complete
         # Ids claimed by this worker whose outcome is not recorded yet.
         self._held: set[int] = set()
         self._reconcile = False
@@ -103,6 +119,11 @@ class Worker:
             self.worker_id, ",".join(self.queues) if self.queues else "*", self.concurrency,
             self.batch_size, self.listen,
         )  # fmt: skip
+        self._register(self.connection)
+        heartbeat = threading.Thread(
+            target=self.heartbeat.run, args=(self._stopped,), name="tasks-q-heartbeat", daemon=True
+        )
+        heartbeat.start()
         for index in range(self.concurrency):
             thread = threading.Thread(
                 target=self._execute_jobs, name=f"tasks-q-executor-{index}", daemon=True
@@ -114,9 +135,35 @@ class Worker:
         try:
             self._loop()
         finally:
-            self._shutdown()
+            try:
+                self._shutdown()
+            finally:
+                self._stopped.set()
+                heartbeat.join(timeout=5)
+                self._say_stopped()
         logger.info("Worker %s stopped after %s task attempts", self.worker_id, self.processed)
         return 0
+
+    def _register(self, connection: QueueConnection) -> None:
+        connection.register_worker(
+            worker_id=self.worker_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            queues=self.queues,
+            concurrency=self.concurrency,
+        )
+
+    def _on_rescued(self) -> None:
+        self._maybe_ready = True
+        self._wake.set()
+
+    def _say_stopped(self) -> None:
+        try:
+            self.heartbeat.stop()
+        except psycopg.Error as exc:
+            logger.warning("Worker %s could not mark itself stopped: %s", self.worker_id, exc)
+        finally:
+            self.heartbeat.connection.close()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM / SIGINT stop the worker gracefully; a second one exits at once."""
@@ -237,6 +284,11 @@ class Worker:
             self._mean_duration = _moving_average(self._mean_duration, outcome.duration)
         if outcomes:
             self._held.difference_update(o.id for o in outcomes)
+            for outcome in outcomes:
+                if outcome.id in updated and outcome.status == "SUCCESSFUL":
+                    self.succeeded += 1
+                elif outcome.id in updated and outcome.status == "FAILED":
+                    self.failed += 1
             self.processed += len(outcomes)
             if len(updated) != len(outcomes):
                 self._warn_lost(outcomes, updated)

@@ -78,6 +78,7 @@ class Command(BaseCommand):
                 prefetch=_option(options, "prefetch", conf.PREFETCH),
                 poll_interval=_option(options, "poll_interval", conf.POLL_INTERVAL),
                 lease_seconds=conf.LEASE_SECONDS,
+                heartbeat_interval=conf.HEARTBEAT_INTERVAL,
                 listen=conf.LISTEN_NOTIFY,
                 burst=options["burst"],
                 worker_id=options["worker_id"],

@@ -1,0 +1,102 @@
+"""The heartbeat: proof of life for one worker, and recovery of tasks whose worker died.
+
+Runs on its own thread and connection, so a main thread blocked on a slow statement or a
+thread stuck in a task never delays it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import psycopg
+
+from django_tasks_q.queue import QueueConnection
+
+logger = logging.getLogger("django_tasks_q.worker")
+
+# Rows of workers not heard of for a week are deleted.
+WORKER_RETENTION_SECONDS = 7 * 24 * 3600
+PRUNE_EVERY_BEATS = 720
+
+
+class Heartbeat:
+    """Extends this worker's leases, recovers lost tasks, keeps the worker row current."""
+
+    def __init__(
+        self,
+        *,
+        worker_id: str,
+        connection: QueueConnection,
+        interval: float,
+        lease_seconds: float,
+        register: Callable[[QueueConnection], None],
+        counters: Callable[[], tuple[int, int]],
+        on_rescued: Callable[[], None],
+    ) -> None:
+        if interval <= 0 or lease_seconds <= interval:
+            raise ValueError(
+                f"heartbeat interval ({interval}s) must be > 0 and below the lease "
+                f"({lease_seconds}s)"
+            )
+        self.worker_id = worker_id
+        self.connection = connection
+        self.interval = interval
+        self.lease_seconds = lease_seconds
+        self.register = register
+        self.counters = counters
+        self.on_rescued = on_rescued
+        self.beats = 0
+        self._reported = (0, 0)
+
+    def run_once(self) -> None:
+        succeeded, failed = self.counters()
+        alive, _ = self.connection.heartbeat(
+            worker_id=self.worker_id,
+            lease_seconds=self.lease_seconds,
+            succeeded=succeeded - self._reported[0],
+            failed=failed - self._reported[1],
+        )
+        self._reported = (succeeded, failed)
+        if not alive:
+            # Pruned while this worker was unreachable for a long time: say who we are again.
+            self.register(self.connection)
+        rescued = self.connection.rescue()
+        for task_id, name, status, lost_worker in rescued:
+            logger.warning(
+                "Task %s #%s recovered from worker %s, which stopped heartbeating: %s",
+                name, task_id, lost_worker, "will run again" if status == "READY" else "FAILED",
+                extra={"task_id": task_id, "task_name": name, "outcome": "recovered"},
+            )  # fmt: skip
+        if any(status == "READY" for _, _, status, _ in rescued):
+            self.on_rescued()
+        self.beats += 1
+        if self.beats % PRUNE_EVERY_BEATS == 0:
+            self.connection.prune_workers(older_than=WORKER_RETENTION_SECONDS)
+
+    def run(self, stopping: threading.Event) -> None:
+        """Beat every ``interval`` seconds until ``stopping`` is set; survive database loss."""
+        backoff = 0.5
+        while not stopping.wait(self.interval):
+            try:
+                self.run_once()
+                backoff = 0.5
+            except psycopg.OperationalError as exc:
+                logger.error("Worker %s heartbeat lost the database: %s", self.worker_id, exc)
+                self.connection.close()
+                stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+            except Exception:
+                # A heartbeat must never die quietly: the worker's leases depend on it.
+                logger.exception("Worker %s heartbeat failed; trying again", self.worker_id)
+
+    def stop(self) -> None:
+        """Mark the worker stopped, with its last counts."""
+        succeeded, failed = self.counters()
+        self.connection.stop_worker(
+            worker_id=self.worker_id,
+            succeeded=succeeded - self._reported[0],
+            failed=failed - self._reported[1],
+        )
+        self._reported = (succeeded, failed)
