@@ -31,6 +31,8 @@ def test_unknown_key_suggests_the_close_one():
         ({"PREFETCH": -1}, ["django_tasks_q.E005"]),
         ({"LISTEN_NOTIFY": "yes"}, ["django_tasks_q.E006"]),
         ({"DATABASE": "missing"}, ["django_tasks_q.E007"]),
+        ({"HEARTBEAT_INTERVAL": 30, "LEASE_SECONDS": 60}, ["django_tasks_q.E010"]),
+        ({"HEARTBEAT_INTERVAL": 0}, ["django_tasks_q.E003"]),
     ],
 )
 def test_bad_values_are_errors(value, expected):

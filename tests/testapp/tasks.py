@@ -94,3 +94,18 @@ def exits_the_process():
 @background_task(max_retries=5, default_retry_delay=0, bind=True)
 def gives_up_early(context):
     context.retry(max_retries=0)
+
+
+@background_task(max_retries=2, bind=True)
+def hangs_on_first_attempt(context, key):
+    Execution.objects.create(key=key, attempt=context.attempt)
+    if context.attempt == 1:
+        time.sleep(120)  # killed long before this ends
+    return context.attempt
+
+
+@background_task
+def runs_long(key, seconds):
+    Execution.objects.create(key=key)
+    time.sleep(seconds)
+    return key
