@@ -109,3 +109,10 @@ def runs_long(key, seconds):
     Execution.objects.create(key=key)
     time.sleep(seconds)
     return key
+
+
+@background_task(max_retries=5, default_retry_delay=0)
+def record_retrying_on_errors(key):
+    """Like record, but a database error (the server restarting) is retried."""
+    Execution.objects.create(key=key, worker=str(os.getpid()))
+    return key
