@@ -70,6 +70,16 @@ def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 "E005",
             )
         )
+    grace = value.get("GRACE_PERIOD")
+    if grace is not None and not (_is_number(grace) and grace >= 0):
+        errors.append(
+            _error(
+                f"{SETTING_NAME}['GRACE_PERIOD'] must be None or a number of seconds >= 0, "
+                f"got {grace!r}.",
+                "None waits for running tasks however long they take.",
+                "E011",
+            )
+        )
     if "LISTEN_NOTIFY" in value and not isinstance(value["LISTEN_NOTIFY"], bool):
         errors.append(
             _error(

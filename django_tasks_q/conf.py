@@ -29,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     # Seconds between a worker's heartbeats; each one extends the leases of its tasks and
     # recovers tasks whose worker stopped heartbeating. Must be well below LEASE_SECONDS.
     "HEARTBEAT_INTERVAL": 5.0,
+    # Seconds running tasks get after SIGTERM before the worker exits anyway; None waits.
+    "GRACE_PERIOD": None,
 }
 
 

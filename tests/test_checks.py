@@ -33,6 +33,7 @@ def test_unknown_key_suggests_the_close_one():
         ({"DATABASE": "missing"}, ["django_tasks_q.E007"]),
         ({"HEARTBEAT_INTERVAL": 30, "LEASE_SECONDS": 60}, ["django_tasks_q.E010"]),
         ({"HEARTBEAT_INTERVAL": 0}, ["django_tasks_q.E003"]),
+        ({"GRACE_PERIOD": -1}, ["django_tasks_q.E011"]),
     ],
 )
 def test_bad_values_are_errors(value, expected):

@@ -85,3 +85,22 @@ def test_workers_register_heartbeat_and_say_when_they_stop(start_worker):
     row = Worker.objects.get(pk="w-visible")
     assert (row.state, row.tasks_succeeded, row.tasks_failed) == ("STOPPED", 1, 1)
     assert row.stopped_at is not None
+
+
+def test_after_the_grace_period_the_worker_exits_and_its_task_is_recovered(start_worker):
+    import time
+
+    handle = tasks.hangs_on_first_attempt.delay("grace")
+    worker = start_worker("--concurrency", "1", "--grace-period", "1", env=FAST)
+    wait_for(lambda: Execution.objects.filter(key="grace").exists(), message="the first attempt")
+    stopped_at = time.monotonic()
+    worker.terminate()
+    assert worker.wait(timeout=15) == 1
+    assert time.monotonic() - stopped_at < 10
+    assert "grace period of 1.0s is over, abandoning 1 running tasks" in worker.log()
+
+    survivor = start_worker("--concurrency", "1", env=FAST)
+    handle.wait(timeout=30)
+    assert (handle.status, handle.attempts) == ("SUCCESSFUL", 2)
+    survivor.terminate()
+    assert survivor.wait() == 0

@@ -47,6 +47,7 @@ class Worker:
         poll_interval: float = 1.0,
         lease_seconds: float = 60.0,
         heartbeat_interval: float = 5.0,
+        grace_period: float | None = None,
         listen: bool = True,
         burst: bool = False,
         worker_id: str | None = None,
@@ -69,6 +70,11 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.listen = listen
         self.burst = burst
+        if grace_period is not None and grace_period < 0:
+            raise ValueError(f"grace period must be >= 0 seconds or None, got {grace_period}")
+        self.grace_period = grace_period
+        self._stop_requested_at: float | None = None
+        self._exit_code = 0
         self.worker_id = worker_id or default_worker_id()
         self.runner = Runner(worker_id=self.worker_id, backend=backend)
         self.succeeded = 0
@@ -109,6 +115,8 @@ class Worker:
 
     def stop(self) -> None:
         """Stop claiming; running tasks finish, unstarted ones go back to READY."""
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
         self._stopping.set()
         self._wake.set()
 
@@ -142,7 +150,7 @@ class Worker:
                 heartbeat.join(timeout=5)
                 self._say_stopped()
         logger.info("Worker %s stopped after %s task attempts", self.worker_id, self.processed)
-        return 0
+        return self._exit_code
 
     def _register(self, connection: QueueConnection) -> None:
         connection.register_worker(
@@ -371,19 +379,33 @@ class Worker:
                     "Worker %s returned %s unstarted tasks to the queue", self.worker_id, released
                 )
             while self._held:
+                if self._grace_over():
+                    logger.warning(
+                        "Worker %s: grace period of %ss is over, abandoning %s running tasks; "
+                        "they are recovered once their lease expires",
+                        self.worker_id, self.grace_period, len(self._held),
+                    )  # fmt: skip
+                    self._abandon = True
+                    self._exit_code = 1
+                    break
                 try:
                     if self._exchange():
                         continue
                 except psycopg.OperationalError as exc:
                     self._lost_database(exc, 1.0)
                     continue
-                self._wake.wait(1.0)
+                self._wake.wait(1.0 if self.grace_period is None else min(1.0, self.grace_period))
                 self._wake.clear()
         finally:
             if not self._abandon:
                 for thread in self._threads:
                     thread.join(timeout=5)
             self.connection.close()
+
+    def _grace_over(self) -> bool:
+        if self.grace_period is None or self._stop_requested_at is None:
+            return False
+        return time.monotonic() - self._stop_requested_at >= self.grace_period
 
 
 def _moving_average(current: float | None, sample: float, weight: float = 0.1) -> float:

@@ -55,6 +55,14 @@ class Command(BaseCommand):
             help="Seconds between polls when no notification arrives "
             "(default: TASKS_Q['POLL_INTERVAL']).",
         )
+        parser.add_argument(
+            "--grace-period",
+            type=float,
+            default=None,
+            help="Seconds running tasks get to finish after SIGTERM/Ctrl-C before the worker "
+            "exits anyway (their tasks are then recovered). Default: TASKS_Q['GRACE_PERIOD'] "
+            "(None: wait for them).",
+        )
         parser.add_argument("--burst", action="store_true", help="Exit once no ready task is left.")
         parser.add_argument("--worker-id", default=None, help="Name shown in results and logs.")
         parser.add_argument(
@@ -79,6 +87,7 @@ class Command(BaseCommand):
                 poll_interval=_option(options, "poll_interval", conf.POLL_INTERVAL),
                 lease_seconds=conf.LEASE_SECONDS,
                 heartbeat_interval=conf.HEARTBEAT_INTERVAL,
+                grace_period=_option(options, "grace_period", conf.GRACE_PERIOD),
                 listen=conf.LISTEN_NOTIFY,
                 burst=options["burst"],
                 worker_id=options["worker_id"],
