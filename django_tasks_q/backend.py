@@ -194,11 +194,13 @@ class PostgresBackend(BaseTaskBackend):
         )
 
     def cancel(self, result_id: str | int) -> bool:
+        """Cancel a task that has not started, or ask a running one to stop (see
+        ``context.is_cancelled()``). False if it had already finished."""
         try:
             task_id = int(result_id)
         except (TypeError, ValueError):
             raise TaskResultDoesNotExist(f"No task with id {result_id!r}.") from None
-        return queue.cancel_ready(task_id, using=self.database)
+        return queue.cancel(task_id, using=self.database) is not None
 
 
 def _has_first_parameter(func: Any) -> bool:

@@ -7,6 +7,7 @@ from django_tasks_q.compat import InvalidTask, TaskResultDoesNotExist
 __all__ = [
     "InvalidTask",
     "Retry",
+    "TaskCancelled",
     "TaskResultDoesNotExist",
     "TaskTimeoutError",
     "UnknownTaskError",
@@ -46,3 +47,7 @@ class Retry(Exception):
 
 class MaxRetriesExceededError(Exception):
     """``context.retry()`` was called on the last allowed attempt without an ``exc``."""
+
+
+class TaskCancelled(Exception):
+    """Raised by ``context.raise_if_cancelled()``: someone cancelled the running task."""

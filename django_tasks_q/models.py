@@ -42,6 +42,8 @@ class Task(models.Model):
     # a worker that lost its claim cannot overwrite what happened since.
     worker_id = models.CharField(max_length=100, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Set by cancel() on a RUNNING task; its worker sees it at the next heartbeat.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
     result = models.JSONField(null=True, blank=True)
     # One entry per failed attempt: attempt, worker_id, type, message, traceback, at.
     errors = models.JSONField(default=list, blank=True)

@@ -118,11 +118,13 @@ def enqueue_many(
     return [Enqueued(task_id, run_after_, enqueued_at) for task_id in ids]
 
 
-def cancel_ready(task_id: int, *, using: str) -> bool:
-    """Cancel a task that has not started. Returns False if it already started or finished."""
+def cancel(task_id: int, *, using: str) -> str | None:
+    """Cancel a READY task, or ask a RUNNING one to stop. Returns the status after the call
+    (``CANCELLED`` or ``RUNNING``), or ``None`` if the task had already finished."""
     with connections[using].cursor() as cursor:
-        cursor.execute(sql("cancel_ready"), {"id": task_id})
-        return cursor.fetchone() is not None
+        cursor.execute(sql("cancel"), {"id": task_id})
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,8 +276,9 @@ class QueueConnection:
 
     def heartbeat(
         self, *, worker_id: str, lease_seconds: float, succeeded: int, failed: int
-    ) -> tuple[bool, int]:
-        """Returns whether the worker row exists and how many task leases were extended."""
+    ) -> tuple[bool, int, list[int]]:
+        """Returns whether the worker row exists, how many task leases were extended and the
+        ids of held tasks whose cancellation was requested."""
         row = (
             self.connect()
             .execute(
@@ -289,7 +292,7 @@ class QueueConnection:
             )
             .fetchone()
         )
-        return bool(row[0]), row[1]
+        return bool(row[0]), row[1], list(row[2])
 
     def rescue(self, *, limit: int = 100) -> list[tuple[int, str, str, str]]:
         """Recover tasks whose lease expired: ``(id, name, new status, lost worker)`` each."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -20,7 +20,7 @@ from django_tasks_q.compat import (
     TaskContext,
     task_backends,
 )
-from django_tasks_q.exceptions import MaxRetriesExceededError, Retry
+from django_tasks_q.exceptions import MaxRetriesExceededError, Retry, TaskCancelled
 
 if TYPE_CHECKING:
     from django_tasks_q.results import TaskHandle
@@ -134,6 +134,22 @@ class BackgroundTask(Task):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BackgroundTaskContext(TaskContext):
     """What a ``takes_context`` / ``bind`` task receives as its first argument."""
+
+    cancel_check: Callable[[], bool] = field(default=lambda: False, repr=False)
+
+    def is_cancelled(self) -> bool:
+        """Whether someone cancelled this task while it runs (seen within one heartbeat).
+
+        Long tasks should check it between steps and stop early; see also
+        :meth:`raise_if_cancelled`.
+        """
+        return self.cancel_check()
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`~django_tasks_q.exceptions.TaskCancelled` if the task was cancelled:
+        the task then ends CANCELLED."""
+        if self.cancel_check():
+            raise TaskCancelled(f"Task {self.task_result.task.name} #{self.task_id} was cancelled")
 
     @property
     def task_id(self) -> str:

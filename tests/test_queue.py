@@ -131,14 +131,25 @@ def test_release_returns_unstarted_tasks_without_counting_the_attempt(qconn):
     assert (row.status, row.attempts, row.started_at) == ("READY", 0, None)
 
 
-def test_cancel_only_affects_tasks_that_have_not_started(qconn):
+def test_cancel_stops_ready_tasks_at_once_and_flags_running_ones(qconn):
     ready = tasks.add.delay(1, 1)
     running = tasks.add.delay(1, 2)
     assert ready.cancel() is True
     assert ready.status == TaskStatus.CANCELLED and ready.finished_at is not None
     claim(qconn)
-    assert running.cancel() is False
-    assert Task.objects.get(pk=running.id).status == "RUNNING"
+    assert running.cancel() is True  # asked to stop; it stays RUNNING until its worker sees it
+    row = Task.objects.get(pk=running.id)
+    assert (row.status, row.cancel_requested_at is not None) == ("RUNNING", True)
+    # The holder's heartbeat hands the request over.
+    _, _, requested = qconn.heartbeat(worker_id="w1", lease_seconds=60, succeeded=0, failed=0)
+    assert requested == [int(running.id)]
+
+
+def test_cancel_after_the_end_changes_nothing():
+    handle = tasks.add.delay(1, 1)
+    Task.objects.filter(pk=handle.id).update(status="SUCCESSFUL")
+    assert handle.cancel() is False
+    assert Task.objects.get(pk=handle.id).cancel_requested_at is None
 
 
 def explain_exchange(statement: str, **extra) -> str:

@@ -104,3 +104,17 @@ def test_after_the_grace_period_the_worker_exits_and_its_task_is_recovered(start
     assert (handle.status, handle.attempts) == ("SUCCESSFUL", 2)
     survivor.terminate()
     assert survivor.wait() == 0
+
+
+def test_cancelling_a_running_task_stops_it_cooperatively(start_worker):
+    handle = tasks.cooperative.delay("coop")
+    other = tasks.add.delay(2, 2)
+    worker = start_worker("--concurrency", "2", env=FAST)
+    wait_for(lambda: Execution.objects.filter(key="coop").exists(), message="the task to start")
+    assert handle.cancel() is True
+    handle.wait(timeout=15)
+    assert handle.status == "CANCELLED"
+    assert handle.error.type == "django_tasks_q.exceptions.TaskCancelled"
+    assert other.wait(timeout=10).result == 4  # nothing else affected
+    worker.terminate()
+    assert worker.wait() == 0

@@ -151,11 +151,16 @@ WHERE status = 'RUNNING'
   AND (id = ANY(%(ids)s::bigint[])) = %(listed)s
 RETURNING id;
 
--- name: cancel_ready
+-- name: cancel
+-- A READY task is cancelled at once. A RUNNING one is asked to stop: its worker learns of it at
+-- its next heartbeat, and the task sees it through context.is_cancelled(). Returns the status
+-- after the call, or no row if the task had already finished.
 UPDATE django_tasks_q_task
-SET status = 'CANCELLED', finished_at = now()
-WHERE id = %(id)s AND status = 'READY'
-RETURNING id;
+SET status = CASE WHEN status = 'READY' THEN 'CANCELLED' ELSE status END,
+    finished_at = CASE WHEN status = 'READY' THEN now() ELSE finished_at END,
+    cancel_requested_at = COALESCE(cancel_requested_at, now())
+WHERE id = %(id)s AND status IN ('READY', 'RUNNING')
+RETURNING status;
 
 -- name: count_ready
 SELECT count(*)
@@ -179,7 +184,8 @@ SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, queues = EXCLUDED.queues,
 -- name: heartbeat
 -- Proof of life: the worker row, and the lease of every task this worker holds (running or
 -- claimed and waiting for a thread), so a long task is never taken for lost while its worker
--- lives. Returns whether the worker row still exists.
+-- lives. Returns whether the worker row still exists, how many leases were extended and the
+-- ids of held tasks someone asked to cancel.
 WITH alive AS (
     UPDATE django_tasks_q_worker
     SET last_heartbeat_at = now(),
@@ -192,9 +198,11 @@ extended AS (
     UPDATE django_tasks_q_task
     SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
     WHERE status = 'RUNNING' AND worker_id = %(worker_id)s
-    RETURNING id
+    RETURNING id, cancel_requested_at
 )
-SELECT (SELECT count(*) FROM alive), (SELECT count(*) FROM extended);
+SELECT (SELECT count(*) FROM alive),
+       (SELECT count(*) FROM extended),
+       (SELECT coalesce(array_agg(id), '{}') FROM extended WHERE cancel_requested_at IS NOT NULL);
 
 -- name: rescue
 -- Recovers tasks whose lease ran out: their worker stopped heartbeating (killed, out of

@@ -34,6 +34,7 @@ class Heartbeat:
         register: Callable[[QueueConnection], None],
         counters: Callable[[], tuple[int, int]],
         on_rescued: Callable[[], None],
+        on_cancel_requested: Callable[[list[int]], None],
     ) -> None:
         if interval <= 0 or lease_seconds <= interval:
             raise ValueError(
@@ -47,18 +48,21 @@ class Heartbeat:
         self.register = register
         self.counters = counters
         self.on_rescued = on_rescued
+        self.on_cancel_requested = on_cancel_requested
         self.beats = 0
         self._reported = (0, 0)
 
     def run_once(self) -> None:
         succeeded, failed = self.counters()
-        alive, _ = self.connection.heartbeat(
+        alive, _, cancel_requested = self.connection.heartbeat(
             worker_id=self.worker_id,
             lease_seconds=self.lease_seconds,
             succeeded=succeeded - self._reported[0],
             failed=failed - self._reported[1],
         )
         self._reported = (succeeded, failed)
+        if cancel_requested:
+            self.on_cancel_requested(cancel_requested)
         if not alive:
             # Pruned while this worker was unreachable for a long time: say who we are again.
             self.register(self.connection)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from django.db import connections
@@ -12,7 +13,7 @@ from django.dispatch import Signal
 
 from django_tasks_q import registry
 from django_tasks_q.backend import PostgresBackend
-from django_tasks_q.exceptions import Retry, UnknownTaskError
+from django_tasks_q.exceptions import Retry, TaskCancelled, UnknownTaskError
 from django_tasks_q.models import TaskStatus
 from django_tasks_q.queue import ClaimedTask, Outcome
 from django_tasks_q.results import TaskFailure, TaskHandle
@@ -38,9 +39,16 @@ def error_entry(exc: BaseException, attempt: int, worker_id: str) -> dict[str, A
 class Runner:
     """Executes claimed tasks for one worker. Safe to share between executor threads."""
 
-    def __init__(self, *, worker_id: str, backend: PostgresBackend) -> None:
+    def __init__(
+        self,
+        *,
+        worker_id: str,
+        backend: PostgresBackend,
+        is_cancel_requested: Callable[[int], bool] = lambda task_id: False,
+    ) -> None:
         self.worker_id = worker_id
         self.backend = backend
+        self.is_cancel_requested = is_cancel_requested
 
     def handle_for(self, task: BackgroundTask, claimed: ClaimedTask) -> TaskHandle:
         errors = [TaskFailure.from_json(error) for error in claimed.errors]
@@ -94,9 +102,11 @@ class Runner:
         began = time.perf_counter()
         try:
             if task.takes_context:
-                value = task.call(
-                    BackgroundTaskContext(task_result=handle), *claimed.args, **claimed.kwargs
+                context = BackgroundTaskContext(
+                    task_result=handle,
+                    cancel_check=lambda: self.is_cancel_requested(claimed.id),
                 )
+                value = task.call(context, *claimed.args, **claimed.kwargs)
             else:
                 value = task.call(*claimed.args, **claimed.kwargs)
         except BaseException as exc:
@@ -140,6 +150,8 @@ class Runner:
         *,
         retry: bool = True,
     ) -> Outcome:
+        if isinstance(exc, TaskCancelled):
+            return self._cancelled(claimed, handle, exc, duration)
         max_attempts = claimed.max_attempts
         requested_delay = None
         recorded = exc
@@ -185,6 +197,27 @@ class Runner:
             status=TaskStatus.FAILED,
             error=error,
             max_attempts=max_attempts,
+            duration=duration,
+        )
+
+    def _cancelled(
+        self, claimed: ClaimedTask, handle: TaskHandle, exc: TaskCancelled, duration: float
+    ) -> Outcome:
+        error = error_entry(exc, claimed.attempt, self.worker_id)
+        object.__setattr__(handle, "status", TaskStatus.CANCELLED)
+        object.__setattr__(handle, "errors", [*handle.errors, TaskFailure.from_json(error)])
+        logger.warning(
+            "Task cancelled %s #%s attempt %s/%s after %.3fs",
+            claimed.name, claimed.id, claimed.attempt, claimed.max_attempts, duration,
+            extra=self._extra(claimed, "cancelled", duration),
+        )  # fmt: skip
+        _send(task_finished, type(self.backend), task_result=handle)
+        return Outcome(
+            id=claimed.id,
+            attempt=claimed.attempt,
+            status=TaskStatus.CANCELLED,
+            error=error,
+            max_attempts=claimed.max_attempts,
             duration=duration,
         )
 

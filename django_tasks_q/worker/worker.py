@@ -76,7 +76,13 @@ class Worker:
         self._stop_requested_at: float | None = None
         self._exit_code = 0
         self.worker_id = worker_id or default_worker_id()
-        self.runner = Runner(worker_id=self.worker_id, backend=backend)
+        # Ids of held tasks whose cancellation was requested; read by running tasks' contexts.
+        self._cancel_requested: set[int] = set()
+        self.runner = Runner(
+            worker_id=self.worker_id,
+            backend=backend,
+            is_cancel_requested=self._cancel_requested.__contains__,
+        )
         self.succeeded = 0
         self.failed = 0
         self.heartbeat = Heartbeat(
@@ -89,6 +95,7 @@ class Worker:
             register=self._register,
             counters=lambda: (self.succeeded, self.failed),
             on_rescued=self._on_rescued,
+            on_cancel_requested=self._cancel_requested.update,
         )
         self.connection = QueueConnection(
             backend.database, application_name=f"django_tasks_q worker {self.worker_id}"
@@ -292,6 +299,7 @@ class Worker:
             self._mean_duration = _moving_average(self._mean_duration, outcome.duration)
         if outcomes:
             self._held.difference_update(o.id for o in outcomes)
+            self._cancel_requested.difference_update(o.id for o in outcomes)
             for outcome in outcomes:
                 if outcome.id in updated and outcome.status == "SUCCESSFUL":
                     self.succeeded += 1

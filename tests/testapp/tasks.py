@@ -116,3 +116,12 @@ def record_retrying_on_errors(key):
     """Like record, but a database error (the server restarting) is retried."""
     Execution.objects.create(key=key, worker=str(os.getpid()))
     return key
+
+
+@background_task(bind=True)
+def cooperative(context, key):
+    Execution.objects.create(key=key)
+    for _ in range(600):  # up to a minute, in small steps
+        context.raise_if_cancelled()
+        time.sleep(0.1)
+    return "not cancelled"
