@@ -10,7 +10,9 @@ __all__ = [
     "TaskCancelled",
     "TaskResultDoesNotExist",
     "TaskTimeoutError",
+    "TimeLimitExceeded",
     "UnknownTaskError",
+    "WorkerLost",
 ]
 
 
@@ -51,3 +53,11 @@ class MaxRetriesExceededError(Exception):
 
 class TaskCancelled(Exception):
     """Raised by ``context.raise_if_cancelled()``: someone cancelled the running task."""
+
+
+class TimeLimitExceeded(Exception):
+    """A task ran longer than its ``timeout`` and the process running it was killed."""
+
+
+class WorkerLost(Exception):
+    """The process running a task died (or stopped heartbeating) before it finished."""

@@ -140,6 +140,22 @@ class Runner:
             duration=duration,
         )
 
+    def failed_outside(self, claimed: ClaimedTask, exc: BaseException, duration: float) -> Outcome:
+        """The outcome of an attempt that ended outside the task function: its process was
+        killed at the time limit, or died. The task's retry policy applies."""
+        try:
+            task = registry.get(claimed.name)
+        except UnknownTaskError:
+            return Outcome(
+                id=claimed.id,
+                attempt=claimed.attempt,
+                status=TaskStatus.FAILED,
+                error=error_entry(exc, claimed.attempt, self.worker_id),
+                max_attempts=claimed.max_attempts,
+                duration=duration,
+            )
+        return self._failure(task, claimed, self.handle_for(task, claimed), exc, duration)
+
     def _failure(
         self,
         task: BackgroundTask,

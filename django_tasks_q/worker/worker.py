@@ -22,6 +22,7 @@ import psycopg
 from django_tasks_q.backend import PostgresBackend
 from django_tasks_q.queue import ClaimedTask, Outcome, QueueConnection, listen_connection
 from django_tasks_q.worker.heartbeat import Heartbeat
+from django_tasks_q.worker.pool import Child
 from django_tasks_q.worker.runner import Runner
 
 logger = logging.getLogger("django_tasks_q.worker")
@@ -48,6 +49,9 @@ class Worker:
         lease_seconds: float = 60.0,
         heartbeat_interval: float = 5.0,
         grace_period: float | None = None,
+        pool: str = "threads",
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: float | None = None,
         listen: bool = True,
         burst: bool = False,
         worker_id: str | None = None,
@@ -73,6 +77,17 @@ class Worker:
         if grace_period is not None and grace_period < 0:
             raise ValueError(f"grace period must be >= 0 seconds or None, got {grace_period}")
         self.grace_period = grace_period
+        if pool not in ("threads", "processes"):
+            raise ValueError(f"pool must be 'threads' or 'processes', got {pool!r}")
+        for name, value in (
+            ("max_tasks_per_child", max_tasks_per_child),
+            ("max_memory_per_child", max_memory_per_child),
+        ):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value}")
+        self.pool = pool
+        self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child
         self._stop_requested_at: float | None = None
         self._exit_code = 0
         self.worker_id = worker_id or default_worker_id()
@@ -140,9 +155,8 @@ class Worker:
         )
         heartbeat.start()
         for index in range(self.concurrency):
-            thread = threading.Thread(
-                target=self._execute_jobs, name=f"tasks-q-executor-{index}", daemon=True
-            )
+            target = self._execute_jobs if self.pool == "threads" else self._execute_jobs_in_child
+            thread = threading.Thread(target=target, name=f"tasks-q-executor-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
         if self.listen:
@@ -347,6 +361,45 @@ class Worker:
                 self._wake.set()
         finally:
             connections.close_all()
+
+    def _execute_jobs_in_child(self) -> None:
+        """An executor slot of the process pool: hands tasks to its child, one at a time."""
+        child = self._new_child()
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is _STOP:
+                    return
+                began = time.monotonic()
+                report = child.run(job, cancel_requested=self._cancel_requested.__contains__)
+                if isinstance(report, BaseException):
+                    outcome = self.runner.failed_outside(job, report, time.monotonic() - began)
+                    child = self._new_child()
+                else:
+                    outcome = report.outcome
+                    child = self._recycle_if_due(child)
+                self._outcomes.put(outcome)
+                self._wake.set()
+        finally:
+            if self._abandon:
+                child.kill()
+            else:
+                child.stop()
+
+    def _new_child(self) -> Child:
+        return Child(worker_id=self.worker_id, backend_alias=self.backend.alias)
+
+    def _recycle_if_due(self, child: Child) -> Child:
+        reason = None
+        if self.max_tasks_per_child and child.tasks_run >= self.max_tasks_per_child:
+            reason = f"it ran {child.tasks_run} tasks"
+        elif self.max_memory_per_child and child.max_rss_mb > self.max_memory_per_child:
+            reason = f"it uses {child.max_rss_mb:.0f} MB"
+        if reason is None:
+            return child
+        logger.info("Worker %s replaces child %s: %s", self.worker_id, child.pid, reason)
+        child.stop()
+        return self._new_child()
 
     def _listen(self) -> None:
         backoff = 0.5

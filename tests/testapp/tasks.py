@@ -125,3 +125,15 @@ def cooperative(context, key):
         context.raise_if_cancelled()
         time.sleep(0.1)
     return "not cancelled"
+
+
+@background_task(timeout=1)
+def overruns_its_time_limit(key):
+    Execution.objects.create(key=key)
+    time.sleep(60)
+
+
+@background_task(max_retries=2, default_retry_delay=0)
+def kills_its_process(key):
+    Execution.objects.create(key=key, worker=str(os.getpid()))
+    os._exit(1)

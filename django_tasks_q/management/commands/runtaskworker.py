@@ -63,6 +63,27 @@ class Command(BaseCommand):
             "exits anyway (their tasks are then recovered). Default: TASKS_Q['GRACE_PERIOD'] "
             "(None: wait for them).",
         )
+        parser.add_argument(
+            "--pool",
+            choices=["threads", "processes"],
+            default="threads",
+            help="Run tasks on threads of this process (default), or each slot in a child "
+            "process of its own: needed for hard time limits (a task's timeout) and to survive "
+            "tasks that crash their process.",
+        )
+        parser.add_argument(
+            "--max-tasks-per-child",
+            type=int,
+            default=None,
+            help="With --pool processes: replace a child after this many tasks.",
+        )
+        parser.add_argument(
+            "--max-memory-per-child",
+            type=float,
+            default=None,
+            help="With --pool processes: replace a child whose peak memory passed this many MB "
+            "(checked between tasks).",
+        )
         parser.add_argument("--burst", action="store_true", help="Exit once no ready task is left.")
         parser.add_argument("--worker-id", default=None, help="Name shown in results and logs.")
         parser.add_argument(
@@ -88,6 +109,9 @@ class Command(BaseCommand):
                 lease_seconds=conf.LEASE_SECONDS,
                 heartbeat_interval=conf.HEARTBEAT_INTERVAL,
                 grace_period=_option(options, "grace_period", conf.GRACE_PERIOD),
+                pool=options["pool"],
+                max_tasks_per_child=options["max_tasks_per_child"],
+                max_memory_per_child=options["max_memory_per_child"],
                 listen=conf.LISTEN_NOTIFY,
                 burst=options["burst"],
                 worker_id=options["worker_id"],

@@ -1,0 +1,146 @@
+"""Child processes that run tasks for a worker: the unit a hard time limit can kill.
+
+The worker process (the supervisor) keeps the queue work: claims, outcomes, heartbeats. Each
+executor slot owns one child process and hands it one task at a time over a pipe; the child
+runs it with the same :class:`Runner` the threaded pool uses and sends the outcome back. A
+child that overruns its task's ``timeout`` is killed; a child that dies is replaced; either
+way the attempt is recorded as failed and the task's retry policy decides what happens next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import resource
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from django_tasks_q.exceptions import TimeLimitExceeded, WorkerLost
+from django_tasks_q.queue import ClaimedTask, Outcome
+
+logger = logging.getLogger("django_tasks_q.worker")
+
+# Spawned, not forked: the supervisor has threads and open connections that a fork would copy.
+_context = multiprocessing.get_context("spawn")
+
+
+@dataclass(frozen=True, slots=True)
+class ChildReport:
+    outcome: Outcome
+    max_rss_mb: float
+
+
+def _child_main(conn: Connection, cancel: Any, worker_id: str, backend_alias: str) -> None:
+    # The supervisor decides when children stop; Ctrl-C on the terminal must not kill a task.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    import django
+
+    django.setup()
+    from django.db import connections
+
+    from django_tasks_q.backend import get_backend
+    from django_tasks_q.worker.runner import Runner
+
+    runner = Runner(
+        worker_id=worker_id,
+        backend=get_backend(backend_alias),
+        is_cancel_requested=lambda task_id: cancel.is_set(),
+    )
+    try:
+        while True:
+            try:
+                job = conn.recv()
+            except EOFError:
+                return
+            if job is None:
+                return
+            outcome = runner.run(job)
+            rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            conn.send(ChildReport(outcome, rss_kb / 1024))
+    finally:
+        connections.close_all()
+
+
+class Child:
+    """One child process and the pipe to it."""
+
+    def __init__(self, *, worker_id: str, backend_alias: str) -> None:
+        self.conn, child_conn = _context.Pipe()
+        self.cancel = _context.Event()
+        self.process = _context.Process(
+            target=_child_main,
+            args=(child_conn, self.cancel, worker_id, backend_alias),
+            name="tasks-q-child",
+            daemon=True,
+        )
+        self.process.start()
+        child_conn.close()
+        self.tasks_run = 0
+        self.max_rss_mb = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def run(
+        self, job: ClaimedTask, *, cancel_requested: Any, poll: float = 0.2
+    ) -> ChildReport | BaseException:
+        """Run ``job`` in the child. Returns its report, or the exception that describes why
+        there is none (time limit, or the child died); the child is dead in that case."""
+        self.cancel.clear()
+        started = time.monotonic()
+        deadline = started + job.timeout if job.timeout else None
+        try:
+            self.conn.send(job)
+            while True:
+                wait = (
+                    poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
+                )
+                if self.conn.poll(wait):
+                    report = self.conn.recv()
+                    self.tasks_run += 1
+                    self.max_rss_mb = report.max_rss_mb
+                    return report
+                if cancel_requested(job.id):
+                    self.cancel.set()
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.kill()
+                    return TimeLimitExceeded(
+                        f"Task {job.name} #{job.id} ran longer than its time limit of "
+                        f"{job.timeout}s; the process running it was killed."
+                    )
+                if not self.process.is_alive():
+                    raise EOFError
+        except (EOFError, OSError):
+            self.process.join(timeout=5)
+            return WorkerLost(
+                f"The process running task {job.name} #{job.id} died "
+                f"({_describe_exit(self.process.exitcode)})."
+            )
+
+    def stop(self, timeout: float = 10) -> None:
+        """Ask the child to exit after its current task; kill it if it does not."""
+        with contextlib.suppress(OSError):  # already gone
+            self.conn.send(None)
+        self.process.join(timeout=timeout)
+        if self.process.is_alive():
+            self.kill()
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.join(timeout=5)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
