@@ -79,6 +79,7 @@ class BenchOptions:
     queue: str = "taskbench"
     latency_samples: int = 200
     enqueue_threads: int = 8
+    pool: str = "threads"
     skip_ceiling: bool = False
     keep: bool = False
 
@@ -96,6 +97,8 @@ class BenchOptions:
         if resolved.latency_samples < 0:
             raise BenchError("--latency-samples must be 0 or more.")
         # runtaskworker takes a comma-separated list: a comma would name two queues.
+        if resolved.pool not in ("threads", "processes"):
+            raise BenchError("--pool must be 'threads' or 'processes'.")
         if not resolved.queue or "," in resolved.queue or len(resolved.queue) > 100:
             raise BenchError("--queue must be one queue name of at most 100 characters, no commas.")
         return resolved
@@ -107,6 +110,7 @@ class BenchOptions:
             "--concurrency", str(self.concurrency),
             "--batch-size", str(self.batch_size),
             "--loglevel", "warning",
+            "--pool", self.pool,
         ]  # fmt: skip
 
 
@@ -118,6 +122,7 @@ class Results:
     tasks: int
     workers: int
     concurrency: int
+    pool: str
     batch_size: int
     listen_notify: bool
     queue: str
@@ -159,6 +164,7 @@ def run(options: BenchOptions, report: Report) -> Results:
         tasks=options.tasks,
         workers=options.workers,
         concurrency=options.concurrency,
+        pool=options.pool,
         batch_size=options.batch_size,
         listen_notify=conf.LISTEN_NOTIFY,
         queue=options.queue,
@@ -228,7 +234,8 @@ def _worker_phases(
         drained, seconds = drain(database, options.queue, workers, expected)
         results.drain_tasks, results.drain_seconds = drained, seconds
         results.drain_per_s = drained / seconds
-        label = f"3. drain, {options.workers} workers x {options.concurrency} threads"
+        slots = "threads" if options.pool == "threads" else "processes"
+        label = f"3. drain, {options.workers} workers x {options.concurrency} {slots}"
         report(_phase(label, drained, seconds, "tasks") + "  (results verified)")
 
         if options.latency_samples:

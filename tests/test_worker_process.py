@@ -195,3 +195,20 @@ def test_batch_size_one_still_runs_everything_in_priority_order(start_worker):
     assert list(Execution.objects.order_by("id").values_list("key", flat=True)) == [
         f"p{i}" for i in (4, 3, 2, 1, 0)
     ]
+
+
+def test_a_worker_on_an_unmigrated_database_says_to_migrate(start_worker):
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE django_tasks_q_worker RENAME TO django_tasks_q_worker_hidden")
+    try:
+        worker = start_worker("--burst")
+        assert worker.wait() != 0
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "ALTER TABLE django_tasks_q_worker_hidden RENAME TO django_tasks_q_worker"
+            )
+    assert "Run `python manage.py migrate`" in worker.log()
+    assert "Traceback" not in worker.log()

@@ -22,6 +22,7 @@ from typing import Any
 
 from django_tasks_q.exceptions import TimeLimitExceeded, WorkerLost
 from django_tasks_q.queue import ClaimedTask, Outcome
+from django_tasks_q.worker.logs import current_level_name
 
 logger = logging.getLogger("django_tasks_q.worker")
 
@@ -35,7 +36,9 @@ class ChildReport:
     max_rss_mb: float
 
 
-def _child_main(conn: Connection, cancel: Any, worker_id: str, backend_alias: str) -> None:
+def _child_main(
+    conn: Connection, cancel: Any, worker_id: str, backend_alias: str, log_level: str
+) -> None:
     # The supervisor decides when children stop; Ctrl-C on the terminal must not kill a task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -43,6 +46,10 @@ def _child_main(conn: Connection, cancel: Any, worker_id: str, backend_alias: st
 
     django.setup()
     from django.db import connections
+
+    from django_tasks_q.worker.logs import configure_logging
+
+    configure_logging(log_level)
 
     from django_tasks_q.backend import get_backend
     from django_tasks_q.worker.runner import Runner
@@ -75,7 +82,7 @@ class Child:
         self.cancel = _context.Event()
         self.process = _context.Process(
             target=_child_main,
-            args=(child_conn, self.cancel, worker_id, backend_alias),
+            args=(child_conn, self.cancel, worker_id, backend_alias, current_level_name()),
             name="tasks-q-child",
             daemon=True,
         )

@@ -1,11 +1,12 @@
-import logging
 import sys
 
+import psycopg
 from django.core.management.base import BaseCommand, CommandError
 
 from django_tasks_q.backend import get_backend
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.worker import Worker
+from django_tasks_q.worker.logs import configure_logging
 
 
 def queue_list(value: str) -> list[str]:
@@ -97,7 +98,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
-        self._configure_logging(options["loglevel"])
+        configure_logging(options["loglevel"])
         try:
             worker = Worker(
                 backend=get_backend(options["backend"]),
@@ -119,19 +120,12 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         worker.install_signal_handlers()
-        code = worker.run()
+        try:
+            code = worker.run()
+        except psycopg.errors.UndefinedTable as exc:
+            raise CommandError(
+                f"{exc.diag.message_primary}: the django_tasks_q tables are missing or out of "
+                "date. Run `python manage.py migrate`."
+            ) from exc
         if code:
             sys.exit(code)
-
-    @staticmethod
-    def _configure_logging(level_name):
-        logger = logging.getLogger("django_tasks_q")
-        if level_name:
-            logger.setLevel(level_name.upper())
-        if logger.hasHandlers():
-            return
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        if not level_name:
-            logger.setLevel(logging.INFO)

@@ -46,6 +46,10 @@ class Command(BaseCommand):
             f"(default: {defaults.enqueue_threads}).",
         )  # fmt: skip
         parser.add_argument(
+            "--pool", choices=["threads", "processes"], default=defaults.pool,
+            help="The workers' --pool (default: threads).",
+        )  # fmt: skip
+        parser.add_argument(
             "--skip-ceiling", action="store_true",
             help="Do not measure the raw SQL claim/finish ceiling.",
         )  # fmt: skip
@@ -68,6 +72,7 @@ class Command(BaseCommand):
             queue=options["queue"],
             latency_samples=options["latency_samples"],
             enqueue_threads=options["enqueue_threads"],
+            pool=options["pool"],
             skip_ceiling=options["skip_ceiling"],
             keep=options["keep"],
         )
