@@ -7,6 +7,7 @@ from django_tasks_q.compat import InvalidTask, TaskResultDoesNotExist
 __all__ = [
     "InvalidTask",
     "Retry",
+    "SoftTimeLimitExceeded",
     "TaskCancelled",
     "TaskResultDoesNotExist",
     "TaskTimeoutError",
@@ -61,3 +62,8 @@ class TimeLimitExceeded(Exception):
 
 class WorkerLost(Exception):
     """The process running a task died (or stopped heartbeating) before it finished."""
+
+
+class SoftTimeLimitExceeded(Exception):
+    """Raised inside a task when its ``soft_timeout`` runs out (process pool only): catch it
+    to clean up before the hard ``timeout`` kills the process."""

@@ -41,6 +41,7 @@ class BackgroundTask(Task):
     autoretry_for: tuple[type[BaseException], ...] = ()
     default_retry_delay: float = DEFAULT_RETRY_DELAY
     timeout: float | None = None
+    soft_timeout: float | None = None
     ignore_result: bool = False
 
     def __post_init__(self) -> None:
@@ -181,7 +182,8 @@ class BackgroundTaskContext(TaskContext):
 
 _OPTION_NAMES = (
     "name", "queue", "priority", "max_retries", "retry_backoff", "retry_backoff_max",
-    "retry_jitter", "autoretry_for", "default_retry_delay", "timeout", "ignore_result", "bind",
+    "retry_jitter", "autoretry_for", "default_retry_delay", "timeout", "soft_timeout",
+    "ignore_result", "bind",
     "takes_context", "backend",
 )  # fmt: skip
 
@@ -199,6 +201,7 @@ def background_task(
     autoretry_for: Iterable[type[BaseException]] = (),
     default_retry_delay: float = DEFAULT_RETRY_DELAY,
     timeout: float | None = None,
+    soft_timeout: float | None = None,
     ignore_result: bool = False,
     bind: bool = False,
     takes_context: bool = False,
@@ -232,6 +235,7 @@ def background_task(
             autoretry_for=tuple(autoretry_for),
             default_retry_delay=default_retry_delay,
             timeout=timeout,
+            soft_timeout=soft_timeout,
             ignore_result=ignore_result,
         )
 
@@ -277,6 +281,18 @@ def _validate_options(task: BackgroundTask) -> None:
     ):
         raise InvalidTask(
             f"{where}: timeout must be a number of seconds > 0 or None, got {task.timeout!r}."
+        )
+    soft = task.soft_timeout
+    if soft is not None and (
+        not isinstance(soft, (int, float)) or isinstance(soft, bool) or soft <= 0
+    ):
+        raise InvalidTask(
+            f"{where}: soft_timeout must be a number of seconds > 0 or None, got {soft!r}."
+        )
+    if soft is not None and task.timeout is not None and soft >= task.timeout:
+        raise InvalidTask(
+            f"{where}: soft_timeout ({soft}s) must be shorter than timeout ({task.timeout}s), "
+            "so the task can clean up before it is killed."
         )
     for exc_class in task.autoretry_for:
         if not (inspect.isclass(exc_class) and issubclass(exc_class, BaseException)):

@@ -246,3 +246,14 @@ def test_strings_with_nul_characters_are_refused_before_postgres_sees_them():
     with pytest.raises(SerializationError, match=r"argument 0 contains a NUL character"):
         tasks.add.delay("a\x00b", "c")
     assert not Task.objects.exists()
+
+
+def test_soft_timeout_must_leave_room_before_the_hard_one():
+    def task_function():
+        pass
+
+    task_function.__qualname__ = "task_function"
+    with pytest.raises(
+        InvalidTask, match=r"soft_timeout \(10s\) must be shorter than timeout \(5s\)"
+    ):
+        background_task(timeout=5, soft_timeout=10)(task_function)

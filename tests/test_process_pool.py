@@ -49,3 +49,12 @@ def test_children_are_recycled_after_max_tasks(start_worker):
     per_child = dict(Execution.objects.values_list("worker").annotate(n=Count("id")))
     assert sum(per_child.values()) == 100
     assert len(per_child) >= 10 and max(per_child.values()) <= 10
+
+
+def test_the_soft_time_limit_raises_inside_the_task_first(start_worker):
+    handle = tasks.cleans_up_at_the_soft_limit.delay("soft")
+    worker = start_worker("--pool", "processes", "--concurrency", "1")
+    assert handle.wait(timeout=30).result == "cleaned up"
+    assert Execution.objects.filter(key="soft").count() == 1
+    worker.terminate()
+    assert worker.wait() == 0

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from django_tasks_q.exceptions import TimeLimitExceeded, WorkerLost
+from django_tasks_q.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLost
 from django_tasks_q.queue import ClaimedTask, Outcome
 from django_tasks_q.worker.logs import current_level_name
 
@@ -54,6 +54,7 @@ def _child_main(
     from django_tasks_q.backend import get_backend
     from django_tasks_q.worker.runner import Runner
 
+    signal.signal(signal.SIGALRM, _soft_time_limit_reached)
     runner = Runner(
         worker_id=worker_id,
         backend=get_backend(backend_alias),
@@ -67,11 +68,31 @@ def _child_main(
                 return
             if job is None:
                 return
-            outcome = runner.run(job)
+            soft_timeout = _soft_timeout(job.name)
+            if soft_timeout:
+                signal.setitimer(signal.ITIMER_REAL, soft_timeout)
+            try:
+                outcome = runner.run(job)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
             rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             conn.send(ChildReport(outcome, rss_kb / 1024))
     finally:
         connections.close_all()
+
+
+def _soft_time_limit_reached(signum: int, frame: object) -> None:
+    raise SoftTimeLimitExceeded("The task ran past its soft time limit.")
+
+
+def _soft_timeout(name: str) -> float | None:
+    from django_tasks_q import registry
+    from django_tasks_q.exceptions import UnknownTaskError
+
+    try:
+        return registry.get(name).soft_timeout
+    except UnknownTaskError:
+        return None
 
 
 class Child:

@@ -137,3 +137,15 @@ def overruns_its_time_limit(key):
 def kills_its_process(key):
     Execution.objects.create(key=key, worker=str(os.getpid()))
     os._exit(1)
+
+
+@background_task(timeout=5, soft_timeout=0.5)
+def cleans_up_at_the_soft_limit(key):
+    from django_tasks_q.exceptions import SoftTimeLimitExceeded
+
+    try:
+        time.sleep(4)
+    except SoftTimeLimitExceeded:
+        Execution.objects.create(key=key)
+        return "cleaned up"
+    return "finished"
