@@ -104,8 +104,8 @@ def test_bad_option_values_are_refused(start_worker):
 
 
 @pytest.mark.slow
-def test_four_workers_execute_each_of_5000_tasks_exactly_once(start_worker):
-    total = 5000
+def test_four_workers_execute_each_of_10000_tasks_exactly_once(start_worker):
+    total = 10_000
     workers = [start_worker("--concurrency", "2", "--poll-interval", "0.2") for _ in range(4)]
     for chunk in range(0, total, 1000):
         tasks.record.enqueue_many([(f"t{i}",) for i in range(chunk, chunk + 1000)])
