@@ -193,14 +193,15 @@ class PostgresBackend(BaseTaskBackend):
             _result_json=row.result,
         )
 
-    def cancel(self, result_id: str | int) -> bool:
+    def cancel(self, result_id: str | int, *, terminate: bool = False) -> bool:
         """Cancel a task that has not started, or ask a running one to stop (see
-        ``context.is_cancelled()``). False if it had already finished."""
+        ``context.is_cancelled()``; with ``terminate``, a process-pool worker kills the task's
+        process if it has not stopped shortly after). False if it had already finished."""
         try:
             task_id = int(result_id)
         except (TypeError, ValueError):
             raise TaskResultDoesNotExist(f"No task with id {result_id!r}.") from None
-        return queue.cancel(task_id, using=self.database) is not None
+        return queue.cancel(task_id, using=self.database, terminate=terminate) is not None
 
 
 def _has_first_parameter(func: Any) -> bool:

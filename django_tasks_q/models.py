@@ -44,6 +44,8 @@ class Task(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     # Set by cancel() on a RUNNING task; its worker sees it at the next heartbeat.
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # cancel(terminate=True): a process-pool worker kills the task's process if it does not stop.
+    cancel_terminate = models.BooleanField(db_default=False)
     result = models.JSONField(null=True, blank=True)
     # One entry per failed attempt: attempt, worker_id, type, message, traceback, at.
     errors = models.JSONField(default=list, blank=True)

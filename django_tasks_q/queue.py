@@ -118,11 +118,11 @@ def enqueue_many(
     return [Enqueued(task_id, run_after_, enqueued_at) for task_id in ids]
 
 
-def cancel(task_id: int, *, using: str) -> str | None:
+def cancel(task_id: int, *, using: str, terminate: bool = False) -> str | None:
     """Cancel a READY task, or ask a RUNNING one to stop. Returns the status after the call
     (``CANCELLED`` or ``RUNNING``), or ``None`` if the task had already finished."""
     with connections[using].cursor() as cursor:
-        cursor.execute(sql("cancel"), {"id": task_id})
+        cursor.execute(sql("cancel"), {"id": task_id, "terminate": terminate})
         row = cursor.fetchone()
     return row[0] if row else None
 
@@ -276,9 +276,9 @@ class QueueConnection:
 
     def heartbeat(
         self, *, worker_id: str, lease_seconds: float, succeeded: int, failed: int
-    ) -> tuple[bool, int, list[int]]:
+    ) -> tuple[bool, int, list[int], list[int]]:
         """Returns whether the worker row exists, how many task leases were extended and the
-        ids of held tasks whose cancellation was requested."""
+        ids of held tasks whose cancellation was requested, and of those to terminate."""
         row = (
             self.connect()
             .execute(
@@ -292,7 +292,7 @@ class QueueConnection:
             )
             .fetchone()
         )
-        return bool(row[0]), row[1], list(row[2])
+        return bool(row[0]), row[1], list(row[2]), list(row[3])
 
     def rescue(self, *, limit: int = 100) -> list[tuple[int, str, str, str]]:
         """Recover tasks whose lease expired: ``(id, name, new status, lost worker)`` each."""

@@ -121,9 +121,11 @@ class TaskHandle(TaskResult):
             self.refresh()
         return self
 
-    def cancel(self) -> bool:
-        """Cancel the task if it has not started yet. Returns whether it was cancelled."""
-        cancelled = self.task.get_backend().cancel(self.id)
+    def cancel(self, *, terminate: bool = False) -> bool:
+        """Cancel the task if it has not started, or ask it to stop if it runs; with
+        ``terminate``, a process-pool worker kills it if it does not stop by itself. Returns
+        False if the task had already finished."""
+        cancelled = self.task.get_backend().cancel(self.id, terminate=terminate)
         self.refresh()
         return cancelled
 

@@ -58,3 +58,22 @@ def test_the_soft_time_limit_raises_inside_the_task_first(start_worker):
     assert Execution.objects.filter(key="soft").count() == 1
     worker.terminate()
     assert worker.wait() == 0
+
+
+def test_cancel_with_terminate_kills_a_task_that_does_not_stop(start_worker):
+    import time
+
+    from tests.test_recovery import FAST
+
+    stubborn = tasks.runs_long.delay("stubborn", 60)  # never checks for cancellation
+    worker = start_worker("--pool", "processes", "--concurrency", "1", env=FAST)
+    wait_for(lambda: Execution.objects.filter(key="stubborn").exists(), message="the task to start")
+    asked = time.monotonic()
+    assert stubborn.cancel(terminate=True) is True
+    stubborn.wait(timeout=20)
+    assert time.monotonic() - asked < 15
+    assert stubborn.status == "CANCELLED"
+    assert "process running it was killed" in stubborn.error.message
+    assert tasks.add.delay(3, 4).wait(timeout=30).result == 7  # on a fresh child
+    worker.terminate()
+    assert worker.wait() == 0

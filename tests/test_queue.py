@@ -141,8 +141,10 @@ def test_cancel_stops_ready_tasks_at_once_and_flags_running_ones(qconn):
     row = Task.objects.get(pk=running.id)
     assert (row.status, row.cancel_requested_at is not None) == ("RUNNING", True)
     # The holder's heartbeat hands the request over.
-    _, _, requested = qconn.heartbeat(worker_id="w1", lease_seconds=60, succeeded=0, failed=0)
-    assert requested == [int(running.id)]
+    _, _, requested, terminate = qconn.heartbeat(
+        worker_id="w1", lease_seconds=60, succeeded=0, failed=0
+    )
+    assert (requested, terminate) == ([int(running.id)], [])
 
 
 def test_cancel_after_the_end_changes_nothing():

@@ -158,7 +158,8 @@ RETURNING id;
 UPDATE django_tasks_q_task
 SET status = CASE WHEN status = 'READY' THEN 'CANCELLED' ELSE status END,
     finished_at = CASE WHEN status = 'READY' THEN now() ELSE finished_at END,
-    cancel_requested_at = COALESCE(cancel_requested_at, now())
+    cancel_requested_at = COALESCE(cancel_requested_at, now()),
+    cancel_terminate = cancel_terminate OR %(terminate)s
 WHERE id = %(id)s AND status IN ('READY', 'RUNNING')
 RETURNING status;
 
@@ -198,11 +199,12 @@ extended AS (
     UPDATE django_tasks_q_task
     SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
     WHERE status = 'RUNNING' AND worker_id = %(worker_id)s
-    RETURNING id, cancel_requested_at
+    RETURNING id, cancel_requested_at, cancel_terminate
 )
 SELECT (SELECT count(*) FROM alive),
        (SELECT count(*) FROM extended),
-       (SELECT coalesce(array_agg(id), '{}') FROM extended WHERE cancel_requested_at IS NOT NULL);
+       (SELECT coalesce(array_agg(id), '{}') FROM extended WHERE cancel_requested_at IS NOT NULL),
+       (SELECT coalesce(array_agg(id), '{}') FROM extended WHERE cancel_terminate);
 
 -- name: rescue
 -- Recovers tasks whose lease ran out: their worker stopped heartbeating (killed, out of

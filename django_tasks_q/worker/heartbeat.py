@@ -34,7 +34,7 @@ class Heartbeat:
         register: Callable[[QueueConnection], None],
         counters: Callable[[], tuple[int, int]],
         on_rescued: Callable[[], None],
-        on_cancel_requested: Callable[[list[int]], None],
+        on_cancel_requested: Callable[[list[int], list[int]], None],
     ) -> None:
         if interval <= 0 or lease_seconds <= interval:
             raise ValueError(
@@ -54,7 +54,7 @@ class Heartbeat:
 
     def run_once(self) -> None:
         succeeded, failed = self.counters()
-        alive, _, cancel_requested = self.connection.heartbeat(
+        alive, _, cancel_requested, terminate = self.connection.heartbeat(
             worker_id=self.worker_id,
             lease_seconds=self.lease_seconds,
             succeeded=succeeded - self._reported[0],
@@ -62,7 +62,7 @@ class Heartbeat:
         )
         self._reported = (succeeded, failed)
         if cancel_requested:
-            self.on_cancel_requested(cancel_requested)
+            self.on_cancel_requested(cancel_requested, terminate)
         if not alive:
             # Pruned while this worker was unreachable for a long time: say who we are again.
             self.register(self.connection)

@@ -20,11 +20,19 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from django_tasks_q.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLost
+from django_tasks_q.exceptions import (
+    SoftTimeLimitExceeded,
+    TaskCancelled,
+    TimeLimitExceeded,
+    WorkerLost,
+)
 from django_tasks_q.queue import ClaimedTask, Outcome
 from django_tasks_q.worker.logs import current_level_name
 
 logger = logging.getLogger("django_tasks_q.worker")
+
+# Seconds a task cancelled with terminate=True gets to stop by itself before it is killed.
+TERMINATE_GRACE = 2.0
 
 # Spawned, not forked: the supervisor has threads and open connections that a fork would copy.
 _context = multiprocessing.get_context("spawn")
@@ -117,13 +125,19 @@ class Child:
         return self.process.pid
 
     def run(
-        self, job: ClaimedTask, *, cancel_requested: Any, poll: float = 0.2
+        self,
+        job: ClaimedTask,
+        *,
+        cancel_requested: Any,
+        terminate_requested: Any = lambda task_id: False,
+        poll: float = 0.2,
     ) -> ChildReport | BaseException:
         """Run ``job`` in the child. Returns its report, or the exception that describes why
         there is none (time limit, or the child died); the child is dead in that case."""
         self.cancel.clear()
         started = time.monotonic()
         deadline = started + job.timeout if job.timeout else None
+        terminate_at = None
         try:
             self.conn.send(job)
             while True:
@@ -137,6 +151,14 @@ class Child:
                     return report
                 if cancel_requested(job.id):
                     self.cancel.set()
+                    if terminate_at is None and terminate_requested(job.id):
+                        terminate_at = time.monotonic() + TERMINATE_GRACE
+                if terminate_at is not None and time.monotonic() >= terminate_at:
+                    self.kill()
+                    return TaskCancelled(
+                        f"Task {job.name} #{job.id} was cancelled; it did not stop within "
+                        f"{TERMINATE_GRACE}s, so the process running it was killed."
+                    )
                 if deadline is not None and time.monotonic() >= deadline:
                     self.kill()
                     return TimeLimitExceeded(

@@ -156,6 +156,16 @@ class Runner:
             )
         return self._failure(task, claimed, self.handle_for(task, claimed), exc, duration)
 
+    def cancelled_outside(
+        self, claimed: ClaimedTask, exc: TaskCancelled, duration: float
+    ) -> Outcome:
+        """The outcome of an attempt whose process was killed on ``cancel(terminate=True)``."""
+        try:
+            task = registry.get(claimed.name)
+        except UnknownTaskError:
+            return self.failed_outside(claimed, exc, duration)
+        return self._cancelled(claimed, self.handle_for(task, claimed), exc, duration)
+
     def _failure(
         self,
         task: BackgroundTask,

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import psycopg
 
 from django_tasks_q.backend import PostgresBackend
+from django_tasks_q.exceptions import TaskCancelled
 from django_tasks_q.queue import ClaimedTask, Outcome, QueueConnection, listen_connection
 from django_tasks_q.worker.heartbeat import Heartbeat
 from django_tasks_q.worker.pool import Child
@@ -93,6 +94,7 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         # Ids of held tasks whose cancellation was requested; read by running tasks' contexts.
         self._cancel_requested: set[int] = set()
+        self._terminate_requested: set[int] = set()
         self.runner = Runner(
             worker_id=self.worker_id,
             backend=backend,
@@ -110,7 +112,7 @@ class Worker:
             register=self._register,
             counters=lambda: (self.succeeded, self.failed),
             on_rescued=self._on_rescued,
-            on_cancel_requested=self._cancel_requested.update,
+            on_cancel_requested=self._on_cancel_requested,
         )
         self.connection = QueueConnection(
             backend.database, application_name=f"django_tasks_q worker {self.worker_id}"
@@ -181,6 +183,10 @@ class Worker:
             queues=self.queues,
             concurrency=self.concurrency,
         )
+
+    def _on_cancel_requested(self, ids: list[int], terminate: list[int]) -> None:
+        self._cancel_requested.update(ids)
+        self._terminate_requested.update(terminate)
 
     def _on_rescued(self) -> None:
         self._maybe_ready = True
@@ -314,6 +320,7 @@ class Worker:
         if outcomes:
             self._held.difference_update(o.id for o in outcomes)
             self._cancel_requested.difference_update(o.id for o in outcomes)
+            self._terminate_requested.difference_update(o.id for o in outcomes)
             for outcome in outcomes:
                 if outcome.id in updated and outcome.status == "SUCCESSFUL":
                     self.succeeded += 1
@@ -371,8 +378,15 @@ class Worker:
                 if job is _STOP:
                     return
                 began = time.monotonic()
-                report = child.run(job, cancel_requested=self._cancel_requested.__contains__)
-                if isinstance(report, BaseException):
+                report = child.run(
+                    job,
+                    cancel_requested=self._cancel_requested.__contains__,
+                    terminate_requested=self._terminate_requested.__contains__,
+                )
+                if isinstance(report, TaskCancelled):
+                    outcome = self.runner.cancelled_outside(job, report, time.monotonic() - began)
+                    child = self._new_child()
+                elif isinstance(report, BaseException):
                     outcome = self.runner.failed_outside(job, report, time.monotonic() - began)
                     child = self._new_child()
                 else:
