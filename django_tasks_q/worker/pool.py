@@ -16,9 +16,10 @@ import os
 import resource
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django_tasks_q.exceptions import (
     SoftTimeLimitExceeded,
@@ -28,6 +29,9 @@ from django_tasks_q.exceptions import (
 )
 from django_tasks_q.queue import ClaimedTask, Outcome
 from django_tasks_q.worker.logs import current_level_name
+
+if TYPE_CHECKING:  # the runner imports the models, which a child may only load after setup()
+    from django_tasks_q.worker.runner import Runner
 
 logger = logging.getLogger("django_tasks_q.worker")
 
@@ -186,6 +190,68 @@ class Child:
         if self.process.is_alive():
             os.kill(self.process.pid, signal.SIGKILL)
         self.process.join(timeout=5)
+
+
+class ChildSlot:
+    """One executor slot of the process pool: its child, and when to replace it."""
+
+    def __init__(
+        self,
+        *,
+        worker_id: str,
+        backend_alias: str,
+        max_tasks: int | None = None,
+        max_memory_mb: float | None = None,
+    ) -> None:
+        self.worker_id = worker_id
+        self.backend_alias = backend_alias
+        self.max_tasks = max_tasks
+        self.max_memory_mb = max_memory_mb
+        self.child = self._new_child()
+
+    def run(
+        self,
+        job: ClaimedTask,
+        runner: Runner,
+        *,
+        cancel_requested: Callable[[int], bool],
+        terminate_requested: Callable[[int], bool],
+    ) -> Outcome:
+        """Run ``job`` in this slot's child and return its outcome, whatever happened."""
+        began = time.monotonic()
+        report = self.child.run(
+            job, cancel_requested=cancel_requested, terminate_requested=terminate_requested
+        )
+        if isinstance(report, ChildReport):
+            self._recycle_if_due()
+            return report.outcome
+        # The child was killed or died: the attempt ends here, and a new child takes the slot.
+        self.child = self._new_child()
+        if isinstance(report, TaskCancelled):
+            return runner.cancelled_outside(job, report, time.monotonic() - began)
+        return runner.failed_outside(job, report, time.monotonic() - began)
+
+    def close(self, *, kill: bool = False) -> None:
+        if kill:
+            self.child.kill()
+        else:
+            self.child.stop()
+
+    def _new_child(self) -> Child:
+        return Child(worker_id=self.worker_id, backend_alias=self.backend_alias)
+
+    def _recycle_if_due(self) -> None:
+        child = self.child
+        reason = None
+        if self.max_tasks and child.tasks_run >= self.max_tasks:
+            reason = f"it ran {child.tasks_run} tasks"
+        elif self.max_memory_mb and child.max_rss_mb > self.max_memory_mb:
+            reason = f"it uses {child.max_rss_mb:.0f} MB"
+        if reason is None:
+            return
+        logger.info("Worker %s replaces child %s: %s", self.worker_id, child.pid, reason)
+        child.stop()
+        self.child = self._new_child()
 
 
 def _describe_exit(code: int | None) -> str:

@@ -20,10 +20,9 @@ from collections.abc import Sequence
 import psycopg
 
 from django_tasks_q.backend import PostgresBackend
-from django_tasks_q.exceptions import TaskCancelled
 from django_tasks_q.queue import ClaimedTask, Outcome, QueueConnection, listen_connection
 from django_tasks_q.worker.heartbeat import Heartbeat
-from django_tasks_q.worker.pool import Child
+from django_tasks_q.worker.pool import ChildSlot
 from django_tasks_q.worker.runner import Runner
 
 logger = logging.getLogger("django_tasks_q.worker")
@@ -371,49 +370,27 @@ class Worker:
 
     def _execute_jobs_in_child(self) -> None:
         """An executor slot of the process pool: hands tasks to its child, one at a time."""
-        child = self._new_child()
+        slot = ChildSlot(
+            worker_id=self.worker_id,
+            backend_alias=self.backend.alias,
+            max_tasks=self.max_tasks_per_child,
+            max_memory_mb=self.max_memory_per_child,
+        )
         try:
             while True:
                 job = self._jobs.get()
                 if job is _STOP:
                     return
-                began = time.monotonic()
-                report = child.run(
+                outcome = slot.run(
                     job,
+                    self.runner,
                     cancel_requested=self._cancel_requested.__contains__,
                     terminate_requested=self._terminate_requested.__contains__,
                 )
-                if isinstance(report, TaskCancelled):
-                    outcome = self.runner.cancelled_outside(job, report, time.monotonic() - began)
-                    child = self._new_child()
-                elif isinstance(report, BaseException):
-                    outcome = self.runner.failed_outside(job, report, time.monotonic() - began)
-                    child = self._new_child()
-                else:
-                    outcome = report.outcome
-                    child = self._recycle_if_due(child)
                 self._outcomes.put(outcome)
                 self._wake.set()
         finally:
-            if self._abandon:
-                child.kill()
-            else:
-                child.stop()
-
-    def _new_child(self) -> Child:
-        return Child(worker_id=self.worker_id, backend_alias=self.backend.alias)
-
-    def _recycle_if_due(self, child: Child) -> Child:
-        reason = None
-        if self.max_tasks_per_child and child.tasks_run >= self.max_tasks_per_child:
-            reason = f"it ran {child.tasks_run} tasks"
-        elif self.max_memory_per_child and child.max_rss_mb > self.max_memory_per_child:
-            reason = f"it uses {child.max_rss_mb:.0f} MB"
-        if reason is None:
-            return child
-        logger.info("Worker %s replaces child %s: %s", self.worker_id, child.pid, reason)
-        child.stop()
-        return self._new_child()
+            slot.close(kill=self._abandon)
 
     def _listen(self) -> None:
         backoff = 0.5
