@@ -307,14 +307,6 @@ class QueueConnection:
     def prune_workers(self, *, older_than: float) -> int:
         return self.connect().execute(sql("prune_workers"), {"older_than": older_than}).rowcount
 
-    def count_ready(self, queues: Sequence[str] | None) -> int:
-        row = (
-            self.connect()
-            .execute(sql("count_ready"), {"queues": list(queues) if queues else None})
-            .fetchone()
-        )
-        return row[0]
-
 
 def listen_connection(using: str, application_name: str | None = None) -> psycopg.Connection:
     """A connection LISTENing on the queue channel; read it with ``conn.notifies()``."""

@@ -163,13 +163,6 @@ SET status = CASE WHEN status = 'READY' THEN 'CANCELLED' ELSE status END,
 WHERE id = %(id)s AND status IN ('READY', 'RUNNING')
 RETURNING status;
 
--- name: count_ready
-SELECT count(*)
-FROM django_tasks_q_task
-WHERE status = 'READY'
-  AND run_after <= now()
-  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-
 -- name: worker_register
 INSERT INTO django_tasks_q_worker
     (id, hostname, pid, queues, concurrency, state, started_at, last_heartbeat_at,
