@@ -31,7 +31,7 @@ from django_tasks_q.compat import (
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.models import Task as TaskRow
 from django_tasks_q.models import TaskStatus
-from django_tasks_q.results import TaskFailure, TaskHandle
+from django_tasks_q.results import TaskFailure, TaskHandle, worker_ids
 from django_tasks_q.serialization import check_arguments, dumps
 from django_tasks_q.tasks import BackgroundTask
 
@@ -184,7 +184,7 @@ class PostgresBackend(BaseTaskBackend):
             kwargs=row.kwargs,
             backend=self.alias,
             errors=errors,
-            worker_ids=_worker_ids(errors, row.worker_id, row.attempts),
+            worker_ids=worker_ids(errors, row.worker_id, row.attempts),
             attempt_count=row.attempts,
             max_attempts=row.max_attempts,
             run_after=row.run_after,
@@ -212,13 +212,6 @@ def _has_first_parameter(func: Any) -> bool:
         inspect.Parameter.POSITIONAL_ONLY,
         inspect.Parameter.POSITIONAL_OR_KEYWORD,
     )
-
-
-def _worker_ids(errors: list[TaskFailure], current: str, attempts: int) -> list[str]:
-    ids = [error.worker_id for error in errors]
-    if current and attempts > len(errors):
-        ids.append(current)
-    return ids
 
 
 @cache

@@ -132,3 +132,12 @@ class TaskHandle(TaskResult):
 
 def _parse_timestamp(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+def worker_ids(errors: list[TaskFailure], holder: str, attempts: int) -> list[str]:
+    """Django's per-attempt worker ids: who ran each failed attempt, then the current holder
+    if its attempt has no error (yet)."""
+    ids = [error.worker_id for error in errors]
+    if holder and attempts > len(errors):
+        ids.append(holder)
+    return ids

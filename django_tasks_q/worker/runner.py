@@ -16,7 +16,7 @@ from django_tasks_q.backend import PostgresBackend
 from django_tasks_q.exceptions import Retry, TaskCancelled, UnknownTaskError
 from django_tasks_q.models import TaskStatus
 from django_tasks_q.queue import ClaimedTask, Outcome
-from django_tasks_q.results import TaskFailure, TaskHandle
+from django_tasks_q.results import TaskFailure, TaskHandle, worker_ids
 from django_tasks_q.retry import retry_delay, should_retry
 from django_tasks_q.serialization import result_to_json
 from django_tasks_q.signals import task_finished, task_retried, task_started
@@ -64,7 +64,7 @@ class Runner:
             kwargs=claimed.kwargs,
             backend=self.backend.alias,
             errors=errors,
-            worker_ids=[*(e.worker_id for e in errors), self.worker_id],
+            worker_ids=worker_ids(errors, self.worker_id, claimed.attempt),
             attempt_count=claimed.attempt,
             max_attempts=claimed.max_attempts,
             run_after=claimed.run_after,
@@ -84,13 +84,7 @@ class Runner:
                 exc,
                 extra=self._extra(claimed, "failed"),
             )
-            return Outcome(
-                id=claimed.id,
-                attempt=claimed.attempt,
-                status=TaskStatus.FAILED,
-                error=error_entry(exc, claimed.attempt, self.worker_id),
-                max_attempts=claimed.max_attempts,
-            )
+            return self._failed_for_good(claimed, exc, 0.0)
         handle = self.handle_for(task, claimed)
         sender = type(self.backend)
         logger.info(
@@ -146,14 +140,7 @@ class Runner:
         try:
             task = registry.get(claimed.name)
         except UnknownTaskError:
-            return Outcome(
-                id=claimed.id,
-                attempt=claimed.attempt,
-                status=TaskStatus.FAILED,
-                error=error_entry(exc, claimed.attempt, self.worker_id),
-                max_attempts=claimed.max_attempts,
-                duration=duration,
-            )
+            return self._failed_for_good(claimed, exc, duration)
         return self._failure(task, claimed, self.handle_for(task, claimed), exc, duration)
 
     def cancelled_outside(
@@ -163,8 +150,21 @@ class Runner:
         try:
             task = registry.get(claimed.name)
         except UnknownTaskError:
-            return self.failed_outside(claimed, exc, duration)
+            return self._failed_for_good(claimed, exc, duration)
         return self._cancelled(claimed, self.handle_for(task, claimed), exc, duration)
+
+    def _failed_for_good(
+        self, claimed: ClaimedTask, exc: BaseException, duration: float
+    ) -> Outcome:
+        """FAILED without retries or signals: for a task whose name is not registered here."""
+        return Outcome(
+            id=claimed.id,
+            attempt=claimed.attempt,
+            status=TaskStatus.FAILED,
+            error=error_entry(exc, claimed.attempt, self.worker_id),
+            max_attempts=claimed.max_attempts,
+            duration=duration,
+        )
 
     def _failure(
         self,
