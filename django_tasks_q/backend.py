@@ -26,6 +26,7 @@ from django_tasks_q.compat import (
     InvalidTask,
     Task,
     TaskResultDoesNotExist,
+    task_backends,
     task_enqueued,
 )
 from django_tasks_q.conf import settings as conf
@@ -220,13 +221,20 @@ def implicit_backend() -> PostgresBackend:
     return PostgresBackend(alias=DEFAULT_TASK_BACKEND_ALIAS, params={})
 
 
-def get_backend(alias: str = DEFAULT_TASK_BACKEND_ALIAS) -> PostgresBackend:
-    """The Postgres backend for ``alias`` (the implicit one if ``TASKS`` is not configured)."""
+def resolve_backend(alias: str) -> BaseTaskBackend:
+    """The backend a task with this ``TASKS`` alias goes to.
+
+    A project that never configured ``TASKS`` gets the Postgres backend, not Django's
+    ImmediateBackend default: adding the app is enough to have a queue.
+    """
     if not settings.is_overridden("TASKS"):
         return implicit_backend()
-    from django_tasks_q.compat import task_backends
+    return task_backends[alias]
 
-    backend = task_backends[alias]
+
+def get_backend(alias: str = DEFAULT_TASK_BACKEND_ALIAS) -> PostgresBackend:
+    """The Postgres backend for ``alias`` (the implicit one if ``TASKS`` is not configured)."""
+    backend = resolve_backend(alias)
     if not isinstance(backend, PostgresBackend):
         raise InvalidTask(
             f"TASKS[{alias!r}] uses {type(backend).__module__}.{type(backend).__name__}; "

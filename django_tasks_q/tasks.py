@@ -18,7 +18,6 @@ from django_tasks_q.compat import (
     InvalidTask,
     Task,
     TaskContext,
-    task_backends,
 )
 from django_tasks_q.exceptions import MaxRetriesExceededError, Retry, TaskCancelled
 
@@ -59,15 +58,9 @@ class BackgroundTask(Task):
         return self.max_retries + 1
 
     def get_backend(self):
-        # A project that never configured TASKS gets the Postgres backend, not Django's
-        # ImmediateBackend default: adding the app is enough to have a queue.
-        from django.conf import settings
+        from django_tasks_q.backend import resolve_backend
 
-        if settings.is_overridden("TASKS"):
-            return task_backends[self.backend]
-        from django_tasks_q.backend import implicit_backend
-
-        return implicit_backend()
+        return resolve_backend(self.backend)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the function here and now, like calling the undecorated function."""
