@@ -67,3 +67,6 @@ class WorkerLost(Exception):
 class SoftTimeLimitExceeded(Exception):
     """Raised inside a task when its ``soft_timeout`` runs out (process pool only): catch it
     to clean up before the hard ``timeout`` kills the process."""
+
+    def __init__(self, message: str = "The task ran past its soft time limit.") -> None:
+        super().__init__(message)

@@ -1,5 +1,6 @@
 """runtaskworker as a real process: wake-up, polling, signals, concurrency."""
 
+import re
 import time
 
 import pytest
@@ -50,12 +51,13 @@ def test_without_listen_the_worker_polls(start_worker):
 
 
 def test_sigterm_finishes_the_running_task_returns_unstarted_ones_and_exits_0(start_worker):
-    slow = tasks.sleep_then_record.delay("slow", 3)
+    slow = tasks.runs_long.delay("slow", 3)
     waiting = [tasks.record.delay(f"after-{i}") for i in range(3)]
-    # One thread, room to prefetch the three quick tasks behind the slow one.
+    # One slot, room to prefetch the three quick tasks behind the slow one.
     worker = start_worker("--concurrency", "1", "--prefetch", "5")
-    wait_for(lambda: Task.objects.filter(status="RUNNING").count() == 4,
-             message="the worker to claim all four tasks")  # fmt: skip
+    wait_for(lambda: Task.objects.filter(status="RUNNING").count() == 4
+             and Execution.objects.filter(key="slow").exists(),
+             message="the worker to claim all four tasks and start the slow one")  # fmt: skip
     worker.terminate()
     assert worker.wait(timeout=30) == 0
 
@@ -65,7 +67,8 @@ def test_sigterm_finishes_the_running_task_returns_unstarted_ones_and_exits_0(st
         row = Task.objects.get(pk=handle.id)
         assert (row.status, row.attempts) == ("READY", 0)
     assert not Execution.objects.filter(key__startswith="after-").exists()
-    assert "returned 3 unstarted tasks to the queue" in worker.log()
+    returned = re.findall(r"returned (\d+) unstarted tasks to the queue", worker.log())
+    assert sum(map(int, returned)) == 3
 
     # They run later, on the next worker.
     second = start_worker("--burst")
@@ -120,9 +123,11 @@ def test_four_workers_execute_each_of_10000_tasks_exactly_once(start_worker):
     assert Task.objects.filter(status="SUCCESSFUL").count() == total
     assert Execution.objects.count() == total
     assert Execution.objects.values("key").distinct().count() == total
-    # The work was shared: every worker process ran some of it.
-    per_worker = Execution.objects.values("worker").annotate(n=Count("id"))
+    # The work was shared: every worker ran some of it, on each of its two child processes.
+    per_worker = Task.objects.values("worker_id").annotate(n=Count("id"))
     assert len(per_worker) == 4, list(per_worker)
+    per_process = Execution.objects.values("worker").annotate(n=Count("id"))
+    assert len(per_process) == 4 * 2, list(per_process)
 
 
 def _pg_listeners() -> str:

@@ -1,33 +1,41 @@
-"""Child processes that run tasks for a worker: the unit a hard time limit can kill.
+"""The process pool: child processes run tasks, so a hard time limit has something to kill.
 
-The worker process (the supervisor) keeps the queue work: claims, outcomes, heartbeats. Each
-executor slot owns one child process and hands it one task at a time over a pipe; the child
-runs it with the same :class:`Runner` the threaded pool uses and sends the outcome back. A
-child that overruns its task's ``timeout`` is killed; a child that dies is replaced; either
-way the attempt is recorded as failed and the task's retry policy decides what happens next.
+The worker process (the supervisor) keeps all queue work: claims, outcomes, heartbeats. One
+dispatcher thread feeds the children over pipes and waits on all of them at once, so a
+finished task is answered with the next one without a thread hand-off per child. A child runs
+up to ``threads`` tasks at a time with the same :class:`Runner` the thread pool uses.
+
+Tasks go to the children with free threads first. Only when every thread is busy and the
+worker holds more tasks (it prefetches when tasks are short) does a child get up to
+``threads`` more queued behind its running ones, so it never waits for the pipe between two
+short tasks; long tasks are not prefetched, so one never waits behind another while a child
+is idle. A child runs its tasks in the order they arrive, so the dispatcher knows when each
+one starts (when a thread frees) and counts its time limit from then. A child that overruns a
+task's ``timeout`` is killed; a child that dies is replaced; either way the attempt is
+recorded as failed and the task's retry policy decides what happens next, while tasks queued
+in it that had not started go to another child.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
-import resource
+import selectors
 import signal
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from django_tasks_q.exceptions import (
-    SoftTimeLimitExceeded,
-    TaskCancelled,
-    TimeLimitExceeded,
-    WorkerLost,
-)
+from django_tasks_q.exceptions import TaskCancelled, TimeLimitExceeded, WorkerLost
 from django_tasks_q.queue import ClaimedTask, Outcome
+from django_tasks_q.worker.child import ChildReport, Ready, Returned, child_main
 from django_tasks_q.worker.logs import current_level_name
 
 if TYPE_CHECKING:  # the runner imports the models, which a child may only load after setup()
@@ -37,154 +45,96 @@ logger = logging.getLogger("django_tasks_q.worker")
 
 # Seconds a task cancelled with terminate=True gets to stop by itself before it is killed.
 TERMINATE_GRACE = 2.0
+# Longest the dispatcher sleeps: how late it notices a cancel request or a dead child.
+TICK = 0.2
+# Children in a row that die before they are ready: then something is wrong with the set-up
+# (settings, imports), and starting more would only loop.
+MAX_START_FAILURES = 3
 
 # Spawned, not forked: the supervisor has threads and open connections that a fork would copy.
 _context = multiprocessing.get_context("spawn")
 
 
-@dataclass(frozen=True, slots=True)
-class ChildReport:
-    outcome: Outcome
-    max_rss_mb: float
+@dataclass(slots=True)
+class _Running:
+    job: ClaimedTask
+    started: float
+    cancel_sent: bool = False
+    terminate_at: float | None = None
+
+    @property
+    def deadline(self) -> float | None:
+        return self.started + self.job.timeout if self.job.timeout else None
 
 
-def _child_main(
-    conn: Connection, cancel: Any, worker_id: str, backend_alias: str, log_level: str
-) -> None:
-    # The supervisor decides when children stop; Ctrl-C on the terminal must not kill a task.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    import django
-
-    django.setup()
-    from django.db import connections
-
-    from django_tasks_q.worker.logs import configure_logging
-
-    configure_logging(log_level)
-
-    from django_tasks_q.backend import get_backend
-    from django_tasks_q.worker.runner import Runner
-
-    signal.signal(signal.SIGALRM, _soft_time_limit_reached)
-    runner = Runner(
-        worker_id=worker_id,
-        backend=get_backend(backend_alias),
-        is_cancel_requested=lambda task_id: cancel.is_set(),
-    )
-    try:
-        while True:
-            try:
-                job = conn.recv()
-            except EOFError:
-                return
-            if job is None:
-                return
-            soft_timeout = _soft_timeout(job.name)
-            if soft_timeout:
-                signal.setitimer(signal.ITIMER_REAL, soft_timeout)
-            try:
-                outcome = runner.run(job)
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            conn.send(ChildReport(outcome, rss_kb / 1024))
-    finally:
-        connections.close_all()
-
-
-def _soft_time_limit_reached(signum: int, frame: object) -> None:
-    raise SoftTimeLimitExceeded("The task ran past its soft time limit.")
-
-
-def _soft_timeout(name: str) -> float | None:
-    from django_tasks_q import registry
-    from django_tasks_q.exceptions import UnknownTaskError
-
-    try:
-        return registry.get(name).soft_timeout
-    except UnknownTaskError:
-        return None
-
-
+@dataclass(eq=False)
 class Child:
-    """One child process and the pipe to it."""
+    """One child process, the pipe to it, and what it is running."""
 
-    def __init__(self, *, worker_id: str, backend_alias: str) -> None:
-        self.conn, child_conn = _context.Pipe()
-        self.cancel = _context.Event()
-        self.process = _context.Process(
-            target=_child_main,
-            args=(child_conn, self.cancel, worker_id, backend_alias, current_level_name()),
+    process: multiprocessing.process.BaseProcess
+    conn: Connection
+    threads: int
+    # Ids of this child's tasks whose cancellation was requested, 0 for none: shared memory
+    # the child reads when a task asks, so a busy child needs no message to learn of it.
+    cancelled: ctypes.Array
+    ready: bool = False
+    retiring: bool = False
+    tasks_run: int = 0
+    max_rss_mb: float = 0.0
+    running: dict[int, _Running] = field(default_factory=dict)
+    # Sent, not started: each starts when one of the child's threads frees, in this order.
+    queued: deque[ClaimedTask] = field(default_factory=deque)
+
+    @classmethod
+    def start(cls, *, worker_id: str, backend_alias: str, threads: int) -> Child:
+        conn, child_conn = _context.Pipe()
+        cancelled = _context.RawArray(ctypes.c_int64, threads)
+        process = _context.Process(
+            target=child_main,
+            args=(child_conn, cancelled, worker_id, backend_alias, current_level_name(), threads),
             name="tasks-q-child",
             daemon=True,
         )
-        self.process.start()
+        process.start()
         child_conn.close()
-        self.tasks_run = 0
-        self.max_rss_mb = 0.0
+        return cls(process=process, conn=conn, threads=threads, cancelled=cancelled)
 
     @property
-    def pid(self) -> int | None:
-        return self.process.pid
+    def free(self) -> int:
+        """Threads that would start a task sent now."""
+        if not self.ready or self.retiring:
+            return 0
+        return self.threads - len(self.running) - len(self.queued)
 
-    def run(
-        self,
-        job: ClaimedTask,
-        *,
-        cancel_requested: Any,
-        terminate_requested: Any = lambda task_id: False,
-        poll: float = 0.2,
-    ) -> ChildReport | BaseException:
-        """Run ``job`` in the child. Returns its report, or the exception that describes why
-        there is none (time limit, or the child died); the child is dead in that case."""
-        self.cancel.clear()
-        started = time.monotonic()
-        deadline = started + job.timeout if job.timeout else None
-        terminate_at = None
+    def room(self, max_tasks: int | None) -> int:
+        """Tasks it may be sent now, queued ones included (never past ``max_tasks``)."""
+        if not self.ready or self.retiring:
+            return 0
+        in_flight = len(self.running) + len(self.queued)
+        room = 2 * self.threads - in_flight
+        if max_tasks:
+            room = min(room, max_tasks - self.tasks_run - in_flight)
+        return room
+
+    def start_queued(self) -> None:
+        """Move queued tasks to running as threads free, as the child itself does."""
+        now = time.monotonic()
+        while self.queued and len(self.running) < self.threads:
+            job = self.queued.popleft()
+            self.running[job.id] = _Running(job, now)
+
+    def send(self, message: tuple) -> bool:
         try:
-            self.conn.send(job)
-            while True:
-                wait = (
-                    poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
-                )
-                if self.conn.poll(wait):
-                    report = self.conn.recv()
-                    self.tasks_run += 1
-                    self.max_rss_mb = report.max_rss_mb
-                    return report
-                if cancel_requested(job.id):
-                    self.cancel.set()
-                    if terminate_at is None and terminate_requested(job.id):
-                        terminate_at = time.monotonic() + TERMINATE_GRACE
-                if terminate_at is not None and time.monotonic() >= terminate_at:
-                    self.kill()
-                    return TaskCancelled(
-                        f"Task {job.name} #{job.id} was cancelled; it did not stop within "
-                        f"{TERMINATE_GRACE}s, so the process running it was killed."
-                    )
-                if deadline is not None and time.monotonic() >= deadline:
-                    self.kill()
-                    return TimeLimitExceeded(
-                        f"Task {job.name} #{job.id} ran longer than its time limit of "
-                        f"{job.timeout}s; the process running it was killed."
-                    )
-                if not self.process.is_alive():
-                    raise EOFError
-        except (EOFError, OSError):
-            self.process.join(timeout=5)
-            return WorkerLost(
-                f"The process running task {job.name} #{job.id} died "
-                f"({_describe_exit(self.process.exitcode)})."
-            )
+            self.conn.send(message)
+        except OSError:  # the child is gone; its sentinel tells the dispatcher
+            return False
+        return True
 
-    def stop(self, timeout: float = 10) -> None:
-        """Ask the child to exit after its current task; kill it if it does not."""
-        with contextlib.suppress(OSError):  # already gone
-            self.conn.send(None)
-        self.process.join(timeout=timeout)
-        if self.process.is_alive():
-            self.kill()
+    def request_cancel(self, task_id: int) -> None:
+        for index, value in enumerate(self.cancelled):
+            if value == 0 or value not in self.running:
+                self.cancelled[index] = task_id
+                return
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -192,66 +142,361 @@ class Child:
         self.process.join(timeout=5)
 
 
-class ChildSlot:
-    """One executor slot of the process pool: its child, and when to replace it."""
+class ProcessPool:
+    """``processes`` children with ``threads`` threads each, fed by one dispatcher thread.
+
+    Outcomes are handed to ``deliver`` (from the dispatcher thread), in the order tasks end.
+    """
 
     def __init__(
         self,
         *,
         worker_id: str,
         backend_alias: str,
-        max_tasks: int | None = None,
-        max_memory_mb: float | None = None,
+        runner: Runner,
+        deliver: Callable[[Outcome], None],
+        give_back: Callable[[list[int]], None],
+        on_ready: Callable[[], None] = lambda: None,
+        on_fatal: Callable[[str], None] = lambda reason: None,
+        processes: int,
+        threads: int = 1,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: float | None = None,
+        cancel_requested: Callable[[int], bool] = lambda task_id: False,
+        terminate_requested: Callable[[int], bool] = lambda task_id: False,
     ) -> None:
         self.worker_id = worker_id
         self.backend_alias = backend_alias
-        self.max_tasks = max_tasks
-        self.max_memory_mb = max_memory_mb
-        self.child = self._new_child()
+        self.runner = runner
+        self.deliver = deliver
+        self.give_back = give_back
+        self.on_ready = on_ready
+        self.on_fatal = on_fatal
+        self.ready = False  # once a child is ready: until then the worker claims nothing
+        self._start_failures = 0
+        self.processes = processes
+        self.threads = threads
+        self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child
+        self.cancel_requested = cancel_requested
+        self.terminate_requested = terminate_requested
+        self.children: list[Child] = []
+        self._retired: list[Child] = []
+        self._pending: deque[ClaimedTask] = deque()
+        self._lock = threading.Lock()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_read, selectors.EVENT_READ)
+        self._draining = False  # the worker is stopping: children give back queued tasks
+        self._closing = False
+        self._kill = False
+        self._thread: threading.Thread | None = None
 
-    def run(
-        self,
-        job: ClaimedTask,
-        runner: Runner,
-        *,
-        cancel_requested: Callable[[int], bool],
-        terminate_requested: Callable[[int], bool],
-    ) -> Outcome:
-        """Run ``job`` in this slot's child and return its outcome, whatever happened."""
-        began = time.monotonic()
-        report = self.child.run(
-            job, cancel_requested=cancel_requested, terminate_requested=terminate_requested
+    @property
+    def capacity(self) -> int:
+        return self.processes * self.threads
+
+    # -- the worker's side ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.children = [self._new_child() for _ in range(self.processes)]
+        self._thread = threading.Thread(
+            target=self._dispatch, name="tasks-q-dispatcher", daemon=True
         )
-        if isinstance(report, ChildReport):
-            self._recycle_if_due()
-            return report.outcome
-        # The child was killed or died: the attempt ends here, and a new child takes the slot.
-        self.child = self._new_child()
-        if isinstance(report, TaskCancelled):
-            return runner.cancelled_outside(job, report, time.monotonic() - began)
-        return runner.failed_outside(job, report, time.monotonic() - began)
+        self._thread.start()
+
+    def submit(self, job: ClaimedTask) -> None:
+        with self._lock:
+            self._pending.append(job)
+        self._wake()
+
+    def take_unstarted(self) -> list[int]:
+        """Ids of submitted tasks no child has received; they are forgotten here.
+
+        Children are told to stop: they finish their running tasks and hand the ones queued
+        in them to ``give_back``.
+        """
+        with self._lock:
+            self._draining = True
+            ids = [job.id for job in self._pending]
+            self._pending.clear()
+        self._wake()
+        return ids
 
     def close(self, *, kill: bool = False) -> None:
-        if kill:
-            self.child.kill()
+        """Stop the children: after their running tasks end, or at once with ``kill``."""
+        self._closing = True
+        self._kill = kill
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        for child in self.children + self._retired:
+            child.kill()
+        self._selector.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    # -- the dispatcher thread --------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # already woken / closed
+            os.write(self._wake_write, b".")
+
+    def _dispatch(self) -> None:
+        stop_sent = False
+        try:
+            while not self._closing:
+                if self._draining and not stop_sent:
+                    for child in self.children:
+                        child.send(("stop",))
+                    stop_sent = True
+                self._assign()
+                self._wait_for_events()
+                self._enforce_limits()
+                self._replace_retired()
+            self._stop_children()
+        except BaseException:
+            logger.exception("Worker %s: the process pool's dispatcher crashed", self.worker_id)
+            raise
+
+    def _assign(self) -> None:
+        """Send pending tasks to free threads, the least busy child first; then, if tasks are
+        still pending, queue them in children so none waits for the pipe between tasks."""
+        for room in (Child.free.fget, lambda c: c.room(self.max_tasks_per_child)):
+            while self._pending:
+                child = max(self.children, key=room)
+                count = min(room(child), len(self._pending))
+                if count <= 0:
+                    break
+                with self._lock:
+                    batch = [self._pending.popleft() for _ in range(min(count, len(self._pending)))]
+                child.queued.extend(batch)
+                child.start_queued()
+                if not child.send(("run", batch)):
+                    return  # the child died; the next round of events records its tasks
+
+    def _wait_for_events(self) -> None:
+        timeout = TICK
+        now = time.monotonic()
+        for child in self.children:
+            for running in child.running.values():
+                deadline = running.deadline
+                if deadline is not None:
+                    timeout = min(timeout, max(0.0, deadline - now))
+        for key, _ in self._selector.select(timeout):
+            child = key.data
+            if child is None:
+                os.read(self._wake_read, 4096)
+            elif key.fileobj is child.conn:
+                self._receive(child)
+            elif not child.process.is_alive():
+                self._died(child)
+
+    def _receive(self, child: Child) -> None:
+        if not self._drain(child):
+            self._died(child)
+
+    def _drain(self, child: Child) -> bool:
+        """Handle every message the child has sent; False once its pipe is closed."""
+        try:
+            while child.conn.poll():
+                message = child.conn.recv()
+                if isinstance(message, Ready):
+                    child.ready = True
+                    self._start_failures = 0
+                    if not self.ready:
+                        self.ready = True
+                        self.on_ready()
+                elif isinstance(message, Returned):
+                    self._returned(child, message.ids)
+                else:
+                    self._finished(child, message)
+        except (EOFError, OSError):
+            return False
+        return True
+
+    def _returned(self, child: Child, ids: list[int]) -> None:
+        """A stopping child gave back tasks it had not started."""
+        returned = set(ids)
+        child.queued = deque(job for job in child.queued if job.id not in returned)
+        self.give_back(ids)
+
+    def _finished(self, child: Child, report: ChildReport) -> None:
+        running = child.running.pop(report.outcome.id, None)
+        child.start_queued()
+        if running is not None and running.cancel_sent:
+            for index, value in enumerate(child.cancelled):
+                if value == report.outcome.id:
+                    child.cancelled[index] = 0
+        child.tasks_run += 1
+        child.max_rss_mb = report.max_rss_mb
+        self.deliver(report.outcome)
+        reason = None
+        if self.max_tasks_per_child and child.tasks_run >= self.max_tasks_per_child:
+            reason = f"it ran {child.tasks_run} tasks"
+        elif self.max_memory_per_child and child.max_rss_mb > self.max_memory_per_child:
+            reason = f"it uses {child.max_rss_mb:.0f} MB"
+        if reason and not child.retiring:
+            logger.info(
+                "Worker %s replaces child %s: %s", self.worker_id, child.process.pid, reason
+            )
+            child.retiring = True
+
+    def _enforce_limits(self) -> None:
+        now = time.monotonic()
+        for child in list(self.children):
+            for running in list(child.running.values()):
+                job = running.job
+                if not running.cancel_sent and self.cancel_requested(job.id):
+                    child.request_cancel(job.id)
+                    running.cancel_sent = True
+                    if self.terminate_requested(job.id):
+                        running.terminate_at = now + TERMINATE_GRACE
+                if running.terminate_at is not None and now >= running.terminate_at:
+                    self._kill_child(
+                        child,
+                        job,
+                        TaskCancelled(
+                            f"Task {job.name} #{job.id} was cancelled; it did not stop within "
+                            f"{TERMINATE_GRACE}s, so the process running it was killed."
+                        ),
+                    )
+                    break
+                deadline = running.deadline
+                if deadline is not None and now >= deadline:
+                    self._kill_child(
+                        child,
+                        job,
+                        TimeLimitExceeded(
+                            f"Task {job.name} #{job.id} ran longer than its time limit of "
+                            f"{job.timeout}s; the process running it was killed."
+                        ),
+                    )
+                    break
+
+    def _kill_child(self, child: Child, culprit: ClaimedTask, reason: BaseException) -> None:
+        child.kill()
+        self._drain(child)  # reports sent just before the kill still count
+        now = time.monotonic()
+        for running in child.running.values():
+            job = running.job
+            duration = now - running.started
+            if job.id == culprit.id and isinstance(reason, TaskCancelled):
+                outcome = self.runner.cancelled_outside(job, reason, duration)
+            elif job.id == culprit.id:
+                outcome = self.runner.failed_outside(job, reason, duration)
+            else:  # another thread of the same child: it ran into the kill
+                outcome = self.runner.failed_outside(
+                    job,
+                    WorkerLost(
+                        f"The process running task {job.name} #{job.id} was killed because "
+                        f"task {culprit.name} #{culprit.id} in it had to be stopped."
+                    ),
+                    duration,
+                )
+            self.deliver(outcome)
+        child.running.clear()
+        self._requeue(child)
+        self._forget(child)
+        self._replace(child)
+
+    def _died(self, child: Child) -> None:
+        if child.conn.closed:
+            return  # handled already: the pipe and the sentinel both reported it
+        child.process.join(timeout=5)
+        self._drain(child)  # reports sent just before it died still count
+        if child in self._retired:
+            self._retired.remove(child)
+            self._forget(child)
+            return
+        if child not in self.children:
+            return
+        if child.process.is_alive():  # the pipe broke but the process lingers: end it
+            child.kill()
+        description = _describe_exit(child.process.exitcode)
+        if not child.ready and not (self._closing or self._draining):
+            self._start_failures += 1
+            if self._start_failures >= MAX_START_FAILURES:
+                self._forget(child)
+                self.on_fatal(
+                    f"{self._start_failures} child processes in a row died while starting "
+                    f"(last: {description}); their error is above"
+                )
+                self._draining = True
+                return
+        now = time.monotonic()
+        for running in child.running.values():
+            job = running.job
+            self.deliver(
+                self.runner.failed_outside(
+                    job,
+                    WorkerLost(
+                        f"The process running task {job.name} #{job.id} died ({description})."
+                    ),
+                    now - running.started,
+                )
+            )
+        if not child.running and not (self._closing or self._draining):
+            logger.warning(
+                "Worker %s: child %s died (%s) while idle; starting another",
+                self.worker_id, child.process.pid, description,
+            )  # fmt: skip
+        child.running.clear()
+        self._requeue(child)
+        self._forget(child)
+        self._replace(child)
+
+    def _requeue(self, child: Child) -> None:
+        """Tasks queued in a child that is gone never started: another child runs them."""
+        if not child.queued:
+            return
+        if self._closing or self._draining:
+            self.give_back([job.id for job in child.queued])
         else:
-            self.child.stop()
+            with self._lock:
+                self._pending.extendleft(reversed(child.queued))
+        child.queued.clear()
+
+    def _replace(self, child: Child) -> None:
+        if child in self.children and not (self._closing or self._draining):
+            self.children[self.children.index(child)] = self._new_child()
+
+    def _replace_retired(self) -> None:
+        """Start the successor of each retiring child once it has nothing running."""
+        for child in list(self.children):
+            if child.retiring and not child.running:
+                child.send(("stop",))
+                self._retired.append(child)
+                self._replace(child)
+
+    def _stop_children(self) -> None:
+        children = self.children + self._retired
+        if self._kill:
+            for child in children:
+                child.kill()
+            return
+        for child in children:
+            child.send(("stop",))
+        deadline = time.monotonic() + 10
+        for child in children:
+            child.process.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _new_child(self) -> Child:
-        return Child(worker_id=self.worker_id, backend_alias=self.backend_alias)
+        child = Child.start(
+            worker_id=self.worker_id, backend_alias=self.backend_alias, threads=self.threads
+        )
+        self._selector.register(child.conn, selectors.EVENT_READ, child)
+        self._selector.register(child.process.sentinel, selectors.EVENT_READ, child)
+        return child
 
-    def _recycle_if_due(self) -> None:
-        child = self.child
-        reason = None
-        if self.max_tasks and child.tasks_run >= self.max_tasks:
-            reason = f"it ran {child.tasks_run} tasks"
-        elif self.max_memory_mb and child.max_rss_mb > self.max_memory_mb:
-            reason = f"it uses {child.max_rss_mb:.0f} MB"
-        if reason is None:
+    def _forget(self, child: Child) -> None:
+        """Stop watching a child that is gone, and close its pipe."""
+        if child.conn.closed:
             return
-        logger.info("Worker %s replaces child %s: %s", self.worker_id, child.pid, reason)
-        child.stop()
-        self.child = self._new_child()
+        self._selector.unregister(child.conn)
+        self._selector.unregister(child.process.sentinel)
+        child.conn.close()
 
 
 def _describe_exit(code: int | None) -> str:

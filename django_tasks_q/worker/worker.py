@@ -1,8 +1,9 @@
-"""The worker loop: claim ready tasks in batches, run them on threads, record outcomes in batches.
+"""The worker loop: claim ready tasks in batches, hand them to a pool, record outcomes in batches.
 
 One thread (the caller of :meth:`Worker.run`) owns the queue connection and is the only one
-talking to the queue; executor threads only run task functions. A listener thread turns
-NOTIFY into a wake-up; polling every ``poll_interval`` seconds covers everything else.
+talking to the queue; the pool (threads of this process, or child processes) only runs task
+functions. A listener thread turns NOTIFY into a wake-up; polling every ``poll_interval``
+seconds covers everything else.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ from collections.abc import Sequence
 import psycopg
 
 from django_tasks_q.backend import PostgresBackend
-from django_tasks_q.queue import ClaimedTask, Outcome, QueueConnection, listen_connection
+from django_tasks_q.queue import Outcome, QueueConnection, listen_connection
 from django_tasks_q.worker.heartbeat import Heartbeat
-from django_tasks_q.worker.pool import ChildSlot
+from django_tasks_q.worker.pool import ProcessPool
 from django_tasks_q.worker.runner import Runner
+from django_tasks_q.worker.threads import ThreadPool
 
 logger = logging.getLogger("django_tasks_q.worker")
-
-_STOP = object()
 
 
 def default_worker_id() -> str:
@@ -43,6 +43,7 @@ class Worker:
         backend: PostgresBackend,
         queues: Sequence[str] | None = None,
         concurrency: int = 4,
+        threads: int = 1,
         batch_size: int = 50,
         prefetch: int | None = None,
         poll_interval: float = 1.0,
@@ -58,6 +59,8 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if poll_interval <= 0:
@@ -79,6 +82,11 @@ class Worker:
         self.grace_period = grace_period
         if pool not in ("threads", "processes"):
             raise ValueError(f"pool must be 'threads' or 'processes', got {pool!r}")
+        if pool == "threads" and threads != 1:
+            raise ValueError(
+                "threads per child is for the process pool; with the thread pool, "
+                "concurrency is the number of threads"
+            )
         for name, value in (
             ("max_tasks_per_child", max_tasks_per_child),
             ("max_memory_per_child", max_memory_per_child),
@@ -86,6 +94,9 @@ class Worker:
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0 or None, got {value}")
         self.pool = pool
+        self.threads = threads
+        # Tasks this worker runs at once: processes x threads each, or threads.
+        self.capacity = concurrency * threads
         self.max_tasks_per_child = max_tasks_per_child
         self.max_memory_per_child = max_memory_per_child
         self._stop_requested_at: float | None = None
@@ -110,15 +121,17 @@ class Worker:
             lease_seconds=lease_seconds,
             register=self._register,
             counters=lambda: (self.succeeded, self.failed),
-            on_rescued=self._on_rescued,
+            on_rescued=self._look_for_work,
             on_cancel_requested=self._on_cancel_requested,
         )
         self.connection = QueueConnection(
             backend.database, application_name=f"django_tasks_q worker {self.worker_id}"
         )
         self.processed = 0
-        self._jobs: stdlib_queue.SimpleQueue[ClaimedTask | object] = stdlib_queue.SimpleQueue()
+        self.executor = self._make_pool()
         self._outcomes: stdlib_queue.SimpleQueue[Outcome] = stdlib_queue.SimpleQueue()
+        # Ids the pool gave back unstarted (children stopping with tasks queued in them).
+        self._given_back: stdlib_queue.SimpleQueue[list[int]] = stdlib_queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._stopped = threading.Event()  # set once shutdown is complete
@@ -130,7 +143,6 @@ class Worker:
         self._maybe_ready = True
         self._mean_duration: float | None = None
         self._mean_round_trip = 0.0
-        self._threads: list[threading.Thread] = []
         self._signals_received = 0
         self._abandon = False
 
@@ -146,8 +158,9 @@ class Worker:
     def run(self) -> int:
         """Run until stopped. Returns the process exit code (0 after a clean stop)."""
         logger.info(
-            "Worker %s starting: queues=%s concurrency=%s batch_size=%s listen=%s",
-            self.worker_id, ",".join(self.queues) if self.queues else "*", self.concurrency,
+            "Worker %s starting: queues=%s pool=%s concurrency=%s%s batch_size=%s listen=%s",
+            self.worker_id, ",".join(self.queues) if self.queues else "*", self.pool,
+            self.concurrency, f" threads={self.threads}" if self.pool == "processes" else "",
             self.batch_size, self.listen,
         )  # fmt: skip
         self._register(self.connection)
@@ -155,11 +168,7 @@ class Worker:
             target=self.heartbeat.run, args=(self._stopped,), name="tasks-q-heartbeat", daemon=True
         )
         heartbeat.start()
-        for index in range(self.concurrency):
-            target = self._execute_jobs if self.pool == "threads" else self._execute_jobs_in_child
-            thread = threading.Thread(target=target, name=f"tasks-q-executor-{index}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self.executor.start()
         if self.listen:
             threading.Thread(target=self._listen, name="tasks-q-listener", daemon=True).start()
         try:
@@ -180,14 +189,14 @@ class Worker:
             hostname=socket.gethostname(),
             pid=os.getpid(),
             queues=self.queues,
-            concurrency=self.concurrency,
+            concurrency=self.capacity,
         )
 
     def _on_cancel_requested(self, ids: list[int], terminate: list[int]) -> None:
         self._cancel_requested.update(ids)
         self._terminate_requested.update(terminate)
 
-    def _on_rescued(self) -> None:
+    def _look_for_work(self) -> None:
         self._maybe_ready = True
         self._wake.set()
 
@@ -259,13 +268,13 @@ class Worker:
         refilled only once half a batch has room, so a steady stream of completions does not
         turn into a stream of one-row claims.
         """
-        if not self._maybe_ready or self._stopping.is_set():
+        if not self._maybe_ready or self._stopping.is_set() or not self.executor.ready:
             return 0
         prefetch = self._prefetch()
-        free = self.concurrency + prefetch - len(self._held)
+        free = self.capacity + prefetch - len(self._held)
         if free <= 0:
             return 0
-        if len(self._held) < self.concurrency or free >= min(self.batch_size, prefetch) // 2:
+        if len(self._held) < self.capacity or free >= min(self.batch_size, prefetch) // 2:
             return min(self.batch_size, free)
         return 0
 
@@ -280,12 +289,13 @@ class Worker:
             return self.prefetch
         if self._mean_duration is None:
             return 0
-        ahead = self.concurrency * self._mean_round_trip / max(self._mean_duration, 1e-6)
+        ahead = self.capacity * self._mean_round_trip / max(self._mean_duration, 1e-6)
         return min(self.batch_size, int(ahead + 0.5))
 
     def _exchange(self) -> bool:
         """Record finished outcomes and claim more, in one round trip. Returns whether it did
         anything."""
+        gave_back = self._release_given_back()
         while True:
             try:
                 self._unrecorded.append(self._outcomes.get_nowait())
@@ -293,7 +303,7 @@ class Worker:
                 break
         limit = self._claim_limit()
         if not self._unrecorded and not limit:
-            return False
+            return gave_back
         if self._reconcile:
             released = self.connection.release_unknown(worker_id=self.worker_id, known=self._held)
             self._reconcile = False
@@ -332,7 +342,7 @@ class Worker:
                 self._maybe_ready = True  # a retry may be due at once
         if limit:
             for task in claimed:
-                self._jobs.put(task)
+                self.executor.submit(task)
             self._held.update(task.id for task in claimed)
             if len(claimed) < limit:
                 self._maybe_ready = False  # drained: wait for a notification or the next poll
@@ -346,51 +356,62 @@ class Worker:
             self.worker_id, lost,
         )  # fmt: skip
 
-    # -- threads --------------------------------------------------------------------------
+    # -- pool and listener ----------------------------------------------------------------
 
-    def _execute_jobs(self) -> None:
-        from django.db import connections
-
-        try:
-            while True:
-                job = self._jobs.get()
-                if job is _STOP:
-                    return
-                try:
-                    outcome = self.runner.run(job)
-                except BaseException:
-                    logger.exception(
-                        "Worker %s executor crashed on task #%s", self.worker_id, job.id
-                    )
-                    raise
-                self._outcomes.put(outcome)
-                self._wake.set()
-        finally:
-            connections.close_all()
-
-    def _execute_jobs_in_child(self) -> None:
-        """An executor slot of the process pool: hands tasks to its child, one at a time."""
-        slot = ChildSlot(
+    def _make_pool(self) -> ThreadPool | ProcessPool:
+        if self.pool == "threads":
+            return ThreadPool(
+                worker_id=self.worker_id,
+                runner=self.runner,
+                deliver=self._deliver,
+                threads=self.concurrency,
+            )
+        return ProcessPool(
             worker_id=self.worker_id,
             backend_alias=self.backend.alias,
-            max_tasks=self.max_tasks_per_child,
-            max_memory_mb=self.max_memory_per_child,
+            runner=self.runner,
+            deliver=self._deliver,
+            give_back=self._give_back,
+            on_ready=self._look_for_work,
+            on_fatal=self._on_pool_failed,
+            processes=self.concurrency,
+            threads=self.threads,
+            max_tasks_per_child=self.max_tasks_per_child,
+            max_memory_per_child=self.max_memory_per_child,
+            cancel_requested=self._cancel_requested.__contains__,
+            terminate_requested=self._terminate_requested.__contains__,
         )
+
+    def _deliver(self, outcome: Outcome) -> None:
+        self._outcomes.put(outcome)
+        self._wake.set()
+
+    def _on_pool_failed(self, reason: str) -> None:
+        logger.error("Worker %s cannot run tasks: %s. Stopping.", self.worker_id, reason)
+        self._exit_code = 1
+        self.stop()
+
+    def _give_back(self, ids: list[int]) -> None:
+        self._given_back.put(ids)
+        self._wake.set()
+
+    def _release_given_back(self) -> bool:
+        ids: list[int] = []
+        while True:
+            try:
+                ids.extend(self._given_back.get_nowait())
+            except stdlib_queue.Empty:
+                break
+        if not ids:
+            return False
         try:
-            while True:
-                job = self._jobs.get()
-                if job is _STOP:
-                    return
-                outcome = slot.run(
-                    job,
-                    self.runner,
-                    cancel_requested=self._cancel_requested.__contains__,
-                    terminate_requested=self._terminate_requested.__contains__,
-                )
-                self._outcomes.put(outcome)
-                self._wake.set()
-        finally:
-            slot.close(kill=self._abandon)
+            released = self.connection.release(worker_id=self.worker_id, ids=ids)
+        except psycopg.OperationalError:
+            self._given_back.put(ids)
+            raise
+        self._held.difference_update(ids)
+        logger.info("Worker %s returned %s unstarted tasks to the queue", self.worker_id, released)
+        return True
 
     def _listen(self) -> None:
         backoff = 0.5
@@ -413,16 +434,7 @@ class Worker:
     # -- shutdown -------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
-        unstarted: list[int] = []
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except stdlib_queue.Empty:
-                break
-            if job is not _STOP:
-                unstarted.append(job.id)
-        for _ in self._threads:
-            self._jobs.put(_STOP)
+        unstarted = self.executor.take_unstarted()
         try:
             if unstarted:
                 released = self.connection.release(worker_id=self.worker_id, ids=unstarted)
@@ -449,9 +461,7 @@ class Worker:
                 self._wake.wait(1.0 if self.grace_period is None else min(1.0, self.grace_period))
                 self._wake.clear()
         finally:
-            if not self._abandon:
-                for thread in self._threads:
-                    thread.join(timeout=5)
+            self.executor.close(kill=self._abandon)
             self.connection.close()
 
     def _grace_over(self) -> bool:

@@ -34,7 +34,15 @@ class Command(BaseCommand):
             "--concurrency",
             type=int,
             default=None,
-            help="Tasks run at once, on threads (default: TASKS_Q['CONCURRENCY']).",
+            help="Child processes (--pool processes) or threads (--pool threads) running "
+            "tasks at once (default: TASKS_Q['CONCURRENCY']).",
+        )
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=1,
+            help="With --pool processes: threads in each child, for I/O-bound tasks. The worker "
+            "runs --concurrency x --threads tasks at once (default: 1).",
         )
         parser.add_argument(
             "--batch-size",
@@ -66,11 +74,12 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--pool",
-            choices=["threads", "processes"],
-            default="threads",
-            help="Run tasks on threads of this process (default), or each slot in a child "
-            "process of its own: needed for hard time limits (a task's timeout) and to survive "
-            "tasks that crash their process.",
+            choices=["processes", "threads"],
+            default="processes",
+            help="Run tasks in child processes (default): a task's timeout is a hard limit, "
+            "and a task that crashes its process does not take the worker with it. Or on "
+            "threads of the worker process: fastest for short tasks, but timeouts cannot be "
+            "enforced.",
         )
         parser.add_argument(
             "--max-tasks-per-child",
@@ -104,6 +113,7 @@ class Command(BaseCommand):
                 backend=get_backend(options["backend"]),
                 queues=options["queues"],
                 concurrency=_option(options, "concurrency", conf.CONCURRENCY),
+                threads=options["threads"],
                 batch_size=_option(options, "batch_size", conf.BATCH_SIZE),
                 prefetch=_option(options, "prefetch", conf.PREFETCH),
                 poll_interval=_option(options, "poll_interval", conf.POLL_INTERVAL),

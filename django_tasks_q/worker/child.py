@@ -1,0 +1,260 @@
+"""Inside a child of the process pool: receive tasks over the pipe, run them, report back.
+
+Messages from the supervisor: ``("run", [ClaimedTask, ...])`` (never more than the child has
+free threads) and ``("stop",)``. To the supervisor: :class:`Ready` once Django is set up,
+then one :class:`ChildReport` per finished task, and on stop :class:`Returned` for the tasks
+queued in it that it did not start. Cancellation requests arrive through shared
+memory (``cancelled``: ids, 0 for none), so a child busy with a task needs no reader for them.
+
+This module is imported before Django is set up, so it imports nothing that loads models at
+module level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import queue
+import resource
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
+
+from django_tasks_q.exceptions import SoftTimeLimitExceeded
+from django_tasks_q.queue import ClaimedTask, Outcome
+
+if TYPE_CHECKING:
+    from django_tasks_q.worker.runner import Runner
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The child has set Django up and takes tasks."""
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """Tasks queued in a stopping child that it did not start; the worker releases them."""
+
+    ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ChildReport:
+    outcome: Outcome
+    max_rss_mb: float
+
+
+def child_main(
+    conn: Connection,
+    cancelled: Sequence[int],
+    worker_id: str,
+    backend_alias: str,
+    log_level: str,
+    threads: int,
+) -> None:
+    _die_with_parent()
+    # The supervisor decides when children stop; Ctrl-C on the terminal must not kill a task.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    import django
+
+    django.setup()
+
+    from django_tasks_q.backend import get_backend
+    from django_tasks_q.worker.logs import configure_logging
+    from django_tasks_q.worker.runner import Runner
+
+    configure_logging(log_level)
+    jobs: queue.SimpleQueue[ClaimedTask | None] = queue.SimpleQueue()
+    runner = Runner(
+        worker_id=worker_id,
+        backend=get_backend(backend_alias),
+        is_cancel_requested=lambda task_id: task_id in cancelled[:],
+    )
+    send_lock = threading.Lock()
+
+    def receive() -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):  # the supervisor is gone: finish up and exit
+                message = ("stop",)
+            if message[0] == "run":
+                for job in message[1]:
+                    jobs.put(job)
+                continue
+            unstarted = []
+            while True:
+                try:
+                    job = jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    unstarted.append(job.id)
+            if unstarted:
+                with send_lock:
+                    conn.send(Returned(unstarted))
+            for _ in range(threads):
+                jobs.put(None)
+            return
+
+    def report(outcome: Outcome) -> None:
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with send_lock:
+            conn.send(ChildReport(outcome, rss_mb))
+
+    signal.signal(signal.SIGALRM, _soft_time_limit_reached)
+    if threads == 1:
+        # One task at a time: the main thread reads the pipe itself, with no hand-off.
+        conn.send(Ready())
+        _execute(_Inbox(conn).next_job, runner, report)
+        return
+    threading.Thread(target=receive, name="tasks-q-child-receiver", daemon=True).start()
+    executors = [
+        threading.Thread(target=_execute, args=(jobs.get, runner, report), name=f"tasks-q-{n}")
+        for n in range(1, threads)
+    ]
+    for executor in executors:
+        executor.start()
+    with send_lock:
+        conn.send(Ready())
+    # The main thread runs tasks too: there a soft time limit arrives as a signal, which also
+    # interrupts a blocking call such as sleep().
+    _execute(jobs.get, runner, report)
+    for executor in executors:
+        executor.join()
+
+
+def _die_with_parent() -> None:
+    """End this child when its worker dies, even if the worker was SIGKILLed: an orphan would
+    keep running a task whose lease is about to be given to another worker."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):  # Linux only; the watch below covers all
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="tasks-q-child-watch", daemon=True).start()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+class _Inbox:
+    """The tasks of a one-thread child, read from the pipe by the thread that runs them."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.jobs: deque[ClaimedTask] = deque()
+        self.stopping = False
+
+    def next_job(self) -> ClaimedTask | None:
+        # Read what has arrived before starting a queued task: a stop among it means that
+        # task must be given back, not run.
+        while not self.stopping and (not self.jobs or self.conn.poll()):
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):  # the supervisor is gone
+                message = ("stop",)
+            if message[0] == "run":
+                self.jobs.extend(message[1])
+            else:
+                self.stopping = True
+        if not self.stopping:
+            return self.jobs.popleft()
+        if self.jobs:
+            self.conn.send(Returned([job.id for job in self.jobs]))
+            self.jobs.clear()
+        return None
+
+
+def _execute(
+    next_job: Callable[[], ClaimedTask | None],
+    runner: Runner,
+    report: Callable[[Outcome], None],
+) -> None:
+    from django.db import connections
+
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    try:
+        while (job := next_job()) is not None:
+            soft_timeout = _soft_timeout(job.name)
+            limit = _SoftLimit(soft_timeout, on_main_thread) if soft_timeout else None
+            try:
+                outcome = runner.run(job)
+            except SoftTimeLimitExceeded as exc:
+                # The limit fired after the task returned but before it was disarmed: the
+                # attempt did overrun its soft limit, so record it as that failure.
+                outcome = runner.failed_outside(job, exc, soft_timeout or 0.0)
+            finally:
+                if limit:
+                    limit.disarm()
+            report(outcome)
+    finally:
+        connections.close_all()
+
+
+class _SoftLimit:
+    """Raises SoftTimeLimitExceeded in the running task after ``seconds``.
+
+    On the main thread an interval timer's SIGALRM does it. Other threads cannot receive
+    signals, so a timer thread raises the exception in them asynchronously; it takes effect
+    at the task's next Python instruction (not inside a blocking C call).
+    """
+
+    def __init__(self, seconds: float, on_main_thread: bool) -> None:
+        self.on_main_thread = on_main_thread
+        if on_main_thread:
+            signal.setitimer(signal.ITIMER_REAL, seconds)
+            return
+        self.thread_id = threading.get_ident()
+        self.lock = threading.Lock()
+        self.armed = True
+        self.timer = threading.Timer(seconds, self._fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _fire(self) -> None:
+        with self.lock:
+            if self.armed:
+                _set_async_exc(self.thread_id, SoftTimeLimitExceeded)
+
+    def disarm(self) -> None:
+        if self.on_main_thread:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            return
+        with self.lock:
+            self.armed = False
+            self.timer.cancel()
+            _set_async_exc(self.thread_id, None)  # clears one that was not raised yet
+
+
+def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None
+    )
+
+
+def _soft_time_limit_reached(signum: int, frame: object) -> None:
+    raise SoftTimeLimitExceeded("The task ran past its soft time limit.")
+
+
+def _soft_timeout(name: str) -> float | None:
+    from django_tasks_q import registry
+    from django_tasks_q.exceptions import UnknownTaskError
+
+    try:
+        return registry.get(name).soft_timeout
+    except UnknownTaskError:
+        return None

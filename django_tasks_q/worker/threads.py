@@ -1,0 +1,78 @@
+"""The thread pool: tasks run on threads of the worker process itself.
+
+The fastest pool for short and I/O-bound tasks, but a task's hard ``timeout`` cannot be
+enforced (a thread cannot be killed) and a task that crashes the process takes the worker with
+it. :class:`~django_tasks_q.worker.pool.ProcessPool` has the same interface.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from django_tasks_q.queue import ClaimedTask, Outcome
+from django_tasks_q.worker.runner import Runner
+
+logger = logging.getLogger("django_tasks_q.worker")
+
+
+class ThreadPool:
+    def __init__(
+        self, *, worker_id: str, runner: Runner, deliver: Callable[[Outcome], None], threads: int
+    ) -> None:
+        self.worker_id = worker_id
+        self.runner = runner
+        self.deliver = deliver
+        self.capacity = threads
+        self.ready = True
+        self._jobs: queue.SimpleQueue[ClaimedTask | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for index in range(self.capacity):
+            thread = threading.Thread(
+                target=self._execute, name=f"tasks-q-executor-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def submit(self, job: ClaimedTask) -> None:
+        self._jobs.put(job)
+
+    def take_unstarted(self) -> list[int]:
+        """Ids of submitted tasks no thread has started; they are forgotten here."""
+        ids = []
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return ids
+            if job is not None:
+                ids.append(job.id)
+
+    def close(self, *, kill: bool = False) -> None:
+        """Let the threads finish their tasks and end; with ``kill``, do not wait for them
+        (they are daemon threads and end with the process)."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        if not kill:
+            for thread in self._threads:
+                thread.join(timeout=5)
+
+    def _execute(self) -> None:
+        from django.db import connections
+
+        try:
+            while (job := self._jobs.get()) is not None:
+                try:
+                    outcome = self.runner.run(job)
+                except BaseException:
+                    logger.exception(
+                        "Worker %s executor crashed on task #%s", self.worker_id, job.id
+                    )
+                    raise
+                self.deliver(outcome)
+        finally:
+            connections.close_all()
