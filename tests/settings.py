@@ -3,3 +3,10 @@
 from testproject.settings import *  # noqa: F403
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]  # noqa: F405
+
+if env.bool("TASKS_Q_TEST_BREAK_CHILDREN", default=False):  # noqa: F405
+    import multiprocessing
+
+    # Lets a test see what a worker does when its child processes cannot start.
+    if multiprocessing.parent_process() is not None:
+        raise RuntimeError("settings refuse to load in a child process (test)")

@@ -77,3 +77,81 @@ def test_cancel_with_terminate_kills_a_task_that_does_not_stop(start_worker):
     assert tasks.add.delay(3, 4).wait(timeout=30).result == 7  # on a fresh child
     worker.terminate()
     assert worker.wait() == 0
+
+
+def test_threads_per_child_run_tasks_side_by_side_in_one_process(start_worker):
+    handles = [tasks.waits_for_siblings.delay("side", 3) for _ in range(3)]
+    worker = start_worker("--concurrency", "1", "--threads", "3")
+    for handle in handles:
+        assert handle.wait(timeout=30).status == "SUCCESSFUL", handle.error
+    assert Execution.objects.filter(key="side").values("worker").distinct().count() == 1
+    worker.terminate()
+    assert worker.wait() == 0
+
+
+def test_the_soft_time_limit_reaches_tasks_on_every_thread_of_a_child(start_worker):
+    handles = [tasks.cleans_up_at_the_soft_limit_in_steps.delay(f"soft-{i}") for i in range(2)]
+    worker = start_worker("--concurrency", "1", "--threads", "2")
+    assert [h.wait(timeout=30).result for h in handles] == ["cleaned up", "cleaned up"]
+    assert (
+        Execution.objects.filter(key__startswith="soft-").values("worker").distinct().count() == 1
+    )
+    worker.terminate()
+    assert worker.wait() == 0
+
+
+def test_a_time_limit_kill_fails_the_other_tasks_of_that_child_as_worker_lost(start_worker):
+    sibling = tasks.runs_long.delay("sibling", 30)
+    worker = start_worker("--concurrency", "1", "--threads", "2")
+    wait_for(lambda: Execution.objects.filter(key="sibling").exists(), message="the sibling")
+    overrun = tasks.overruns_its_time_limit.delay("overrun")
+    overrun.wait(timeout=30)
+    sibling.wait(timeout=30)
+    assert overrun.error.type == "django_tasks_q.exceptions.TimeLimitExceeded"
+    assert sibling.status == "FAILED"
+    assert sibling.error.type == "django_tasks_q.exceptions.WorkerLost"
+    assert (
+        f"task {overrun.task.name} #{overrun.id} in it had to be stopped" in sibling.error.message
+    )
+    assert tasks.add.delay(1, 2).wait(timeout=30).result == 3
+    worker.terminate()
+    assert worker.wait() == 0
+
+
+def test_children_of_a_killed_worker_exit_instead_of_running_on(start_worker):
+    import os
+    import signal
+
+    tasks.runs_long.delay("orphan", 60)
+    worker = start_worker("--concurrency", "1")
+    execution = wait_for(lambda: Execution.objects.filter(key="orphan").first(),
+                         message="the task to start")  # fmt: skip
+    child_pid = int(execution.worker)
+    assert child_pid != worker.pid
+    worker.process.send_signal(signal.SIGKILL)
+    worker.process.wait(timeout=10)
+
+    def child_gone():
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(child_gone, timeout=10, message="the orphaned child to exit")
+
+
+def test_a_worker_whose_children_cannot_start_exits_with_an_error(start_worker):
+    handle = tasks.add.delay(1, 1)
+    worker = start_worker("--concurrency", "1", env={"TASKS_Q_TEST_BREAK_CHILDREN": "true"})
+    assert worker.wait(timeout=60) == 1
+    log = worker.log()
+    assert "settings refuse to load in a child process" in log
+    assert "3 child processes in a row died while starting" in log
+    assert Task.objects.get(pk=handle.id).status == "READY"  # never claimed
+
+
+def test_the_thread_pool_refuses_threads_per_child(start_worker):
+    worker = start_worker("--pool", "threads", "--threads", "2")
+    assert worker.wait() != 0
+    assert "threads per child is for the process pool" in worker.log()

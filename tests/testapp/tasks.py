@@ -106,9 +106,33 @@ def hangs_on_first_attempt(context, key):
 
 @background_task
 def runs_long(key, seconds):
-    Execution.objects.create(key=key)
+    Execution.objects.create(key=key, worker=str(os.getpid()))
     time.sleep(seconds)
     return key
+
+
+@background_task
+def waits_for_siblings(key, siblings):
+    """Succeeds only if ``siblings`` tasks with the same key run at the same time."""
+    Execution.objects.create(key=key, worker=str(os.getpid()))
+    deadline = time.monotonic() + 20
+    while Execution.objects.filter(key=key).count() < siblings:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the sibling tasks did not run alongside this one")
+        time.sleep(0.05)
+    return key
+
+
+@background_task(timeout=10, soft_timeout=0.5)
+def cleans_up_at_the_soft_limit_in_steps(key):
+    from django_tasks_q.exceptions import SoftTimeLimitExceeded
+
+    try:
+        for _ in range(80):
+            time.sleep(0.1)
+    except SoftTimeLimitExceeded:
+        Execution.objects.create(key=key, worker=str(os.getpid()))
+        return "cleaned up"
 
 
 @background_task(max_retries=5, default_retry_delay=0)
