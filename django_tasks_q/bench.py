@@ -79,7 +79,7 @@ class BenchOptions:
     queue: str = "taskbench"
     latency_samples: int = 200
     enqueue_threads: int = 8
-    pool: str = "threads"
+    pool: str = "processes"
     skip_ceiling: bool = False
     keep: bool = False
 
@@ -255,7 +255,7 @@ def _worker_phases(
         stop_workers(workers)
         report(
             f"{'5. peak worker memory':<{LABEL_WIDTH}}{_megabytes(results.worker_peak_mb)} "
-            f"(largest VmHWM of {len(workers)} workers); all exited cleanly"
+            f"(largest VmHWM of {len(workers)} workers, children included); all exited cleanly"
         )
 
 
@@ -355,17 +355,36 @@ def measure_latency(
 
 
 def peak_memory_mb(workers: Sequence[WorkerProcess]) -> float | None:
-    """The largest peak resident set size among the workers; None where /proc is missing."""
+    """The largest peak resident set size of a worker, its child processes included (summed);
+    None where /proc is missing."""
     peaks = []
     for worker in workers:
-        try:
-            status = Path(f"/proc/{worker.process.pid}/status").read_text()
-        except OSError:
-            return None
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                peaks.append(int(line.split()[1]) / 1024)  # reported in kB
+        pids = [worker.process.pid, *_child_pids(worker.process.pid)]
+        total = 0.0
+        for pid in pids:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                if pid == worker.process.pid:
+                    return None
+                continue  # a child that ended meanwhile
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024  # reported in kB
+        peaks.append(total)
     return max(peaks) if peaks else None
+
+
+def _child_pids(pid: int) -> list[int]:
+    # Each thread lists the children it started: the first children come from the main
+    # thread, replacements from the pool's dispatcher thread.
+    children = []
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children.extend(int(child) for child in listing.read_text().split())
+        except OSError:
+            continue
+    return children
 
 
 def sql_ceiling(database: str, options: BenchOptions) -> tuple[int, float]:

@@ -25,7 +25,8 @@ class Command(BaseCommand):
         )  # fmt: skip
         parser.add_argument(
             "--concurrency", type=int, default=None,
-            help=f"Threads per worker (default: TASKS_Q['CONCURRENCY'] = {conf.CONCURRENCY}).",
+            help="Child processes (or threads, with --pool threads) per worker "
+            f"(default: TASKS_Q['CONCURRENCY'] = {conf.CONCURRENCY}).",
         )  # fmt: skip
         parser.add_argument(
             "--batch-size", type=int, default=None,
@@ -46,8 +47,8 @@ class Command(BaseCommand):
             f"(default: {defaults.enqueue_threads}).",
         )  # fmt: skip
         parser.add_argument(
-            "--pool", choices=["threads", "processes"], default=defaults.pool,
-            help="The workers' --pool (default: threads).",
+            "--pool", choices=["processes", "threads"], default=defaults.pool,
+            help="The workers' --pool (default: processes, as runtaskworker).",
         )  # fmt: skip
         parser.add_argument(
             "--skip-ceiling", action="store_true",
