@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from functools import cache
 from inspect import iscoroutinefunction
 from typing import Any
@@ -88,7 +89,18 @@ class PostgresBackend(BaseTaskBackend):
                 f"['QUEUES'] ({', '.join(sorted(self.queues))}); use one of those or add it there."
             )
 
-    def enqueue(self, task: Task, args: Sequence[Any], kwargs: dict[str, Any]) -> TaskHandle:
+    def enqueue(
+        self,
+        task: Task,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        expires_at: datetime | None = None,
+        schedule_id: int | None = None,
+        scheduled_for: datetime | None = None,
+    ) -> TaskHandle:
+        """Django's enqueue. Beat also passes the schedule and tick the task stands for, and
+        when it expires (no attempt starts after ``expires_at``)."""
         self.validate_task(task)
         check_arguments(args, kwargs)
         args_json, kwargs_json = dumps(list(args)), dumps(kwargs)
@@ -103,6 +115,9 @@ class PostgresBackend(BaseTaskBackend):
             max_attempts=getattr(task, "max_attempts", 1),
             timeout=getattr(task, "timeout", None),
             notify=conf.LISTEN_NOTIFY,
+            expires_at=expires_at,
+            schedule_id=schedule_id,
+            scheduled_for=scheduled_for,
         )
         handle = self._new_handle(task, row, json.loads(args_json), json.loads(kwargs_json))
         task_enqueued.send(type(self), task_result=handle)

@@ -10,7 +10,7 @@ from django.core import checks
 
 from django_tasks_q.conf import DEFAULTS, SETTING_NAME
 
-_POSITIVE_NUMBERS = ("POLL_INTERVAL", "LEASE_SECONDS", "HEARTBEAT_INTERVAL")
+_POSITIVE_NUMBERS = ("POLL_INTERVAL", "LEASE_SECONDS", "HEARTBEAT_INTERVAL", "BEAT_MISSED_AFTER")
 _POSITIVE_INTS = ("CONCURRENCY", "BATCH_SIZE")
 
 
@@ -155,3 +155,60 @@ def check_task_backends(app_configs=None, **kwargs) -> list[checks.CheckMessage]
                 )
             )
     return messages
+
+
+@checks.register(checks.Tags.compatibility)
+def check_schedules(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """Schedules declared in code (TASKS_Q["SCHEDULES"], @background_task(schedule=...)) are
+    checked as the admin would check them, without the database."""
+    from django.core.exceptions import ValidationError
+
+    from django_tasks_q.declarations import DeclarationError, declared_entries
+    from django_tasks_q.models import Schedule
+
+    value = getattr(settings, SETTING_NAME, {})
+    if not isinstance(value, dict):
+        return []  # E001
+    listed = value.get("SCHEDULES", ())
+    errors: list[checks.CheckMessage] = []
+    if not isinstance(listed, (list, tuple)):
+        errors.append(
+            _error(
+                f"{SETTING_NAME}['SCHEDULES'] must be a list of dicts, got "
+                f"{type(listed).__name__}.",
+                "For example [{'name': 'nightly', 'task': 'app.tasks.report', "
+                "'cron': '0 3 * * *'}].",
+                "E012",
+            )
+        )
+    seen: set[str] = set()
+    for entry in declared_entries():
+        try:
+            fields = entry.read()
+        except DeclarationError as exc:
+            errors.append(_error(str(exc), "See the keys of a schedule in the docs.", "E013"))
+            continue
+        if fields["name"] in seen:
+            errors.append(
+                _error(
+                    f"{entry.where}: another schedule declared in code is named "
+                    f"{fields['name']!r}.",
+                    "Give each schedule a name of its own.",
+                    "E014",
+                )
+            )
+        seen.add(fields["name"])
+        row = Schedule(**{key: fields[key] for key in ("name", *Schedule.CODE_FIELDS)})
+        try:
+            row.full_clean(validate_unique=False, validate_constraints=False)
+        except ValidationError as exc:
+            for field, messages in exc.message_dict.items():
+                for message in messages:
+                    errors.append(
+                        _error(
+                            f"{entry.where} ({fields['name']!r}): {message}",
+                            "Fix the declaration; beat leaves it out of the schedule table.",
+                            "E016" if field == "task" else "E015",
+                        )
+                    )
+    return errors

@@ -31,6 +31,11 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_INTERVAL": 5.0,
     # Seconds running tasks get after SIGTERM before the worker exits anyway; None waits.
     "GRACE_PERIOD": None,
+    # Schedules declared in code: a list of dicts, synced into the Schedule table by beat.
+    "SCHEDULES": (),
+    # Seconds after its time a tick still counts as late (enqueued) rather than missed (left
+    # to the schedule's catch-up policy).
+    "BEAT_MISSED_AFTER": 60.0,
 }
 
 

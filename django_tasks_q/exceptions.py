@@ -9,6 +9,7 @@ __all__ = [
     "Retry",
     "SoftTimeLimitExceeded",
     "TaskCancelled",
+    "TaskExpired",
     "TaskResultDoesNotExist",
     "TaskTimeoutError",
     "TimeLimitExceeded",
@@ -54,6 +55,11 @@ class MaxRetriesExceededError(Exception):
 
 class TaskCancelled(Exception):
     """Raised by ``context.raise_if_cancelled()``: someone cancelled the running task."""
+
+
+class TaskExpired(Exception):
+    """Recorded on a task cancelled because no attempt had started by its ``expires_at``
+    (set by a schedule's ``expires_after``). Never raised inside a task."""
 
 
 class TimeLimitExceeded(Exception):

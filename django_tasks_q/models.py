@@ -1,10 +1,33 @@
-"""The schema. Reads and admin use the ORM; the hot path uses the SQL in ``sql/queue.sql``."""
+"""The schema. Reads, schedules and the admin use the ORM; the hot path uses ``sql/queue.sql``."""
 
 from __future__ import annotations
 
-from django.db import models
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.db import models, router, transaction
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
+
+from django_tasks_q import queue
+from django_tasks_q.conf import settings as conf
+from django_tasks_q.exceptions import InvalidTask, UnknownTaskError
+from django_tasks_q.schedules import (
+    Cron,
+    Interval,
+    Once,
+    ScheduleError,
+    Timing,
+    check_cron,
+    check_interval,
+    get_zone,
+)
+from django_tasks_q.serialization import SerializationError, check_json
+
+if TYPE_CHECKING:
+    from django_tasks_q.tasks import BackgroundTask
 
 
 class TaskStatus(models.TextChoices):
@@ -49,6 +72,19 @@ class Task(models.Model):
     result = models.JSONField(null=True, blank=True)
     # One entry per failed attempt: attempt, worker_id, type, message, traceback, at.
     errors = models.JSONField(default=list, blank=True)
+    # No attempt starts after this: a claim that finds it passed cancels the task instead.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Set on tasks a schedule enqueued: which schedule, and the tick the task stands for.
+    # Indexed only through tasks_q_schedule_tick_uniq, which leaves other tasks out.
+    schedule = models.ForeignKey(
+        "Schedule",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="tasks",
+        db_index=False,
+    )
+    scheduled_for = models.DateTimeField(null=True, blank=True, help_text=_("the schedule's tick"))
 
     class Meta:
         db_table = "django_tasks_q_task"
@@ -78,6 +114,13 @@ class Task(models.Model):
             models.CheckConstraint(
                 condition=models.Q(priority__gte=-100, priority__lte=100),
                 name="tasks_q_priority_range",
+            ),
+            # Beat locks a schedule's row while it enqueues a tick, so a tick is enqueued once;
+            # should anything bypass that lock, the second insert fails here instead.
+            models.UniqueConstraint(
+                fields=["schedule", "scheduled_for"],
+                condition=models.Q(schedule__isnull=False),
+                name="tasks_q_schedule_tick_uniq",
             ),
         ]
 
@@ -116,3 +159,262 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+
+class CatchUp(models.TextChoices):
+    """What beat does with ticks it missed (older than ``BEAT_MISSED_AFTER``)."""
+
+    SKIP = "skip", _("skip them")
+    ONCE = "once", _("run once for all of them")
+
+
+class ScheduleSource(models.TextChoices):
+    ADMIN = "admin", _("admin")
+    CODE = "code", _("code")
+
+
+class Schedule(models.Model):
+    """A task to enqueue periodically: on a cron expression, every interval, or once."""
+
+    # Written by beat alone. Saving a schedule never writes them from the instance, which may
+    # have been loaded before beat last moved them on.
+    BEAT_FIELDS = frozenset({"next_run_at", "last_run_at", "run_count"})
+    # A change to any of these recomputes next_run_at.
+    TIMING_FIELDS = ("cron", "interval", "run_at", "timezone", "enabled")
+    # What a declaration in code decides; read-only in the admin for rows owned by code.
+    CODE_FIELDS = ("task", "args", "kwargs", "cron", "interval", "run_at", "timezone",
+                   "queue", "priority", "expires_after", "catch_up")  # fmt: skip
+
+    name = models.CharField(max_length=200, unique=True)
+    task = models.CharField(_("task name"), max_length=255, help_text=_("a registered task name"))
+    args = models.JSONField(default=list, blank=True, help_text=_('a JSON list, e.g. [1, "a"]'))
+    kwargs = models.JSONField(
+        default=dict, blank=True, help_text=_('a JSON object, e.g. {"report": "daily"}')
+    )
+    cron = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text=_("minute hour day month weekday, e.g. */5 * * * *; optional 6th field: seconds"),
+    )
+    interval = models.DurationField(
+        null=True, blank=True, help_text=_("every so long, e.g. 00:05:00 for five minutes")
+    )
+    run_at = models.DateTimeField(_("one-off time"), null=True, blank=True)
+    timezone = models.CharField(
+        max_length=64, default="UTC", help_text=_("IANA name the cron expression is read in")
+    )
+    enabled = models.BooleanField(default=True)
+    queue = models.CharField(max_length=100, blank=True, help_text=_("empty: the task's own queue"))
+    priority = models.SmallIntegerField(
+        null=True, blank=True, help_text=_("-100..100; empty: the task's own priority")
+    )
+    expires_after = models.DurationField(
+        null=True,
+        blank=True,
+        help_text=_("a task not started this long after it was enqueued is cancelled"),
+    )
+    catch_up = models.CharField(max_length=4, choices=CatchUp.choices, default=CatchUp.SKIP)
+    source = models.CharField(
+        max_length=5, choices=ScheduleSource.choices, default=ScheduleSource.ADMIN, editable=False
+    )
+    next_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_run_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text=_("tick of the last task enqueued")
+    )
+    run_count = models.PositiveBigIntegerField(default=0, editable=False)
+
+    class Meta:
+        db_table = "django_tasks_q_schedule"
+        verbose_name = _("schedule")
+        verbose_name_plural = _("schedules")
+        indexes = [
+            # Beat's question: which enabled schedule is due first.
+            models.Index(
+                fields=["next_run_at"],
+                name="tasks_q_schedule_due_idx",
+                condition=models.Q(enabled=True),
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(cron__gt="", interval__isnull=True, run_at__isnull=True)
+                    | models.Q(cron="", interval__isnull=False, run_at__isnull=True)
+                    | models.Q(cron="", interval__isnull=True, run_at__isnull=False)
+                ),
+                name="tasks_q_schedule_one_timing",
+                violation_error_message=_(
+                    "Give exactly one of a cron expression, an interval or a one-off time."
+                ),
+            ),
+            models.CheckConstraint(
+                condition=models.Q(priority__isnull=True)
+                | models.Q(priority__gte=-100, priority__lte=100),
+                name="tasks_q_schedule_priority_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and set(update_fields) <= self.BEAT_FIELDS:
+            super().save(*args, **kwargs)  # beat's own bookkeeping
+            return
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using):
+            current = None
+            if not self._state.adding and self.pk is not None:
+                # Locked: a beat enqueueing a tick of this schedule finishes first, so the
+                # columns read here are the ones it left.
+                current = (
+                    type(self)
+                    ._base_manager.using(using)
+                    .select_for_update()
+                    .filter(pk=self.pk)
+                    .values(*self.TIMING_FIELDS, *self.BEAT_FIELDS)
+                    .first()
+                )
+            if current is None:
+                retimed = True
+            else:
+                fields = set(update_fields or self._written_by_save())
+                retimed = any(
+                    getattr(self, name) != current[name]
+                    for name in self.TIMING_FIELDS
+                    if name in fields
+                )
+                for name in self.BEAT_FIELDS:
+                    setattr(self, name, current[name])
+                written = fields - self.BEAT_FIELDS
+                if retimed:
+                    written.add("next_run_at")
+                kwargs["update_fields"] = written
+            if retimed:
+                self.next_run_at = self.compute_next_run(queue.database_now(using))
+            super().save(*args, **kwargs)
+            if conf.LISTEN_NOTIFY:
+                queue.notify_schedules_changed(using)
+
+    @property
+    def kind(self) -> str:
+        if self.cron:
+            return "cron"
+        return "interval" if self.interval is not None else "one-off"
+
+    @property
+    def is_code_owned(self) -> bool:
+        return self.source == ScheduleSource.CODE
+
+    def timing(self) -> Timing:
+        """This schedule's timing; raises :class:`~django_tasks_q.schedules.ScheduleError`
+        for values that :meth:`clean` would refuse."""
+        if self.cron:
+            return Cron(check_cron(self.cron), get_zone(self.timezone))
+        if self.interval is not None:
+            return Interval(check_interval(self.interval))
+        if self.run_at is not None:
+            return Once(self.run_at)
+        raise ScheduleError(f"Schedule {self.name!r} has no cron, interval or one-off time.")
+
+    def compute_next_run(self, now: datetime) -> datetime | None:
+        """Where the schedule starts from when created, enabled or retimed at ``now``."""
+        if not self.enabled:
+            return None
+        timing = self.timing()
+        if isinstance(timing, Interval):
+            # On the grid of the last run if there was one; never in the past, which would
+            # make a change look like downtime.
+            if self.last_run_at is None:
+                return now
+            return max(self.last_run_at + timing.every, now)
+        if isinstance(timing, Once):
+            done = self.last_run_at is not None and timing.at <= self.last_run_at
+            return None if done else timing.at
+        return timing.next_after(now)
+
+    def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+
+        def add(field: str, message: str) -> None:
+            errors.setdefault(field, []).append(message)
+
+        timings = {"cron": self.cron, "interval": self.interval, "run_at": self.run_at}
+        given = [name for name, value in timings.items() if value not in ("", None)]
+        if len(given) != 1:
+            message = "Give exactly one of a cron expression, an interval or a one-off time" + (
+                f" (this one has {' and '.join(given)})." if given else "."
+            )
+            for name in given or ["cron"]:
+                add(name, message)
+        try:
+            if self.cron:
+                self.cron = check_cron(self.cron)
+        except ScheduleError as exc:
+            add("cron", str(exc))
+        try:
+            if self.interval is not None:
+                check_interval(self.interval)
+        except ScheduleError as exc:
+            add("interval", str(exc))
+        try:
+            get_zone(self.timezone)
+        except ScheduleError as exc:
+            add("timezone", str(exc))
+        if self.expires_after is not None and self.expires_after <= timedelta(0):
+            add("expires_after", "expires_after must be a positive duration, or empty.")
+        if self.priority is not None and not -100 <= self.priority <= 100:
+            add("priority", f"Priority must be from -100 to 100, got {self.priority}.")
+        self._clean_arguments(add)
+        self._clean_task(add, check_backend="priority" not in errors)
+        if errors:
+            raise ValidationError(errors)
+
+    def clean_fields(self, exclude: Any = None) -> None:
+        # args and kwargs are checked by clean(), whose messages say what to pass instead.
+        super().clean_fields(exclude={*(exclude or ()), "args", "kwargs"})
+
+    def _clean_arguments(self, add: Callable[[str, str], None]) -> None:
+        if not isinstance(self.args, list):
+            add("args", f'args must be a JSON list such as [1, "two"], got {self.args!r}.')
+        if not isinstance(self.kwargs, dict):
+            add("kwargs", f'kwargs must be a JSON object such as {{"a": 1}}, got {self.kwargs!r}.')
+        for field, value in (("args", self.args), ("kwargs", self.kwargs)):
+            try:
+                check_json(value, field)
+            except SerializationError as exc:
+                add(field, str(exc))
+
+    def _clean_task(self, add: Callable[[str, str], None], *, check_backend: bool) -> None:
+        from django_tasks_q import registry
+        from django_tasks_q.backend import PostgresBackend
+
+        try:
+            task = registry.get(self.task)
+        except UnknownTaskError as exc:
+            add("task", str(exc))
+            return
+        if not check_backend:
+            return
+        try:
+            backend = task.get_backend()
+        except Exception:
+            return  # a TASKS setting that does not load is system check E009's to report
+        try:
+            if isinstance(backend, PostgresBackend):
+                backend.validate_task(self.task_with_overrides(task))
+        except InvalidTask as exc:
+            add(NON_FIELD_ERRORS, str(exc))
+
+    def task_with_overrides(self, task: BackgroundTask) -> BackgroundTask:
+        """``task`` with this schedule's queue and priority, where it sets them."""
+        if not self.queue and self.priority is None:
+            return task
+        return task.using(
+            queue_name=self.queue or task.queue_name,
+            priority=task.priority if self.priority is None else self.priority,
+        )
+
+    def _written_by_save(self) -> list[str]:
+        return [field.name for field in self._meta.concrete_fields if not field.primary_key]

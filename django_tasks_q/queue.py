@@ -1,4 +1,4 @@
-"""All queue SQL: enqueue, claim, finish, release, cancel, notify/listen.
+"""All queue SQL: enqueue, claim, finish, release, cancel, notify/listen, beat's helpers.
 
 The statements live in ``sql/queue.sql`` and are loaded once by name. Enqueue and cancel run
 on the caller's Django connection, so they join the caller's transaction. Workers use a
@@ -21,6 +21,8 @@ from django.db import connections
 from psycopg.types.json import Jsonb
 
 NOTIFY_CHANNEL = "django_tasks_q"
+# Separate from the tasks' channel: beats are not woken by every enqueue, nor workers by edits.
+SCHEDULES_CHANNEL = "django_tasks_q_schedules"
 
 
 @cache
@@ -62,6 +64,9 @@ def enqueue(
     max_attempts: int,
     timeout: float | None,
     notify: bool,
+    expires_at: datetime | None = None,
+    schedule_id: int | None = None,
+    scheduled_for: datetime | None = None,
 ) -> Enqueued:
     """Insert one READY task through the caller's connection (and transaction)."""
     with connections[using].cursor() as cursor:
@@ -77,6 +82,9 @@ def enqueue(
                 "max_attempts": max_attempts,
                 "timeout": timeout,
                 "notify": notify,
+                "expires_at": expires_at,
+                "schedule_id": schedule_id,
+                "scheduled_for": scheduled_for,
             },
         )
         row = cursor.fetchone()
@@ -308,8 +316,35 @@ class QueueConnection:
         return self.connect().execute(sql("prune_workers"), {"older_than": older_than}).rowcount
 
 
-def listen_connection(using: str, application_name: str | None = None) -> psycopg.Connection:
-    """A connection LISTENing on the queue channel; read it with ``conn.notifies()``."""
+def listen_connection(
+    using: str, application_name: str | None = None, *, channel: str = NOTIFY_CHANNEL
+) -> psycopg.Connection:
+    """A connection LISTENing on ``channel`` (the queue's by default); read it with
+    ``conn.notifies()``."""
+    if channel not in (NOTIFY_CHANNEL, SCHEDULES_CHANNEL):
+        raise ValueError(f"unknown channel {channel!r}")
     conn = psycopg.connect(**connection_params(using, application_name), autocommit=True)
-    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+    conn.execute(f"LISTEN {channel}")
     return conn
+
+
+# -- schedules: beat's helpers on the caller's Django connection ----------------------------
+
+
+def database_now(using: str) -> datetime:
+    """The database's clock: every process that compares times must read the same one."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql("database_now"))
+        return cursor.fetchone()[0]
+
+
+def notify_schedules_changed(using: str) -> None:
+    """Wake every beat once the caller's transaction commits (NOTIFY is transactional)."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql("notify_schedules"), {"channel": SCHEDULES_CHANNEL})
+
+
+def lock_schedule_sync(using: str) -> None:
+    """Serialise the sync of declared schedules across beats until the transaction ends."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql("lock_schedule_sync"))

@@ -42,6 +42,8 @@ class BackgroundTask(Task):
     timeout: float | None = None
     soft_timeout: float | None = None
     ignore_result: bool = False
+    # A cron expression, an interval, a one-off datetime or a dict; see declarations.py.
+    schedule: Any = None
 
     def __post_init__(self) -> None:
         _validate_options(self)
@@ -177,7 +179,7 @@ _OPTION_NAMES = (
     "name", "queue", "priority", "max_retries", "retry_backoff", "retry_backoff_max",
     "retry_jitter", "autoretry_for", "default_retry_delay", "timeout", "soft_timeout",
     "ignore_result", "bind",
-    "takes_context", "backend",
+    "takes_context", "backend", "schedule",
 )  # fmt: skip
 
 
@@ -199,9 +201,15 @@ def background_task(
     bind: bool = False,
     takes_context: bool = False,
     backend: str = DEFAULT_TASK_BACKEND_ALIAS,
+    schedule: str | timedelta | float | datetime | Mapping[str, Any] | None = None,
     **unknown: Any,
 ) -> Any:
-    """Turn a module-level function into a task. Usable bare or with options."""
+    """Turn a module-level function into a task. Usable bare or with options.
+
+    ``schedule`` also runs it periodically once beat is running: a cron expression
+    (``"*/5 * * * *"``), an interval (``timedelta(minutes=5)`` or seconds), a one-off aware
+    datetime, or a dict of the keys a ``TASKS_Q["SCHEDULES"]`` entry takes.
+    """
     if unknown:
         option = next(iter(unknown))
         close = difflib.get_close_matches(option, _OPTION_NAMES, n=1)
@@ -230,6 +238,7 @@ def background_task(
             timeout=timeout,
             soft_timeout=soft_timeout,
             ignore_result=ignore_result,
+            schedule=schedule,
         )
 
     if function is not None:
@@ -296,3 +305,10 @@ def _validate_options(task: BackgroundTask) -> None:
         raise InvalidTask(f"{where}: queue must be a non-empty name of at most 100 characters.")
     if len(task.name) > 255:
         raise InvalidTask(f"{where}: the task name must be at most 255 characters.")
+    if task.schedule is not None:
+        from django_tasks_q.declarations import DeclarationError, from_decorator
+
+        try:
+            from_decorator(task.schedule, task.name)
+        except DeclarationError as exc:
+            raise InvalidTask(str(exc)) from None

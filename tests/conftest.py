@@ -100,3 +100,36 @@ def run_burst_worker(**options):
     worker = Worker(backend=get_backend(), **{**defaults, **options})
     assert worker.run() == 0
     return worker
+
+
+@pytest.fixture
+def start_beat(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real ``manage.py runtaskbeat`` processes against the test database."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        log_path = tmp_path / f"beat-{len(started)}.log"
+        environment = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DATABASE_URL": database_url_for_subprocess(),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        with log_path.open("w") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, str(ROOT / "manage.py"), "runtaskbeat", *args],
+                cwd=ROOT,
+                env=environment,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        beat = WorkerProcess(process, log_path)
+        started.append(beat)
+        return beat
+
+    yield start
+    for beat in started:
+        if beat.process.poll() is None:
+            beat.process.kill()
+            beat.process.wait(timeout=10)

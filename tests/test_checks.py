@@ -4,6 +4,8 @@ import pytest
 from django.core import checks
 from django.test import override_settings
 
+SCHEDULE = {"name": "nightly", "task": "tests.testapp.tasks.add", "cron": "0 3 * * *"}
+
 
 def ids(**settings):
     with override_settings(**settings):
@@ -34,6 +36,16 @@ def test_unknown_key_suggests_the_close_one():
         ({"HEARTBEAT_INTERVAL": 30, "LEASE_SECONDS": 60}, ["django_tasks_q.E010"]),
         ({"HEARTBEAT_INTERVAL": 0}, ["django_tasks_q.E003"]),
         ({"GRACE_PERIOD": -1}, ["django_tasks_q.E011"]),
+        ({"BEAT_MISSED_AFTER": 0}, ["django_tasks_q.E003"]),
+        ({"SCHEDULES": "every day"}, ["django_tasks_q.E012"]),
+        ({"SCHEDULES": ["0 3 * * *"]}, ["django_tasks_q.E013"]),
+        ({"SCHEDULES": [{"name": "a", "cron": "0 3 * * *"}]}, ["django_tasks_q.E013"]),
+        ({"SCHEDULES": [{**SCHEDULE, "crom": "0 3 * * *"}]}, ["django_tasks_q.E013"]),
+        ({"SCHEDULES": [SCHEDULE, {**SCHEDULE, "cron": "0 4 * * *"}]}, ["django_tasks_q.E014"]),
+        ({"SCHEDULES": [{**SCHEDULE, "cron": "0 3 * *"}]}, ["django_tasks_q.E015"]),
+        ({"SCHEDULES": [{**SCHEDULE, "timezone": "Paris"}]}, ["django_tasks_q.E015"]),
+        ({"SCHEDULES": [{**SCHEDULE, "args": [object()]}]}, ["django_tasks_q.E015"]),
+        ({"SCHEDULES": [{**SCHEDULE, "task": "app.tasks.nope"}]}, ["django_tasks_q.E016"]),
     ],
 )
 def test_bad_values_are_errors(value, expected):
@@ -58,3 +70,15 @@ def test_tasks_routed_to_a_non_postgres_backend_get_a_warning():
 def test_configured_postgres_backend_passes():
     configured = {"default": {"BACKEND": "django_tasks_q.backend.PostgresBackend"}}
     assert ids(TASKS=configured) == []
+
+
+def test_a_valid_schedule_declaration_passes():
+    assert ids(TASKS_Q={"SCHEDULES": [SCHEDULE, {**SCHEDULE, "name": "other"}]}) == []
+
+
+def test_a_bad_schedule_declaration_names_the_entry_and_the_fix():
+    bad = {**SCHEDULE, "name": "other", "timezone": "Europe/Pariss"}
+    with override_settings(TASKS_Q={"SCHEDULES": [SCHEDULE, bad]}):
+        [message] = [m for m in checks.run_checks() if m.id == "django_tasks_q.E015"]
+    assert message.msg.startswith("TASKS_Q['SCHEDULES'][1] ('other'):")
+    assert "Did you mean 'Europe/Paris'?" in message.msg

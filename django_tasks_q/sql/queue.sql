@@ -3,15 +3,18 @@
 
 -- name: enqueue
 -- One row; the NOTIFY is part of the same transaction, so it is delivered only if the
--- caller commits, and only after the row is visible to the woken worker.
+-- caller commits, and only after the row is visible to the woken worker. Beat passes the
+-- schedule and tick; tasks_q_schedule_tick_uniq refuses a tick enqueued twice.
 WITH inserted AS (
     INSERT INTO django_tasks_q_task
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
-         attempts, max_attempts, timeout, worker_id, errors)
+         attempts, max_attempts, timeout, worker_id, errors,
+         expires_at, schedule_id, scheduled_for)
     VALUES
         (%(name)s, %(queue)s, %(priority)s, 'READY', %(args)s::jsonb, %(kwargs)s::jsonb,
          COALESCE(%(run_after)s::timestamptz, now()), now(),
-         0, %(max_attempts)s, %(timeout)s, '', '[]'::jsonb)
+         0, %(max_attempts)s, %(timeout)s, '', '[]'::jsonb,
+         %(expires_at)s::timestamptz, %(schedule_id)s::bigint, %(scheduled_for)s::timestamptz)
     RETURNING id, queue, run_after, enqueued_at
 ),
 notified AS (
@@ -82,6 +85,24 @@ finished AS (
     RETURNING task.id
 ),
 {picked},
+-- A picked task past its expires_at is cancelled instead of claimed, in the same statement,
+-- so it cannot start late and does not come back to the next claim. The join to task is
+-- only made for picked rows that carry an expiry, usually none.
+expired AS (
+    UPDATE django_tasks_q_task AS task
+    SET status = 'CANCELLED',
+        finished_at = now(),
+        errors = task.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', task.attempts,
+            'worker_id', '',
+            'type', 'django_tasks_q.exceptions.TaskExpired',
+            'message', format('not started before it expired at %%s', task.expires_at),
+            'traceback', '',
+            'at', now()
+        ))
+    FROM picked
+    WHERE task.id = picked.id AND picked.expires_at <= now()
+),
 claimed AS (
     UPDATE django_tasks_q_task AS task
     SET status = 'RUNNING',
@@ -91,7 +112,7 @@ claimed AS (
         worker_id = %(worker_id)s,
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
     FROM picked
-    WHERE task.id = picked.id
+    WHERE task.id = picked.id AND (picked.expires_at IS NULL OR picked.expires_at > now())
     RETURNING task.*
 )
 SELECT 0, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
@@ -107,7 +128,7 @@ FROM claimed;
 -- UPDATE to exactly those ids. Inlined, the planner may lock rows it then discards. The
 -- ORDER BY matches tasks_q_ready_idx, so the walk stops after LIMIT rows.
 picked AS MATERIALIZED (
-    SELECT id
+    SELECT id, expires_at
     FROM django_tasks_q_task
     WHERE status = 'READY' AND run_after <= now()
     ORDER BY priority DESC, run_after, id
@@ -120,10 +141,10 @@ picked AS MATERIALIZED (
 -- several queues (it would sort every ready row of those queues on each claim), so each queue is read in order through tasks_q_ready_queue_idx, at most LIMIT rows each, and
 -- the best LIMIT of those are kept. Rows locked but not kept are unlocked at commit.
 picked AS MATERIALIZED (
-    SELECT candidate.id
+    SELECT candidate.id, candidate.expires_at
     FROM unnest(%(queues)s::text[]) AS wanted(queue)
     CROSS JOIN LATERAL (
-        SELECT id, priority, run_after
+        SELECT id, priority, run_after, expires_at
         FROM django_tasks_q_task
         WHERE status = 'READY' AND queue = wanted.queue AND run_after <= now()
         ORDER BY priority DESC, run_after, id
@@ -244,3 +265,17 @@ WHERE id = %(worker_id)s;
 -- Forgets workers not heard of for a long time (stopped, or died without saying so).
 DELETE FROM django_tasks_q_worker
 WHERE last_heartbeat_at < now() - make_interval(secs => %(older_than)s);
+
+-- name: database_now
+-- statement_timestamp(), not now(): inside a transaction now() is when it began, and a
+-- schedule saved after waiting for beat's row lock must see a time after beat's commit.
+SELECT statement_timestamp();
+
+-- name: notify_schedules
+-- Delivered at commit, to the beats LISTENing on the schedules channel.
+SELECT pg_notify(%(channel)s, '');
+
+-- name: lock_schedule_sync
+-- Beats starting together sync declared schedules one after the other; the key is arbitrary
+-- but fixed: 'tasks_q' read as a big-endian integer.
+SELECT pg_advisory_xact_lock(32758245650292593);

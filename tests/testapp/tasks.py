@@ -1,9 +1,13 @@
 """Tasks the test-suite enqueues; workers started by tests find them by autodiscovery."""
 
 import os
+import sys
 import time
 
+from django.dispatch import receiver
+
 from django_tasks_q import background_task
+from django_tasks_q.signals import task_enqueued
 from tests.testapp.models import Execution
 
 
@@ -173,3 +177,26 @@ def cleans_up_at_the_soft_limit(key):
         Execution.objects.create(key=key)
         return "cleaned up"
     return "finished"
+
+
+@background_task
+def scheduled_noop(*args, **kwargs):
+    return [list(args), kwargs]
+
+
+# Declared in code: synced by every beat the tests start; it never comes due during a test.
+@background_task(
+    name="testapp.new_year", schedule={"cron": "0 0 1 1 *", "timezone": "Europe/Paris"}
+)
+def new_year():
+    return "happy new year"
+
+
+@receiver(task_enqueued)
+def pause_while_enqueueing(sender, task_result, **kwargs):
+    """Test hook: a process started with TESTAPP_PAUSE_ENQUEUE=<task name> stops inside the
+    transaction that enqueues such a task, so a test can kill it there."""
+    if task_result.task.name == os.environ.get("TESTAPP_PAUSE_ENQUEUE"):
+        print(f"paused enqueueing {task_result.task.name} #{task_result.id}", flush=True)
+        sys.stdout.flush()
+        time.sleep(120)
