@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import psycopg
 
@@ -54,6 +54,7 @@ class Worker:
         max_tasks_per_child: int | None = None,
         max_memory_per_child: float | None = None,
         listen: bool = True,
+        services: Sequence[Callable[[threading.Event], None]] = (),
         burst: bool = False,
         worker_id: str | None = None,
     ) -> None:
@@ -76,6 +77,8 @@ class Worker:
         self.poll_interval = poll_interval
         self.lease_seconds = lease_seconds
         self.listen = listen
+        # Run on threads of their own until the worker stops (the embedded beat is one).
+        self.services = list(services)
         self.burst = burst
         if grace_period is not None and grace_period < 0:
             raise ValueError(f"grace period must be >= 0 seconds or None, got {grace_period}")
@@ -171,6 +174,13 @@ class Worker:
         self.executor.start()
         if self.listen:
             threading.Thread(target=self._listen, name="tasks-q-listener", daemon=True).start()
+        services = [
+            threading.Thread(target=self._run_service, args=(service,), daemon=True,
+                             name=f"tasks-q-service-{index}")
+            for index, service in enumerate(self.services)
+        ]  # fmt: skip
+        for thread in services:
+            thread.start()
         try:
             self._loop()
         finally:
@@ -178,10 +188,22 @@ class Worker:
                 self._shutdown()
             finally:
                 self._stopped.set()
+                for thread in services:
+                    thread.join(timeout=10)
                 heartbeat.join(timeout=5)
                 self._say_stopped()
         logger.info("Worker %s stopped after %s task attempts", self.worker_id, self.processed)
         return self._exit_code
+
+    def _run_service(self, service: Callable[[threading.Event], None]) -> None:
+        from django.db import connections
+
+        try:
+            service(self._stopping)
+        except Exception:
+            logger.exception("Worker %s: %r stopped with an error", self.worker_id, service)
+        finally:
+            connections.close_all()
 
     def _register(self, connection: QueueConnection) -> None:
         connection.register_worker(

@@ -94,6 +94,12 @@ class Command(BaseCommand):
             help="With --pool processes: replace a child whose peak memory passed this many MB "
             "(checked between tasks).",
         )
+        parser.add_argument(
+            "--beat",
+            action="store_true",
+            help="Also run the beat in this worker: enqueue the tasks of due schedules, as "
+            "`runtaskbeat` does. Any number of workers may do so; each tick is enqueued once.",
+        )
         parser.add_argument("--burst", action="store_true", help="Exit once no ready task is left.")
         parser.add_argument("--worker-id", default=None, help="Name shown in results and logs.")
         parser.add_argument(
@@ -106,11 +112,18 @@ class Command(BaseCommand):
             help="Log level of the django_tasks_q loggers (default: from LOGGING, else info).",
         )
 
+    @staticmethod
+    def _beat(backend, name: str | None):
+        from django_tasks_q.beat import Beat
+
+        return Beat(using=backend.database, name=name)
+
     def handle(self, *args, **options):
         configure_logging(options["loglevel"])
         try:
+            backend = get_backend(options["backend"])
             worker = Worker(
-                backend=get_backend(options["backend"]),
+                backend=backend,
                 queues=options["queues"],
                 concurrency=_option(options, "concurrency", conf.CONCURRENCY),
                 threads=options["threads"],
@@ -124,6 +137,7 @@ class Command(BaseCommand):
                 max_tasks_per_child=options["max_tasks_per_child"],
                 max_memory_per_child=options["max_memory_per_child"],
                 listen=conf.LISTEN_NOTIFY,
+                services=[self._beat(backend, options["worker_id"]).run] if options["beat"] else [],
                 burst=options["burst"],
                 worker_id=options["worker_id"],
             )
