@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import psycopg
 
@@ -26,6 +27,9 @@ from django_tasks_q.worker.heartbeat import Heartbeat
 from django_tasks_q.worker.pool import ProcessPool
 from django_tasks_q.worker.runner import Runner
 from django_tasks_q.worker.threads import ThreadPool
+
+if TYPE_CHECKING:
+    from django_tasks_q.metrics import WorkerMetrics
 
 logger = logging.getLogger("django_tasks_q.worker")
 
@@ -55,6 +59,7 @@ class Worker:
         max_memory_per_child: float | None = None,
         listen: bool = True,
         services: Sequence[Callable[[threading.Event], None]] = (),
+        metrics: WorkerMetrics | None = None,
         burst: bool = False,
         worker_id: str | None = None,
     ) -> None:
@@ -79,6 +84,7 @@ class Worker:
         self.listen = listen
         # Run on threads of their own until the worker stops (the embedded beat is one).
         self.services = list(services)
+        self.metrics = metrics
         self.burst = burst
         if grace_period is not None and grace_period < 0:
             raise ValueError(f"grace period must be >= 0 seconds or None, got {grace_period}")
@@ -362,6 +368,9 @@ class Worker:
                 self._warn_lost(outcomes, updated)
             if any(outcome.status == "READY" for outcome in outcomes):
                 self._maybe_ready = True  # a retry may be due at once
+        if self.metrics:
+            self.metrics.recorded(outcomes, updated)
+            self.metrics.claimed(claimed)
         if limit:
             for task in claimed:
                 self.executor.submit(task)
@@ -432,6 +441,8 @@ class Worker:
             self._given_back.put(ids)
             raise
         self._held.difference_update(ids)
+        if self.metrics:
+            self.metrics.released(ids)
         logger.info("Worker %s returned %s unstarted tasks to the queue", self.worker_id, released)
         return True
 
@@ -461,6 +472,8 @@ class Worker:
             if unstarted:
                 released = self.connection.release(worker_id=self.worker_id, ids=unstarted)
                 self._held.difference_update(unstarted)
+                if self.metrics:
+                    self.metrics.released(unstarted)
                 logger.info(
                     "Worker %s returned %s unstarted tasks to the queue", self.worker_id, released
                 )

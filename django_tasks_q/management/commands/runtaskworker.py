@@ -100,6 +100,17 @@ class Command(BaseCommand):
             help="Also run the beat in this worker: enqueue the tasks of due schedules, as "
             "`runtaskbeat` does. Any number of workers may do so; each tick is enqueued once.",
         )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            help="Serve Prometheus metrics on this port (needs the prometheus extra).",
+        )
+        parser.add_argument(
+            "--metrics-address",
+            default="",
+            help="Address the metrics port listens on (default: all interfaces).",
+        )
         parser.add_argument("--burst", action="store_true", help="Exit once no ready task is left.")
         parser.add_argument("--worker-id", default=None, help="Name shown in results and logs.")
         parser.add_argument(
@@ -113,6 +124,20 @@ class Command(BaseCommand):
         )
 
     @staticmethod
+    def _serve_metrics(port: int, address: str):
+        from django.core.exceptions import ImproperlyConfigured
+
+        from django_tasks_q import metrics
+
+        try:
+            metrics.serve(port, address)
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
+        except OSError as exc:
+            raise CommandError(f"Cannot serve metrics on port {port}: {exc}") from exc
+        return metrics.WorkerMetrics()
+
+    @staticmethod
     def _beat(backend, name: str | None):
         from django_tasks_q.beat import Beat
 
@@ -120,6 +145,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         configure_logging(options["loglevel"])
+        metrics = None
+        if options["metrics_port"] is not None:
+            metrics = self._serve_metrics(options["metrics_port"], options["metrics_address"])
         try:
             backend = get_backend(options["backend"])
             worker = Worker(
@@ -138,6 +166,7 @@ class Command(BaseCommand):
                 max_memory_per_child=options["max_memory_per_child"],
                 listen=conf.LISTEN_NOTIFY,
                 services=[self._beat(backend, options["worker_id"]).run] if options["beat"] else [],
+                metrics=metrics,
                 burst=options["burst"],
                 worker_id=options["worker_id"],
             )

@@ -1,0 +1,225 @@
+"""Prometheus metrics: ``pip install "django-tasks-q[prometheus]"``.
+
+Two sources, because the numbers live in two places:
+
+- **Counters and durations** of what a process did: tasks it enqueued, and, in a worker, tasks
+  it started and how they ended. Each process counts its own; Prometheus sums the scrapes.
+  A worker serves them on ``runtaskworker --metrics-port``.
+- **Gauges of the queue as it is now** (ready, scheduled, running, oldest ready task's age,
+  workers alive), read from the database at scrape time. They are the same whichever process
+  serves them, so one scrape target is enough: :func:`metrics_view` in your URLconf, or any
+  worker's metrics port.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponse
+
+try:
+    import prometheus_client
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.registry import Collector
+except ImportError:  # the optional extra is not installed
+    prometheus_client = None
+    Collector = object
+
+if TYPE_CHECKING:
+    from django_tasks_q.queue import ClaimedTask, Outcome
+
+PREFIX = "django_tasks_q"
+LABELS = ("task", "queue")
+# Seconds: from no-op tasks to hour-long reports.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+
+
+def require_prometheus() -> Any:
+    if prometheus_client is None:
+        raise ImproperlyConfigured(
+            'Metrics need the prometheus-client package: pip install "django-tasks-q[prometheus]".'
+        )
+    return prometheus_client
+
+
+class TaskCounters:
+    """The counters and histogram of this process, registered once in the default registry."""
+
+    def __init__(self) -> None:
+        client = require_prometheus()
+
+        def counter(name: str, description: str) -> Any:
+            return client.Counter(f"{PREFIX}_tasks_{name}", description, LABELS)
+
+        self.enqueued = counter("enqueued", "Tasks enqueued by this process.")
+        self.started = counter("started", "Task attempts started by this worker.")
+        self.succeeded = counter("succeeded", "Task attempts that succeeded.")
+        self.failed = counter("failed", "Task attempts that failed for good (no retry left).")
+        self.retried = counter("retried", "Failed task attempts that will be retried.")
+        self.cancelled = counter("cancelled", "Running tasks that ended cancelled.")
+        self.duration = client.Histogram(
+            f"{PREFIX}_task_duration_seconds",
+            "How long task attempts ran.",
+            LABELS,
+            buckets=DURATION_BUCKETS,
+        )
+        self.by_status = {
+            "SUCCESSFUL": self.succeeded,
+            "FAILED": self.failed,
+            "READY": self.retried,
+            "CANCELLED": self.cancelled,
+        }
+
+
+@cache
+def counters() -> TaskCounters:
+    counters = TaskCounters()
+    client = require_prometheus()
+    client.REGISTRY.register(QueueCollector())
+    return counters
+
+
+class WorkerMetrics:
+    """What a worker's main thread claims and records, turned into counter increments.
+
+    It sees every claim and every recorded outcome, whichever pool ran the task, so counts
+    are right for the process pool too (children report to the worker, not to Prometheus).
+    """
+
+    def __init__(self) -> None:
+        self.counters = counters()
+        self._labels: dict[int, tuple[str, str]] = {}
+
+    def claimed(self, tasks: Iterable[ClaimedTask]) -> None:
+        for task in tasks:
+            self._labels[task.id] = labels = (task.name, task.queue)
+            self.counters.started.labels(*labels).inc()
+
+    def recorded(self, outcomes: Iterable[Outcome], updated: set[int]) -> None:
+        for outcome in outcomes:
+            labels = self._labels.pop(outcome.id, None)
+            if labels is None or outcome.id not in updated:
+                continue
+            self.counters.by_status[str(outcome.status)].labels(*labels).inc()
+            self.counters.duration.labels(*labels).observe(outcome.duration)
+
+    def released(self, ids: Iterable[int]) -> None:
+        for task_id in ids:
+            self._labels.pop(task_id, None)
+
+
+def count_enqueued(sender: Any, task_result: Any, **kwargs: Any) -> None:
+    """``task_enqueued`` receiver: counts tasks this process enqueued."""
+    counters().enqueued.labels(task_result.task.name, task_result.queue).inc()
+
+
+_connected = threading.Lock()
+
+
+def count_enqueues() -> None:
+    """Start counting this process's enqueues (once; called by the view and the worker)."""
+    from django_tasks_q.compat import task_enqueued
+
+    with _connected:
+        task_enqueued.connect(count_enqueued, dispatch_uid="django_tasks_q.metrics")
+
+
+class QueueCollector(Collector):
+    """Gauges read from the task and worker tables when Prometheus scrapes."""
+
+    def collect(self) -> Iterator[Any]:
+        from django.db import connections
+
+        from django_tasks_q.conf import settings as conf
+
+        try:
+            yield from _queue_gauges(conf.DATABASE)
+        finally:
+            # The HTTP server of --metrics-port scrapes on threads of its own.
+            if threading.current_thread() is not threading.main_thread():
+                connections[conf.DATABASE].close_if_unusable_or_obsolete()
+
+    def describe(self) -> list:
+        return []  # collected on demand; nothing to check at registration
+
+
+def _queue_gauges(using: str) -> Iterator[Any]:
+    from django.db.models import Count, Min, Q
+    from django.db.models.functions import Now
+    from django.utils import timezone
+
+    from django_tasks_q.conf import settings as conf
+    from django_tasks_q.models import Task, Worker, WorkerState
+
+    ready = GaugeMetricFamily(f"{PREFIX}_queue_ready", "Tasks due to run now.", labels=["queue"])
+    scheduled = GaugeMetricFamily(
+        f"{PREFIX}_queue_scheduled", "Tasks waiting for a later run time.", labels=["queue"]
+    )
+    running = GaugeMetricFamily(f"{PREFIX}_queue_running", "Tasks running.", labels=["queue"])
+    oldest = GaugeMetricFamily(
+        f"{PREFIX}_queue_oldest_ready_age_seconds",
+        "How long the oldest task due to run has been waiting.",
+        labels=["queue"],
+    )
+    now = timezone.now()
+    rows = (
+        Task.objects.using(using)
+        .filter(status__in=["READY", "RUNNING"])
+        .values("queue")
+        .annotate(
+            ready=Count("id", filter=Q(status="READY", run_after__lte=Now())),
+            scheduled=Count("id", filter=Q(status="READY", run_after__gt=Now())),
+            running=Count("id", filter=Q(status="RUNNING")),
+            oldest_due=Min("run_after", filter=Q(status="READY", run_after__lte=Now())),
+        )
+        .order_by("queue")
+    )
+    for row in rows:
+        queue = [row["queue"]]
+        ready.add_metric(queue, row["ready"])
+        scheduled.add_metric(queue, row["scheduled"])
+        running.add_metric(queue, row["running"])
+        age = (now - row["oldest_due"]).total_seconds() if row["oldest_due"] else 0.0
+        oldest.add_metric(queue, max(age, 0.0))
+    alive = GaugeMetricFamily(
+        f"{PREFIX}_workers_alive", "Workers that heartbeat within their lease."
+    )
+    alive.add_metric(
+        [],
+        Worker.objects.using(using)
+        .filter(
+            state=WorkerState.RUNNING,
+            last_heartbeat_at__gte=now - timedelta(seconds=conf.LEASE_SECONDS),
+        )
+        .count(),
+    )
+    yield from (ready, scheduled, running, oldest, alive)
+
+
+if prometheus_client is not None:
+    # Importing this module (a URLconf that routes to metrics_view does) starts the count.
+    count_enqueues()
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition of this process's counters and the queue gauges.
+
+    Add it to your URLconf behind whatever protects internal endpoints::
+
+        path("metrics/tasks", metrics_view)
+    """
+    client = require_prometheus()
+    counters()
+    return HttpResponse(client.generate_latest(), content_type=client.CONTENT_TYPE_LATEST)
+
+
+def serve(port: int, address: str = "") -> None:
+    """Serve this process's metrics over HTTP on ``port`` (``runtaskworker --metrics-port``)."""
+    client = require_prometheus()
+    counters()
+    client.start_http_server(port, addr=address)
