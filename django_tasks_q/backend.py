@@ -11,7 +11,6 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
-from inspect import iscoroutinefunction
 from typing import Any
 
 from django.conf import settings
@@ -43,7 +42,7 @@ class PostgresBackend(BaseTaskBackend):
     supports_defer = True
     supports_get_result = True
     supports_priority = True
-    supports_async_task = False
+    supports_async_task = True
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
@@ -56,16 +55,24 @@ class PostgresBackend(BaseTaskBackend):
         return self.options.get("DATABASE") or conf.DATABASE
 
     def validate_task(self, task: Task) -> None:
+        """Django's rules first; where a rule fails, the message says what to change."""
+        try:
+            super().validate_task(task)
+        except InvalidTask as exc:
+            self._explain_invalid(task)  # raises a more precise message where it has one
+            raise InvalidTask(f"Task {task.module_path}: {exc}") from None
+        self._explain_invalid(task)
+
+    def _explain_invalid(self, task: Task) -> None:
         where = f"Task {task.module_path}"
         if not is_module_level_function(task.func):
             raise InvalidTask(
                 f"{where}: tasks must be module-level functions, so a worker can find them."
             )
-        if iscoroutinefunction(task.func):
-            raise InvalidTask(f"{where}: async functions are not supported by this backend yet.")
         if task.takes_context and not _has_first_parameter(task.func):
             raise InvalidTask(
-                f"{where} takes a context (bind/takes_context) but has no parameter to receive it."
+                f"{where} takes a context (bind/takes_context) but has no parameter to receive "
+                "it; add a first parameter named `context`."
             )
         priority = task.priority
         if (
@@ -122,6 +129,45 @@ class PostgresBackend(BaseTaskBackend):
         handle = self._new_handle(task, row, json.loads(args_json), json.loads(kwargs_json))
         task_enqueued.send(type(self), task_result=handle)
         return handle
+
+    def check(self, **kwargs: Any) -> list:
+        """System checks for this backend (Django runs them for every TASKS entry)."""
+        from django.apps import apps
+        from django.core import checks
+        from django.db import connections
+
+        messages = list(super().check(**kwargs))
+        if not apps.is_installed("django_tasks_q"):
+            messages.append(
+                checks.Error(
+                    f"TASKS[{self.alias!r}] uses PostgresBackend, but django_tasks_q is not in "
+                    "INSTALLED_APPS.",
+                    hint="Add 'django_tasks_q' to INSTALLED_APPS and run migrate.",
+                    id="django_tasks_q.backend.E001",
+                )
+            )
+        if "DATABASE" not in self.options:
+            return messages  # TASKS_Q["DATABASE"]: the settings checks cover it (E007, E008)
+        if self.database not in connections:
+            messages.append(
+                checks.Error(
+                    f"TASKS[{self.alias!r}] stores tasks in database {self.database!r}, which "
+                    "is not in DATABASES.",
+                    hint="Set OPTIONS['DATABASE'] to an alias of DATABASES.",
+                    id="django_tasks_q.backend.E002",
+                )
+            )
+        elif connections[self.database].vendor != "postgresql":
+            messages.append(
+                checks.Error(
+                    f"TASKS[{self.alias!r}] stores tasks in database {self.database!r}, which is "
+                    f"{connections[self.database].vendor}, not PostgreSQL.",
+                    hint="Point OPTIONS['DATABASE'] at a database whose ENGINE is "
+                    "'django.db.backends.postgresql'.",
+                    id="django_tasks_q.backend.E003",
+                )
+            )
+        return messages
 
     def enqueue_many(
         self, task: Task, args_list: Sequence[Sequence[Any]], kwargs_list: Sequence[dict[str, Any]]

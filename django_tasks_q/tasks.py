@@ -65,12 +65,26 @@ class BackgroundTask(Task):
         return resolve_backend(self.backend)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the function here and now, like calling the undecorated function."""
-        return self.call(*args, **kwargs)
+        """Run the function here and now, like calling the undecorated function (for an
+        ``async def`` task, that returns a coroutine to await)."""
+        return self.func(*args, **kwargs)
 
     def delay(self, *args: Any, **kwargs: Any) -> TaskHandle:
         """Enqueue with these arguments (Celery spelling of ``enqueue``)."""
         return self.enqueue(*args, **kwargs)
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> TaskHandle:
+        """``delay`` from async code (``aenqueue``)."""
+        return await self.aenqueue(*args, **kwargs)
+
+    async def aapply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> TaskHandle:
+        """``apply_async`` from async code; the same options."""
+        return await self.with_options(**options).aenqueue(*(args or ()), **(kwargs or {}))
 
     def apply_async(
         self,

@@ -2,7 +2,7 @@
 
 from testproject.settings import *  # noqa: F403
 
-INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]  # noqa: F405
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp", "tests.djangoapp"]  # noqa: F405
 
 if env.bool("TASKS_Q_TEST_BREAK_CHILDREN", default=False):  # noqa: F405
     import multiprocessing
@@ -10,3 +10,7 @@ if env.bool("TASKS_Q_TEST_BREAK_CHILDREN", default=False):  # noqa: F405
     # Lets a test see what a worker does when its child processes cannot start.
     if multiprocessing.parent_process() is not None:
         raise RuntimeError("settings refuse to load in a child process (test)")
+
+# The suite goes through TASKS like a project that configures Django's Tasks framework; the
+# demo project (testproject.settings alone) covers the implicit backend of projects that don't.
+TASKS = {"default": {"BACKEND": "django_tasks_q.backend.PostgresBackend"}}

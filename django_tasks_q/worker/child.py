@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from inspect import iscoroutinefunction
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
@@ -202,6 +203,9 @@ def _execute(
                     limit.disarm()
             report(outcome)
     finally:
+        from django_tasks_q.worker.runner import close_event_loop
+
+        close_event_loop()
         connections.close_all()
 
 
@@ -255,6 +259,8 @@ def _soft_timeout(name: str) -> float | None:
     from django_tasks_q.exceptions import UnknownTaskError
 
     try:
-        return registry.get(name).soft_timeout
+        task = registry.get(name)
     except UnknownTaskError:
         return None
+    # The runner enforces an async task's soft limit on its event loop.
+    return None if iscoroutinefunction(task.func) else task.soft_timeout

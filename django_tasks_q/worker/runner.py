@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable
+from inspect import iscoroutinefunction
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.db import connections
 from django.dispatch import Signal
 
 from django_tasks_q import registry
 from django_tasks_q.backend import PostgresBackend
-from django_tasks_q.exceptions import Retry, TaskCancelled, UnknownTaskError
+from django_tasks_q.exceptions import (
+    Retry,
+    SoftTimeLimitExceeded,
+    TaskCancelled,
+    UnknownTaskError,
+)
 from django_tasks_q.models import TaskStatus
 from django_tasks_q.queue import ClaimedTask, Outcome
 from django_tasks_q.results import TaskFailure, TaskHandle, worker_ids
@@ -100,9 +110,9 @@ class Runner:
                     task_result=handle,
                     cancel_check=lambda: self.is_cancel_requested(claimed.id),
                 )
-                value = task.call(context, *claimed.args, **claimed.kwargs)
+                value = call(task, (context, *claimed.args), claimed.kwargs)
             else:
-                value = task.call(*claimed.args, **claimed.kwargs)
+                value = call(task, claimed.args, claimed.kwargs)
         except BaseException as exc:
             duration = time.perf_counter() - began
             _discard_broken_connections()
@@ -257,6 +267,64 @@ class Runner:
             "outcome": outcome,
             "duration": duration,
         }
+
+
+def call(task: BackgroundTask, args: tuple | list, kwargs: dict[str, Any]) -> Any:
+    """Call the task's function; a coroutine function runs on this thread's event loop."""
+    if not iscoroutinefunction(task.func):
+        return task.func(*args, **kwargs)
+    loop = _event_loop()
+    work = loop.create_task(task.func(*args, **kwargs))
+    soft_limit = None
+    if task.soft_timeout:
+        soft_limit = loop.call_later(task.soft_timeout, work.cancel, _SOFT_LIMIT)
+    try:
+        return loop.run_until_complete(work)
+    except asyncio.CancelledError as exc:
+        if exc.args == (_SOFT_LIMIT,):
+            raise SoftTimeLimitExceeded() from None
+        raise
+    except BaseException:
+        # Something outside the coroutine interrupted the loop (a signal): do not leave the
+        # coroutine pending; let it see a cancellation and clean up.
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(BaseException):
+                loop.run_until_complete(work)
+        raise
+    finally:
+        if soft_limit is not None:
+            soft_limit.cancel()
+
+
+_SOFT_LIMIT = "soft time limit"
+_thread_state = threading.local()
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """One event loop per thread that runs tasks, kept for the thread's life: async tasks share
+    it instead of paying for a new loop (and new async connections) each."""
+    loop = getattr(_thread_state, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _thread_state.loop = loop
+    return loop
+
+
+def close_event_loop() -> None:
+    """Close this thread's event loop, if it has one (when the thread ends).
+
+    The async ORM runs its queries through asgiref's thread-sensitive executor, a thread
+    with Django connections of its own: close those too, as the worker does its threads'.
+    """
+    loop = getattr(_thread_state, "loop", None)
+    if loop is None or loop.is_closed():
+        return
+    try:
+        loop.run_until_complete(sync_to_async(connections.close_all, thread_sensitive=True)())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
 
 
 def _send(signal: Signal, sender: type, **kwargs: Any) -> None:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 
 from django_tasks_q.queue import ClaimedTask, Outcome
-from django_tasks_q.worker.runner import Runner
+from django_tasks_q.worker.runner import Runner, close_event_loop
 
 logger = logging.getLogger("django_tasks_q.worker")
 
@@ -75,4 +75,5 @@ class ThreadPool:
                     raise
                 self.deliver(outcome)
         finally:
+            close_event_loop()
             connections.close_all()

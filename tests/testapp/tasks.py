@@ -1,5 +1,6 @@
 """Tasks the test-suite enqueues; workers started by tests find them by autodiscovery."""
 
+import asyncio
 import os
 import sys
 import time
@@ -137,6 +138,42 @@ def cleans_up_at_the_soft_limit_in_steps(key):
     except SoftTimeLimitExceeded:
         Execution.objects.create(key=key, worker=str(os.getpid()))
         return "cleaned up"
+
+
+@background_task
+async def async_add(x, y):
+    await asyncio.sleep(0.01)
+    await Execution.objects.acreate(key=f"async-{x}+{y}")
+    return x + y
+
+
+@background_task
+async def which_event_loop():
+    return id(asyncio.get_running_loop())
+
+
+@background_task(max_retries=1, default_retry_delay=0)
+async def async_fails_once(key):
+    attempt = await Execution.objects.filter(key=key).acount() + 1
+    await Execution.objects.acreate(key=key, attempt=attempt)
+    if attempt == 1:
+        raise TransientError("first attempt fails")
+    return attempt
+
+
+@background_task(soft_timeout=0.3, timeout=20)
+async def async_cleans_up_at_the_soft_limit(key):
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        await Execution.objects.acreate(key=key)
+        return "cleaned up"
+    return "not stopped"
+
+
+@background_task(soft_timeout=0.3, timeout=20)
+async def async_ignores_nothing(key):
+    await asyncio.sleep(10)
 
 
 @background_task(max_retries=5, default_retry_delay=0)
