@@ -62,6 +62,17 @@ def test_higher_priority_runs_first():
 
 
 def test_the_context_carries_the_attempt_and_the_result():
+    result = tasks.attempt_number.enqueue(fail_until=1)
+    run_burst_worker(concurrency=1)
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == {"attempt": 1, "id": result.id}
+    assert result.attempts == 1 and len(result.worker_ids) == 1 and result.errors == []
+
+
+@pytest.mark.skipif(not tasks.PASSTHROUGH, reason="Django 6.1 passes task options through")
+def test_options_of_this_package_pass_through_djangos_task_decorator():
+    assert tasks.attempt_number.max_retries == 2
     result = tasks.attempt_number.enqueue(fail_until=2)
     run_burst_worker(concurrency=1)
     result.refresh()
