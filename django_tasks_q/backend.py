@@ -15,7 +15,6 @@ from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
-from django.utils.inspect import is_module_level_function
 
 from django_tasks_q import queue, registry
 from django_tasks_q.compat import (
@@ -26,6 +25,7 @@ from django_tasks_q.compat import (
     InvalidTask,
     Task,
     TaskResultDoesNotExist,
+    is_module_level_function,
     task_backends,
     task_enqueued,
 )
