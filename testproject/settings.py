@@ -78,6 +78,14 @@ TASKS_Q = {
     # The fault-injection tests shorten these to see recovery within seconds.
     "LEASE_SECONDS": env.float("TASKS_Q_LEASE_SECONDS", default=60.0),
     "HEARTBEAT_INTERVAL": env.float("TASKS_Q_HEARTBEAT_INTERVAL", default=5.0),
+    # The demo's beat enqueues this; the schedule shows up in the admin, owned by code.
+    "SCHEDULES": [
+        {
+            "name": "demo: roll the dice every 10 seconds",
+            "task": "testproject.demo.tasks.roll_dice",
+            "interval": 10,
+        },
+    ],
 }
 
 LOGGING = {

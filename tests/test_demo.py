@@ -1,5 +1,7 @@
 """The demo site's page and buttons."""
 
+from datetime import timedelta
+
 import pytest
 
 from django_tasks_q.models import Task
@@ -50,6 +52,20 @@ def test_the_wsgi_application_that_runserver_serves_loads():
     assert callable(get_internal_wsgi_application())
 
 
+def test_tasks_enqueued_by_a_schedule_show_its_name(client):
+    from django_tasks_q.models import Schedule
+
+    schedule = Schedule(
+        name="dice", task="testproject.demo.tasks.roll_dice", interval=timedelta(seconds=10)
+    )
+    schedule.save()
+    Task.objects.create(name="testproject.demo.tasks.roll_dice", schedule=schedule)
+    Task.objects.create(name="testproject.demo.tasks.add")
+    rows = client.get("/tasks.json").json()["tasks"]
+    assert [row["schedule"] for row in rows] == ["", "dice"]
+    assert ">dice<" in client.get("/").content.decode()
+
+
 def test_a_task_that_succeeded_on_retry_shows_its_result_not_the_old_error(client):
     Task.objects.create(name="testproject.demo.tasks.flaky_call", status="SUCCESSFUL", result="ok",
                         attempts=3, max_attempts=4, errors=[{"message": "boom"}])  # fmt: skip
@@ -94,6 +110,13 @@ def test_rundemo_serves_the_page_and_runs_tasks_until_ctrl_c(tmp_path):
         assert 'id="enqueue-quick"' in wait_for(page, timeout=30, message="the demo page")
         handle = tasks.add.delay(20, 22)
         assert handle.wait(timeout=20).result == 42
+        # The demo's beat enqueues its schedule's first tick at once, and the worker runs it.
+        from django_tasks_q.models import Task
+
+        scheduled = Task.objects.filter(schedule__name="demo: roll the dice every 10 seconds")
+        rolled = wait_for(lambda: scheduled.filter(status="SUCCESSFUL").first(), timeout=20,
+                          message="the demo schedule's first task")  # fmt: skip
+        assert 1 <= rolled.result <= 6
     finally:
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=30) == 0
@@ -101,5 +124,6 @@ def test_rundemo_serves_the_page_and_runs_tasks_until_ctrl_c(tmp_path):
     output = (tmp_path / "demo.log").read_text()
     assert "login admin / admin" in output
     assert "Demo stopped." in output
+    assert "stopped after enqueueing" in output  # the beat stopped cleanly too
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "the dev server is still running"

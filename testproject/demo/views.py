@@ -14,7 +14,7 @@ BUTTONS = {
 
 
 def latest_tasks(limit: int = 25) -> list[dict]:
-    rows = Task.objects.order_by("-id")[:limit]
+    rows = Task.objects.select_related("schedule").order_by("-id")[:limit]
     return [
         {
             "id": row.id,
@@ -27,6 +27,8 @@ def latest_tasks(limit: int = 25) -> list[dict]:
             if row.last_error and row.status != "SUCCESSFUL"
             else "",
             "enqueued_at": row.enqueued_at.strftime("%H:%M:%S"),
+            # Tasks a beat enqueued name their schedule: the demo declares one in settings.
+            "schedule": row.schedule.name if row.schedule else "",
         }
         for row in rows
     ]

@@ -1,4 +1,5 @@
-"""Run the demo: a superuser to log in with, the dev server and one worker. Ctrl-C stops both."""
+"""Run the demo: a superuser to log in with, the dev server, one worker and a beat. Ctrl-C stops
+them all."""
 
 import os
 import signal
@@ -14,7 +15,7 @@ DEMO_PASSWORD = "admin"
 
 
 class Command(BaseCommand):
-    help = "Run the demo site on 127.0.0.1:8000 with a task worker beside it."
+    help = "Run the demo site on 127.0.0.1:8000 with a task worker and a beat beside it."
 
     def add_arguments(self, parser):
         parser.add_argument("--addr", default="127.0.0.1:8000")
@@ -27,7 +28,8 @@ class Command(BaseCommand):
             self.style.SUCCESS(
                 f"\n  Demo:  http://{options['addr']}/\n"
                 f"  Admin: http://{options['addr']}/admin/  (login {DEMO_USER} / {DEMO_PASSWORD})\n"
-                "  Ctrl-C stops the server and the worker.\n"
+                "  A beat enqueues roll_dice every 10 seconds (see Schedules in the admin).\n"
+                "  Ctrl-C stops the server, the worker and the beat.\n"
             )
         )
         manage = [sys.executable, "manage.py"]
@@ -37,6 +39,7 @@ class Command(BaseCommand):
             subprocess.Popen(
                 [*manage, "runtaskworker", "--concurrency", "4"], start_new_session=True
             ),
+            subprocess.Popen([*manage, "runtaskbeat"], start_new_session=True),
             subprocess.Popen(
                 [*manage, "runserver", options["addr"], "--noreload"], start_new_session=True
             ),
