@@ -18,7 +18,7 @@ PYTHON := $(shell \
 	done)
 endif
 
-.PHONY: demo test lint format db db-stop bench clean
+.PHONY: demo test lint format db db-stop browser bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then \
@@ -43,7 +43,21 @@ demo: db
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py rundemo
 
-test: db
+# The admin's browser tests drive Debian's Chromium (never a downloaded browser). Installed here
+# when missing and we may (root with apt); otherwise those tests are skipped and say why.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && [ -z "$$CHROMIUM" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "Installing Debian's chromium for the browser tests"; \
+			apt-get install -y -q chromium >/dev/null 2>&1 || \
+				{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } || \
+				echo "Could not install chromium: the browser tests will be skipped"; \
+		else \
+			echo "No chromium: the browser tests will be skipped (apt-get install chromium, or set CHROMIUM=/path/to/chromium)"; \
+		fi; \
+	fi
+
+test: db browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
