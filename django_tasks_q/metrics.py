@@ -218,7 +218,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(client.generate_latest(), content_type=client.CONTENT_TYPE_LATEST)
 
 
-def serve(port: int, address: str = "") -> None:
+def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - a metrics port is meant to be reached
     """Serve this process's metrics over HTTP on ``port`` (``runtaskworker --metrics-port``)."""
     client = require_prometheus()
     counters()

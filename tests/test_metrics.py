@@ -76,7 +76,7 @@ def free_port() -> int:
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_serves_counters_of_the_tasks_it_ran(start_worker):
     port = free_port()
-    worker = start_worker("--metrics-port", str(port), "--metrics-address", "127.0.0.1")
+    worker = start_worker("--metrics-port", str(port))  # on every interface by default
     tasks.add.delay(1, 2).wait(timeout=30)
     tasks.always_fails.delay().wait(timeout=30)
     tasks.fail_until.delay("m", 2).wait(timeout=30)  # one retry, then success

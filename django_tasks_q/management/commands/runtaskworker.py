@@ -108,8 +108,8 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--metrics-address",
-            default="",
-            help="Address the metrics port listens on (default: all interfaces).",
+            default="0.0.0.0",  # noqa: S104 - a metrics port is meant to be scraped
+            help="Address the metrics port listens on (default: 0.0.0.0, every IPv4 interface).",
         )
         parser.add_argument("--burst", action="store_true", help="Exit once no ready task is left.")
         parser.add_argument("--worker-id", default=None, help="Name shown in results and logs.")
