@@ -210,8 +210,7 @@ class Beat:
             while not stop.is_set():
                 try:
                     if not synced:
-                        declarations.sync(self.using)
-                        synced = True
+                        synced = self._sync()
                     if self.listen:
                         self._ensure_listening()
                     wait = self.run_once()
@@ -226,6 +225,17 @@ class Beat:
             self._close_listener()
             connections[self.using].close()
         logger.info("Beat %s stopped after enqueueing %s tasks", self.name, self.enqueued)
+
+    def _sync(self) -> bool:
+        """Sync declared schedules; True once done. A failure other than a lost database is
+        logged and left behind: the schedules already in the table must still run."""
+        try:
+            declarations.sync(self.using)
+        except Exception as exc:
+            if _is_connection_error(exc):
+                raise
+            logger.exception("Beat %s could not sync the schedules declared in code", self.name)
+        return True
 
     def _lost(self, exc: Exception, retry_in: float) -> None:
         if _is_connection_error(exc):

@@ -174,3 +174,16 @@ def _listening_application_names() -> str:
             "WHERE datname = current_database() AND query ILIKE 'LISTEN%%'"
         )
         return cursor.fetchone()[0]
+
+
+def test_a_beat_started_before_the_database_is_up_waits_for_it(start_beat):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    beat = start_beat(env={"DATABASE_URL": f"postgres://postgres@127.0.0.1:{port}/nowhere"})
+    wait_for(lambda: beat.log().count("lost the database") >= 2, message="beat to retry")
+    assert "cannot reach the database yet" in beat.log()
+    beat.terminate()
+    assert beat.wait() == 0

@@ -3,7 +3,7 @@ import signal
 import threading
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import DatabaseError
+from django.db import OperationalError, ProgrammingError
 
 from django_tasks_q.beat import Beat
 from django_tasks_q.models import Schedule
@@ -55,11 +55,14 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         try:
             Schedule.objects.using(beat.using).exists()
-        except DatabaseError as exc:
+        except ProgrammingError as exc:
             raise CommandError(
-                f"{exc}".strip() + "\nThe django_tasks_q tables are missing or out of date, or "
-                "the database is unreachable. Run `python manage.py migrate`."
+                f"{str(exc).strip()}\nThe django_tasks_q tables are missing or out of date. "
+                "Run `python manage.py migrate`."
             ) from exc
+        except OperationalError as exc:
+            # Not fatal: beat waits for the database like it does when it goes away later.
+            logger.warning("Beat cannot reach the database yet: %s", exc)
         stop = threading.Event()
 
         def on_signal(signum, frame):
