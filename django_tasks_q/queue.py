@@ -135,6 +135,17 @@ def cancel(task_id: int, *, using: str, terminate: bool = False) -> str | None:
     return row[0] if row else None
 
 
+def retry_now(ids: Sequence[int], *, more_attempts: int, using: str, notify: bool) -> list[int]:
+    """Make FAILED or CANCELLED tasks READY to run now, allowing ``more_attempts`` more
+    attempts. Returns the ids that changed (the others had changed state meanwhile)."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            sql("retry_now"),
+            {"ids": list(ids), "more_attempts": more_attempts, "notify": notify},
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimedTask:
     id: int

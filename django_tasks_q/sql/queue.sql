@@ -184,6 +184,32 @@ SET status = CASE WHEN status = 'READY' THEN 'CANCELLED' ELSE status END,
 WHERE id = %(id)s AND status IN ('READY', 'RUNNING')
 RETURNING status;
 
+-- name: retry_now
+-- An operator's "retry now" on tasks that ended FAILED or CANCELLED: READY again, due now, with
+-- %(more_attempts)s more attempts allowed. Attempts and the errors of earlier attempts stay as
+-- history. Only rows still FAILED or CANCELLED change, so two operators retrying the same task
+-- at once retry it once.
+WITH retried AS (
+    UPDATE django_tasks_q_task
+    SET status = 'READY',
+        run_after = now(),
+        finished_at = NULL,
+        result = NULL,
+        max_attempts = attempts + %(more_attempts)s,
+        worker_id = '',
+        lease_expires_at = NULL,
+        cancel_requested_at = NULL,
+        cancel_terminate = false,
+        expires_at = NULL
+    WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('FAILED', 'CANCELLED')
+    RETURNING id, queue
+),
+notified AS (
+    SELECT pg_notify('django_tasks_q', queue) FROM (SELECT DISTINCT queue FROM retried) queues
+    WHERE %(notify)s
+)
+SELECT id, (SELECT count(*) FROM notified) FROM retried;
+
 -- name: worker_register
 INSERT INTO django_tasks_q_worker
     (id, hostname, pid, queues, concurrency, state, started_at, last_heartbeat_at,

@@ -1,0 +1,483 @@
+"""Admin pages for tasks and workers: what is queued, running, failed and why, and the actions
+an operator needs to fix it. Registered in :mod:`django_tasks_q.admin`.
+
+The task table can hold millions of rows, so nothing here counts or scans it whole: filters
+offer the task names and queues this project knows instead of ``SELECT DISTINCT``, the
+paginator stops counting at :data:`COUNT_LIMIT`, and an unfiltered list uses the planner's row
+estimate.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.paginator import Paginator
+from django.db import connections, transaction
+from django.db.models import Q, QuerySet, TextField
+from django.db.models.functions import Cast
+from django.http import HttpRequest, HttpResponse
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+from django.utils.functional import cached_property
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from django_tasks_q import queue, registry
+from django_tasks_q.conf import settings as conf
+from django_tasks_q.exceptions import UnknownTaskError
+from django_tasks_q.models import Task, TaskStatus, Worker, WorkerState
+
+# Filtered lists are counted up to this many rows; past it the admin says "10,000+" pages.
+COUNT_LIMIT = 10_000
+
+STATUS_COLOURS = {
+    TaskStatus.READY: "#6c757d",
+    TaskStatus.RUNNING: "#0d6efd",
+    TaskStatus.SUCCESSFUL: "#198754",
+    TaskStatus.FAILED: "#dc3545",
+    TaskStatus.CANCELLED: "#b8860b",
+}
+
+
+def status_badge(status: str) -> str:
+    colour = STATUS_COLOURS.get(status, "#6c757d")
+    return format_html(
+        '<span class="tasks-q-status tasks-q-status-{}" style="background:{};color:#fff;'
+        'padding:1px 7px;border-radius:9px;font-size:11px;white-space:nowrap">{}</span>',
+        str(status).lower(),
+        colour,
+        TaskStatus(status).label if status in TaskStatus.values else status,
+    )
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def pretty_json(value: Any) -> str:
+    return format_html(
+        '<pre style="margin:0;white-space:pre-wrap">{}</pre>',
+        json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True),
+    )
+
+
+class LimitedCountPaginator(Paginator):
+    """Counts filtered lists only up to COUNT_LIMIT + 1 rows, and uses the planner's estimate
+    for the whole table: COUNT(*) over millions of rows would dominate every page load."""
+
+    @cached_property
+    def count(self) -> int:
+        queryset = self.object_list
+        if not queryset.query.where:
+            estimate = _estimated_rows(queryset.db)
+            if estimate > COUNT_LIMIT:
+                return estimate
+        return queryset.order_by()[: COUNT_LIMIT + 1].count()
+
+
+def _estimated_rows(using: str) -> int:
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [Task._meta.db_table]
+        )
+        row = cursor.fetchone()
+    return max(int(row[0]), 0) if row else 0
+
+
+class ChoicesFromProjectFilter(admin.SimpleListFilter):
+    """A filter whose choices come from the project (registered tasks, configured queues),
+    never from SELECT DISTINCT over the task table."""
+
+    field: str
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> QuerySet[Task]:
+        value = self.value()
+        return queryset.filter(**{self.field: value}) if value else queryset
+
+
+class TaskNameFilter(ChoicesFromProjectFilter):
+    title = _("task name")
+    parameter_name = field = "name"
+
+    def lookups(self, request, model_admin):
+        return [(name, name) for name in sorted(registry.all_tasks())]
+
+
+class QueueFilter(ChoicesFromProjectFilter):
+    title = _("queue")
+    parameter_name = field = "queue"
+
+    def lookups(self, request, model_admin):
+        return [(name, name) for name in sorted(known_queues())]
+
+
+def known_queues() -> set[str]:
+    from django_tasks_q.models import Schedule
+
+    queues = {task.queue_name for task in registry.all_tasks().values()}
+    queues.update(Schedule.objects.exclude(queue="").values_list("queue", flat=True))
+    for config in (getattr(_settings(), "TASKS", None) or {}).values():
+        queues.update(config.get("QUEUES") or ())
+    return queues
+
+
+def _settings():
+    from django.conf import settings
+
+    return settings
+
+
+class HasErrorsFilter(admin.SimpleListFilter):
+    title = _("errors")
+    parameter_name = "has_errors"
+
+    def lookups(self, request, model_admin):
+        return [("yes", _("with errors")), ("no", _("without errors"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> QuerySet[Task]:
+        if self.value() == "yes":
+            return queryset.exclude(errors=[])
+        if self.value() == "no":
+            return queryset.filter(errors=[])
+        return queryset
+
+
+class ReadOnlyPages(admin.ModelAdmin):
+    """Detail pages show, never edit: the change permission is for the actions."""
+
+    def change_view(self, request, object_id, form_url="", extra_context=None) -> HttpResponse:
+        extra_context = {
+            **(extra_context or {}),
+            "show_save": False,
+            "show_save_and_continue": False,
+            "show_save_and_add_another": False,
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+class TaskAdmin(ReadOnlyPages):
+    list_display = ("short_id", "name", "queue", "status_badge", "attempts_display",
+                    "enqueued_at", "started_at", "duration", "worker_link")  # fmt: skip
+    list_display_links = ("short_id", "name")
+    list_filter = ("status", QueueFilter, TaskNameFilter, HasErrorsFilter, "schedule")
+    list_select_related = False
+    date_hierarchy = "enqueued_at"
+    search_fields = ("name",)  # searched by get_search_results below; this shows the box
+    search_help_text = _("Task id, task name, or text in the arguments.")
+    ordering = ("-id",)
+    paginator = LimitedCountPaginator
+    show_full_result_count = False
+    actions = ["retry_now", "cancel_tasks", "enqueue_copy", "delete_selected"]
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "name",
+                    "status_badge",
+                    "queue",
+                    "priority",
+                    "schedule_link",
+                    "scheduled_for",
+                    "expires_at",
+                )
+            },
+        ),
+        (
+            _("Timing"),
+            {
+                "fields": (
+                    "enqueued_at",
+                    "run_after",
+                    "started_at",
+                    "last_attempted_at",
+                    "finished_at",
+                    "queued_for",
+                    "ran_for",
+                )
+            },
+        ),
+        (
+            _("Attempts"),
+            {
+                "fields": (
+                    "attempts_display",
+                    "worker_link",
+                    "lease_expires_at",
+                    "cancel_requested_at",
+                )
+            },
+        ),
+        (_("Arguments and result"), {"fields": ("args_pretty", "kwargs_pretty", "result_pretty")}),
+        (_("Errors, one per failed attempt"), {"fields": ("errors_pretty",)}),
+    ]
+    readonly_fields = ("id", "name", "status_badge", "queue", "priority", "schedule_link",
+                       "scheduled_for", "expires_at", "enqueued_at", "run_after", "started_at",
+                       "last_attempted_at", "finished_at", "queued_for", "ran_for",
+                       "attempts_display", "worker_link", "lease_expires_at",
+                       "cancel_requested_at", "args_pretty", "kwargs_pretty", "result_pretty",
+                       "errors_pretty")  # fmt: skip
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # tasks are created by enqueueing them
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Task]:
+        # The list does not show arguments, results or tracebacks: do not fetch them.
+        queryset = super().get_queryset(request)
+        if request.resolver_match and request.resolver_match.url_name.endswith("changelist"):
+            queryset = queryset.defer("args", "kwargs", "result", "errors")
+        return queryset
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Task], search_term: str
+    ) -> tuple[QuerySet[Task], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        match = Q(name__icontains=term) | Q(args_text__icontains=term)
+        match |= Q(kwargs_text__icontains=term)
+        if term.lstrip("#").isdigit():
+            match |= Q(pk=int(term.lstrip("#")))
+        queryset = queryset.annotate(
+            args_text=Cast("args", TextField()), kwargs_text=Cast("kwargs", TextField())
+        )
+        return queryset.filter(match), False
+
+    # -- columns and fields ---------------------------------------------------------------
+
+    @admin.display(description=_("id"), ordering="id")
+    def short_id(self, task: Task) -> str:
+        return f"#{task.pk}"
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_badge(self, task: Task) -> str:
+        return status_badge(task.status)
+
+    @admin.display(description=_("attempts"))
+    def attempts_display(self, task: Task) -> str:
+        return f"{task.attempts} / {task.max_attempts}"
+
+    @admin.display(description=_("duration"))
+    def duration(self, task: Task) -> str:
+        if task.last_attempted_at is None:
+            return "—"
+        end = task.finished_at or (timezone.now() if task.status == TaskStatus.RUNNING else None)
+        if end is None:
+            return "—"
+        return format_duration((end - task.last_attempted_at).total_seconds())
+
+    @admin.display(description=_("queued for"))
+    def queued_for(self, task: Task) -> str:
+        if task.started_at is None:
+            return "—"
+        waited = task.started_at - max(task.enqueued_at, task.run_after)
+        return format_duration(waited.total_seconds())
+
+    @admin.display(description=_("last attempt ran for"))
+    def ran_for(self, task: Task) -> str:
+        return self.duration(task)
+
+    @admin.display(description=_("worker"), ordering="worker_id")
+    def worker_link(self, task: Task) -> str:
+        if not task.worker_id:
+            return "—"
+        url = _admin_url("django_tasks_q_worker_change", task.worker_id)
+        return format_html('<a href="{}">{}</a>', url, task.worker_id) if url else task.worker_id
+
+    @admin.display(description=_("schedule"))
+    def schedule_link(self, task: Task) -> str:
+        if task.schedule_id is None:
+            return "—"
+        url = _admin_url("django_tasks_q_schedule_change", task.schedule_id)
+        return format_html('<a href="{}">{}</a>', url, task.schedule) if url else str(task.schedule)
+
+    @admin.display(description=_("args"))
+    def args_pretty(self, task: Task) -> str:
+        return pretty_json(task.args)
+
+    @admin.display(description=_("kwargs"))
+    def kwargs_pretty(self, task: Task) -> str:
+        return pretty_json(task.kwargs)
+
+    @admin.display(description=_("result"))
+    def result_pretty(self, task: Task) -> str:
+        return pretty_json(task.result) if task.result is not None else "—"
+
+    @admin.display(description=_("errors"))
+    def errors_pretty(self, task: Task) -> str:
+        if not task.errors:
+            return "—"
+        return format_html_join(
+            "",
+            '<div class="tasks-q-error" style="margin-bottom:1em">'
+            "<strong>{} {}: {}</strong><br>"
+            '<span style="color:var(--body-quiet-color)">{}</span>'
+            '<details open><summary>{}</summary><pre style="white-space:pre-wrap">{}</pre>'
+            "</details></div>",
+            (
+                (
+                    _("Attempt %(n)s") % {"n": error.get("attempt", "?")},
+                    error.get("type", ""),
+                    error.get("message", ""),
+                    " · ".join(
+                        str(part) for part in (error.get("worker_id"), error.get("at")) if part
+                    ),
+                    _("Traceback"),
+                    error.get("traceback", ""),
+                )
+                for error in task.errors
+            ),
+        )
+
+    # -- actions --------------------------------------------------------------------------
+
+    @admin.action(description=_("Retry now (failed or cancelled tasks)"), permissions=["change"])
+    def retry_now(self, request: HttpRequest, selected: QuerySet[Task]) -> None:
+        by_name: dict[str, list[int]] = {}
+        for task_id, name in selected.filter(
+            status__in=[TaskStatus.FAILED, TaskStatus.CANCELLED]
+        ).values_list("id", "name"):
+            by_name.setdefault(name, []).append(task_id)
+        retried = 0
+        with transaction.atomic(using=selected.db):
+            for name, ids in by_name.items():
+                retried += len(
+                    queue.retry_now(
+                        ids, more_attempts=_attempts_per_run(name), using=selected.db,
+                        notify=conf.LISTEN_NOTIFY,
+                    )
+                )  # fmt: skip
+        self._report(request, retried, len(selected),
+                     ngettext("%(n)d task will run again now.",
+                              "%(n)d tasks will run again now.", retried),
+                     _("only failed or cancelled tasks can be retried"))  # fmt: skip
+
+    @admin.action(description=_("Cancel (ready or running tasks)"), permissions=["change"])
+    def cancel_tasks(self, request: HttpRequest, selected: QuerySet[Task]) -> None:
+        cancelled = asked = 0
+        for task_id in selected.filter(
+            status__in=[TaskStatus.READY, TaskStatus.RUNNING]
+        ).values_list("id", flat=True):
+            outcome = queue.cancel(task_id, using=selected.db)
+            cancelled += outcome == TaskStatus.CANCELLED
+            asked += outcome == TaskStatus.RUNNING
+        message = ngettext("%(n)d task cancelled.", "%(n)d tasks cancelled.", cancelled) % {
+            "n": cancelled
+        }
+        if asked:
+            message += " " + ngettext(
+                "%(n)d running task was asked to stop; it ends cancelled when it does.",
+                "%(n)d running tasks were asked to stop; they end cancelled when they do.",
+                asked,
+            ) % {"n": asked}
+        self._report(request, cancelled + asked, len(selected), message,
+                     _("only ready or running tasks can be cancelled"), formatted=True)  # fmt: skip
+
+    @admin.action(description=_("Enqueue a copy"), permissions=["change"])
+    def enqueue_copy(self, request: HttpRequest, selected: QuerySet[Task]) -> None:
+        copies, unknown = 0, set()
+        with transaction.atomic(using=selected.db):
+            for row in selected:
+                try:
+                    task = registry.get(row.name)
+                except UnknownTaskError:
+                    unknown.add(row.name)
+                    continue
+                task.using(queue_name=row.queue, priority=row.priority).enqueue(
+                    *row.args, **row.kwargs
+                )
+                copies += 1
+        self.message_user(
+            request,
+            ngettext("%(n)d copy enqueued.", "%(n)d copies enqueued.", copies) % {"n": copies},
+            messages.SUCCESS if copies else messages.WARNING,
+        )
+        if unknown:
+            self.message_user(
+                request,
+                _("Not copied, no task is registered under these names: %(names)s.")
+                % {"names": ", ".join(sorted(unknown))},
+                messages.WARNING,
+            )
+
+    def _report(self, request: HttpRequest, changed: int, selected: int, message: str,
+                skipped_reason: str, *, formatted: bool = False) -> None:  # fmt: skip
+        text = message if formatted else message % {"n": changed}
+        if changed < selected:
+            text += " " + _("%(n)d left alone: %(reason)s.") % {
+                "n": selected - changed,
+                "reason": skipped_reason,
+            }
+        self.message_user(request, text, messages.SUCCESS if changed else messages.WARNING)
+
+
+def _attempts_per_run(name: str) -> int:
+    """Attempts a retried task gets: its own retry budget again (one if it is unknown here)."""
+    try:
+        return registry.get(name).max_attempts
+    except UnknownTaskError:
+        return 1
+
+
+def _admin_url(name: str, pk: object) -> str | None:
+    try:
+        return reverse(f"admin:{name}", args=[pk])
+    except NoReverseMatch:
+        return None
+
+
+class StaleHeartbeatFilter(admin.SimpleListFilter):
+    title = _("heartbeat")
+    parameter_name = "heartbeat"
+
+    def lookups(self, request, model_admin):
+        return [("live", _("within the lease")), ("stale", _("older than the lease"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Worker]) -> QuerySet[Worker]:
+        cutoff = timezone.now() - timedelta(seconds=conf.LEASE_SECONDS)
+        if self.value() == "live":
+            return queryset.filter(last_heartbeat_at__gte=cutoff)
+        if self.value() == "stale":
+            return queryset.filter(last_heartbeat_at__lt=cutoff)
+        return queryset
+
+
+class WorkerAdmin(ReadOnlyPages):
+    list_display = ("id", "hostname", "pid", "queues_display", "concurrency", "state",
+                    "started_at", "heartbeat", "tasks_succeeded", "tasks_failed")  # fmt: skip
+    list_filter = ("state", StaleHeartbeatFilter, "hostname")
+    search_fields = ("id", "hostname")
+    ordering = ("-last_heartbeat_at",)
+    readonly_fields = [field.name for field in Worker._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # workers register themselves
+
+    @admin.display(description=_("queues"))
+    def queues_display(self, worker: Worker) -> str:
+        return ", ".join(worker.queues) if worker.queues else _("all")
+
+    @admin.display(description=_("last heartbeat"), ordering="last_heartbeat_at")
+    def heartbeat(self, worker: Worker) -> str:
+        age = (timezone.now() - worker.last_heartbeat_at).total_seconds()
+        stale = worker.state == WorkerState.RUNNING and age > 2 * conf.HEARTBEAT_INTERVAL
+        return format_html(
+            '<span class="{}" style="{}" title="{}">{} ago</span>',
+            "tasks-q-stale" if stale else "tasks-q-live",
+            "color:#dc3545;font-weight:bold" if stale else "",
+            worker.last_heartbeat_at.isoformat(),
+            format_duration(max(age, 0.0)),
+        )
