@@ -94,7 +94,7 @@ def test_search_finds_by_id_name_and_argument_text(operator_client):
 
 
 def test_the_list_does_not_count_past_its_limit(operator_client, monkeypatch):
-    from django_tasks_q import task_admin
+    from django_tasks_q.admin import tasks as task_admin
 
     monkeypatch.setattr(task_admin, "COUNT_LIMIT", 3)
     Task.objects.bulk_create(Task(name=tasks.add.name, status="FAILED") for _ in range(6))

@@ -1,3 +1,5 @@
+"""The schedule admin: periodic tasks, their next runs, and enable / disable / run now."""
+
 from __future__ import annotations
 
 from django import forms
@@ -12,12 +14,8 @@ from django.utils.translation import ngettext
 from django_tasks_q import queue
 from django_tasks_q.beat import run_now
 from django_tasks_q.conf import settings as conf
-from django_tasks_q.models import Schedule, Task, Worker
+from django_tasks_q.models import Schedule, Task
 from django_tasks_q.schedules import ScheduleError, get_zone, upcoming
-from django_tasks_q.task_admin import TaskAdmin, WorkerAdmin
-
-admin.site.register(Task, TaskAdmin)
-admin.site.register(Worker, WorkerAdmin)
 
 
 class ScheduleForm(forms.ModelForm):
@@ -65,7 +63,6 @@ class ScheduleForm(forms.ModelForm):
         return value
 
 
-@admin.register(Schedule)
 class ScheduleAdmin(admin.ModelAdmin):
     form = ScheduleForm
     list_display = ("name", "task", "kind", "expression", "timezone", "enabled", "next_run_at",

@@ -1,5 +1,5 @@
-"""Admin pages for tasks and workers: what is queued, running, failed and why, and the actions
-an operator needs to fix it. Registered in :mod:`django_tasks_q.admin`.
+"""The task admin: what is queued, running, failed and why, and the actions an operator needs
+to fix it. Registered in :mod:`django_tasks_q.admin`.
 
 The task table can hold millions of rows, so nothing here counts or scans it whole: filters
 offer the task names and queues this project knows instead of ``SELECT DISTINCT``, the
@@ -9,17 +9,13 @@ estimate.
 
 from __future__ import annotations
 
-import json
-from datetime import timedelta
-from typing import Any
-
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.db import connections, transaction
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
-from django.http import HttpRequest, HttpResponse
-from django.urls import NoReverseMatch, reverse
+from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
@@ -27,50 +23,19 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from django_tasks_q import queue, registry
+from django_tasks_q.admin.common import (
+    ReadOnlyPages,
+    admin_url,
+    format_duration,
+    pretty_json,
+    status_badge,
+)
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.exceptions import UnknownTaskError
-from django_tasks_q.models import Task, TaskStatus, Worker, WorkerState
+from django_tasks_q.models import Task, TaskStatus
 
 # Filtered lists are counted up to this many rows; past it the admin says "10,000+" pages.
 COUNT_LIMIT = 10_000
-
-STATUS_COLOURS = {
-    TaskStatus.READY: "#6c757d",
-    TaskStatus.RUNNING: "#0d6efd",
-    TaskStatus.SUCCESSFUL: "#198754",
-    TaskStatus.FAILED: "#dc3545",
-    TaskStatus.CANCELLED: "#b8860b",
-}
-
-
-def status_badge(status: str) -> str:
-    colour = STATUS_COLOURS.get(status, "#6c757d")
-    return format_html(
-        '<span class="tasks-q-status tasks-q-status-{}" style="background:{};color:#fff;'
-        'padding:1px 7px;border-radius:9px;font-size:11px;white-space:nowrap">{}</span>',
-        str(status).lower(),
-        colour,
-        TaskStatus(status).label if status in TaskStatus.values else status,
-    )
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def pretty_json(value: Any) -> str:
-    return format_html(
-        '<pre style="margin:0;white-space:pre-wrap">{}</pre>',
-        json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True),
-    )
 
 
 class LimitedCountPaginator(Paginator):
@@ -128,15 +93,9 @@ def known_queues() -> set[str]:
 
     queues = {task.queue_name for task in registry.all_tasks().values()}
     queues.update(Schedule.objects.exclude(queue="").values_list("queue", flat=True))
-    for config in (getattr(_settings(), "TASKS", None) or {}).values():
+    for config in (getattr(settings, "TASKS", None) or {}).values():
         queues.update(config.get("QUEUES") or ())
     return queues
-
-
-def _settings():
-    from django.conf import settings
-
-    return settings
 
 
 class HasErrorsFilter(admin.SimpleListFilter):
@@ -152,19 +111,6 @@ class HasErrorsFilter(admin.SimpleListFilter):
         if self.value() == "no":
             return queryset.filter(errors=[])
         return queryset
-
-
-class ReadOnlyPages(admin.ModelAdmin):
-    """Detail pages show, never edit: the change permission is for the actions."""
-
-    def change_view(self, request, object_id, form_url="", extra_context=None) -> HttpResponse:
-        extra_context = {
-            **(extra_context or {}),
-            "show_save": False,
-            "show_save_and_continue": False,
-            "show_save_and_add_another": False,
-        }
-        return super().change_view(request, object_id, form_url, extra_context)
 
 
 class TaskAdmin(ReadOnlyPages):
@@ -294,14 +240,14 @@ class TaskAdmin(ReadOnlyPages):
     def worker_link(self, task: Task) -> str:
         if not task.worker_id:
             return "—"
-        url = _admin_url("django_tasks_q_worker_change", task.worker_id)
+        url = admin_url("django_tasks_q_worker_change", task.worker_id)
         return format_html('<a href="{}">{}</a>', url, task.worker_id) if url else task.worker_id
 
     @admin.display(description=_("schedule"))
     def schedule_link(self, task: Task) -> str:
         if task.schedule_id is None:
             return "—"
-        url = _admin_url("django_tasks_q_schedule_change", task.schedule_id)
+        url = admin_url("django_tasks_q_schedule_change", task.schedule_id)
         return format_html('<a href="{}">{}</a>', url, task.schedule) if url else str(task.schedule)
 
     @admin.display(description=_("args"))
@@ -430,54 +376,3 @@ def _attempts_per_run(name: str) -> int:
         return registry.get(name).max_attempts
     except UnknownTaskError:
         return 1
-
-
-def _admin_url(name: str, pk: object) -> str | None:
-    try:
-        return reverse(f"admin:{name}", args=[pk])
-    except NoReverseMatch:
-        return None
-
-
-class StaleHeartbeatFilter(admin.SimpleListFilter):
-    title = _("heartbeat")
-    parameter_name = "heartbeat"
-
-    def lookups(self, request, model_admin):
-        return [("live", _("within the lease")), ("stale", _("older than the lease"))]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Worker]) -> QuerySet[Worker]:
-        cutoff = timezone.now() - timedelta(seconds=conf.LEASE_SECONDS)
-        if self.value() == "live":
-            return queryset.filter(last_heartbeat_at__gte=cutoff)
-        if self.value() == "stale":
-            return queryset.filter(last_heartbeat_at__lt=cutoff)
-        return queryset
-
-
-class WorkerAdmin(ReadOnlyPages):
-    list_display = ("id", "hostname", "pid", "queues_display", "concurrency", "state",
-                    "started_at", "heartbeat", "tasks_succeeded", "tasks_failed")  # fmt: skip
-    list_filter = ("state", StaleHeartbeatFilter, "hostname")
-    search_fields = ("id", "hostname")
-    ordering = ("-last_heartbeat_at",)
-    readonly_fields = [field.name for field in Worker._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # workers register themselves
-
-    @admin.display(description=_("queues"))
-    def queues_display(self, worker: Worker) -> str:
-        return ", ".join(worker.queues) if worker.queues else _("all")
-
-    @admin.display(description=_("last heartbeat"), ordering="last_heartbeat_at")
-    def heartbeat(self, worker: Worker) -> str:
-        age = (timezone.now() - worker.last_heartbeat_at).total_seconds()
-        stale = worker.state == WorkerState.RUNNING and age > 2 * conf.HEARTBEAT_INTERVAL
-        return format_html(
-            '<span class="{}" style="{}" title="{}">{} ago</span>',
-            "tasks-q-stale" if stale else "tasks-q-live",
-            "color:#dc3545;font-weight:bold" if stale else "",
-            worker.last_heartbeat_at.isoformat(),
-            format_duration(max(age, 0.0)),
-        )

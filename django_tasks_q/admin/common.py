@@ -1,0 +1,71 @@
+"""Pieces the task, worker and schedule admin pages share."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpResponse
+from django.urls import NoReverseMatch, reverse
+from django.utils.html import format_html
+
+from django_tasks_q.models import TaskStatus
+
+STATUS_COLOURS = {
+    TaskStatus.READY: "#6c757d",
+    TaskStatus.RUNNING: "#0d6efd",
+    TaskStatus.SUCCESSFUL: "#198754",
+    TaskStatus.FAILED: "#dc3545",
+    TaskStatus.CANCELLED: "#b8860b",
+}
+
+
+def status_badge(status: str) -> str:
+    colour = STATUS_COLOURS.get(status, "#6c757d")
+    return format_html(
+        '<span class="tasks-q-status tasks-q-status-{}" style="background:{};color:#fff;'
+        'padding:1px 7px;border-radius:9px;font-size:11px;white-space:nowrap">{}</span>',
+        str(status).lower(),
+        colour,
+        TaskStatus(status).label if status in TaskStatus.values else status,
+    )
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def pretty_json(value: Any) -> str:
+    return format_html(
+        '<pre style="margin:0;white-space:pre-wrap">{}</pre>',
+        json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True),
+    )
+
+
+class ReadOnlyPages(admin.ModelAdmin):
+    """Detail pages show, never edit: the change permission is for the actions."""
+
+    def change_view(self, request, object_id, form_url="", extra_context=None) -> HttpResponse:
+        extra_context = {
+            **(extra_context or {}),
+            "show_save": False,
+            "show_save_and_continue": False,
+            "show_save_and_add_another": False,
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+def admin_url(name: str, pk: object) -> str | None:
+    try:
+        return reverse(f"admin:{name}", args=[pk])
+    except NoReverseMatch:
+        return None
