@@ -14,6 +14,7 @@ from django.utils.translation import gettext_lazy as _
 from django_tasks_q import queue
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.exceptions import InvalidTask, UnknownTaskError
+from django_tasks_q.querysets import TaskQuerySet
 from django_tasks_q.schedules import (
     Cron,
     Interval,
@@ -85,6 +86,8 @@ class Task(models.Model):
         db_index=False,
     )
     scheduled_for = models.DateTimeField(null=True, blank=True, help_text=_("the schedule's tick"))
+
+    objects = TaskQuerySet.as_manager()
 
     class Meta:
         db_table = "django_tasks_q_task"

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.db.models import Max, Min
 from django.urls import reverse
 from django.utils import timezone
 
@@ -204,3 +205,27 @@ def test_the_worker_list_highlights_stale_heartbeats(operator_client):
         reverse("admin:django_tasks_q_worker_changelist"), {"heartbeat": "stale"}
     )
     assert [w.pk for w in stale_only.context["cl"].result_list] == ["stale"]
+
+
+@pytest.mark.parametrize("kind", ["year", "month", "day"])
+@pytest.mark.parametrize("few_rows", [False, True])
+def test_date_periods_match_djangos_generic_query(kind, few_rows, settings):
+    settings.TIME_ZONE = "America/New_York"  # periods are calendar periods of the current zone
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    utc = ZoneInfo("UTC")
+    moments = [datetime(2025, 12, 31, 23, 30, tzinfo=utc), datetime(2026, 1, 1, 4, 59, tzinfo=utc),
+               datetime(2026, 1, 1, 5, 1, tzinfo=utc), datetime(2026, 3, 8, 6, 30, tzinfo=utc),
+               datetime(2026, 3, 8, 7, 30, tzinfo=utc), datetime(2026, 11, 1, 5, 30, tzinfo=utc)]  # fmt: skip
+    rows = Task.objects.bulk_create(Task(name=tasks.add.name) for _ in moments)
+    for row, moment in zip(rows, moments, strict=True):
+        Task.objects.filter(pk=row.pk).update(enqueued_at=moment)
+    Task.objects.create(name=tasks.record.name)  # filtered out below
+    queryset = Task.objects.filter(name=tasks.add.name)
+    fast = queryset.few_rows() if few_rows else queryset
+    generic = list(super(type(queryset), queryset).datetimes("enqueued_at", kind))
+    assert list(fast.datetimes("enqueued_at", kind)) == generic
+    assert list(fast.datetimes("enqueued_at", kind, order="DESC")) == generic[::-1]
+    bounds = {"first": min(moments), "last": max(moments)}
+    assert fast.aggregate(first=Min("enqueued_at"), last=Max("enqueued_at")) == bounds

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
 from django.db import connections, transaction
 from django.db.models import Q, QuerySet, TextField
@@ -187,16 +188,27 @@ class TaskAdmin(ReadOnlyPages):
             queryset = queryset.defer("args", "kwargs", "result", "errors")
         return queryset
 
+    def get_changelist_instance(self, request: HttpRequest) -> ChangeList:
+        changelist = super().get_changelist_instance(request)
+        if changelist.query:
+            # A text search scans the table anyway; do not scan it twice more for the dates.
+            changelist.date_hierarchy = None
+        elif changelist.result_count <= COUNT_LIMIT:
+            changelist.queryset = changelist.queryset.few_rows()
+        return changelist
+
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Task], search_term: str
     ) -> tuple[QuerySet[Task], bool]:
         term = search_term.strip()
         if not term:
             return queryset, False
+        if term.startswith("#") and term[1:].isdigit():
+            return queryset.filter(pk=int(term[1:])), False  # an id: one index lookup
         match = Q(name__icontains=term) | Q(args_text__icontains=term)
         match |= Q(kwargs_text__icontains=term)
-        if term.lstrip("#").isdigit():
-            match |= Q(pk=int(term.lstrip("#")))
+        if term.isdigit():
+            match |= Q(pk=int(term))
         queryset = queryset.annotate(
             args_text=Cast("args", TextField()), kwargs_text=Cast("kwargs", TextField())
         )
