@@ -133,3 +133,59 @@ def start_beat(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         if beat.process.poll() is None:
             beat.process.kill()
             beat.process.wait(timeout=10)
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium driven by Playwright; never a downloaded browser."""
+    import shutil
+
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium")
+    if not path:
+        pytest.skip("no chromium: apt-get install chromium, or set CHROMIUM=/path/to/chromium")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the tests make
+    # between browser steps are still plain synchronous calls.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def admin_page(chromium, live_server, django_user_model):
+    """A browser page logged into the admin as a superuser, through the login form."""
+    django_user_model.objects.create_superuser("admin", "admin@example.com", "admin")
+    context = chromium.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "admin")
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{live_server.url}/admin/")
+    yield page
+    context.close()
+
+
+def save_screenshot(page, tmp_path: Path, name: str, *, full_page: bool = False) -> Path:
+    """Screenshot to the test's directory; also into docs/ with TASKS_Q_DOCS_SCREENSHOTS=1."""
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=full_page)
+    assert path.stat().st_size > 10_000, "the screenshot is (nearly) empty"
+    if os.environ.get("TASKS_Q_DOCS_SCREENSHOTS") == "1":
+        (ROOT / "docs" / name).write_bytes(path.read_bytes())
+    return path

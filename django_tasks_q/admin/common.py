@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from django.contrib import admin
 from django.http import HttpResponse
 from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from django_tasks_q.models import TaskStatus
@@ -42,6 +44,16 @@ def format_duration(seconds: float | None) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def compact_time(moment: datetime | None) -> str:
+    """A list column's time: the time of day for today, the date too otherwise; the full
+    timestamp is in the title (hover)."""
+    if moment is None:
+        return "—"
+    local = timezone.localtime(moment)
+    shown = local.strftime("%H:%M:%S" if local.date() == timezone.localdate() else "%b %d, %H:%M")
+    return format_html('<span title="{}">{}</span>', local.isoformat(), shown)
 
 
 def pretty_json(value: Any) -> str:

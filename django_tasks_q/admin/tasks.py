@@ -27,6 +27,7 @@ from django_tasks_q import queue, registry
 from django_tasks_q.admin.common import (
     ReadOnlyPages,
     admin_url,
+    compact_time,
     format_duration,
     pretty_json,
     status_badge,
@@ -116,7 +117,7 @@ class HasErrorsFilter(admin.SimpleListFilter):
 
 class TaskAdmin(ReadOnlyPages):
     list_display = ("short_id", "name", "queue", "status_badge", "attempts_display",
-                    "enqueued_at", "started_at", "duration", "worker_link")  # fmt: skip
+                    "enqueued", "started", "duration", "worker_link")  # fmt: skip
     list_display_links = ("short_id", "name")
     list_filter = ("status", QueueFilter, TaskNameFilter, HasErrorsFilter, "schedule")
     list_select_related = False
@@ -224,6 +225,14 @@ class TaskAdmin(ReadOnlyPages):
     def status_badge(self, task: Task) -> str:
         return status_badge(task.status)
 
+    @admin.display(description=_("enqueued"), ordering="enqueued_at")
+    def enqueued(self, task: Task) -> str:
+        return compact_time(task.enqueued_at)
+
+    @admin.display(description=_("started"), ordering="started_at")
+    def started(self, task: Task) -> str:
+        return compact_time(task.started_at)
+
     @admin.display(description=_("attempts"))
     def attempts_display(self, task: Task) -> str:
         return f"{task.attempts} / {task.max_attempts}"
@@ -237,12 +246,12 @@ class TaskAdmin(ReadOnlyPages):
             return "—"
         return format_duration((end - task.last_attempted_at).total_seconds())
 
-    @admin.display(description=_("queued for"))
+    @admin.display(description=_("waited before its first attempt"))
     def queued_for(self, task: Task) -> str:
         if task.started_at is None:
             return "—"
-        waited = task.started_at - max(task.enqueued_at, task.run_after)
-        return format_duration(waited.total_seconds())
+        # Enqueued to first start: includes a countdown, if the task had one.
+        return format_duration(max((task.started_at - task.enqueued_at).total_seconds(), 0.0))
 
     @admin.display(description=_("last attempt ran for"))
     def ran_for(self, task: Task) -> str:
