@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from django.db import connections
@@ -178,6 +178,12 @@ class Outcome:
     duration: float = 0.0  # seconds the attempt ran; not stored, tunes the worker's prefetch
 
 
+class Exchanged(NamedTuple):
+    finished: set[int]
+    claimed: list[ClaimedTask]
+    expired: int
+
+
 def connection_params(using: str, application_name: str | None = None) -> dict[str, Any]:
     """psycopg connect() arguments for a Django database alias, with psycopg's own adapters."""
     params = dict(connections[using].get_connection_params())
@@ -219,11 +225,12 @@ class QueueConnection:
         queues: Sequence[str] | None = None,
         limit: int = 0,
         lease_seconds: float = 60.0,
-    ) -> tuple[set[int], list[ClaimedTask]]:
+    ) -> Exchanged:
         """Record ``outcomes`` and claim up to ``limit`` tasks, in one statement and one commit.
 
-        Returns the ids whose outcome was recorded (the others' holder had lost the claim) and
-        the claimed tasks in claim order.
+        Returns the ids whose outcome was recorded (the others' holder had lost the claim), the
+        claimed tasks in claim order, and how many picked tasks had expired (cancelled instead:
+        they count towards ``limit``, so a short claim still means the queue is drained).
         """
         params: dict[str, Any] = {
             "worker_id": worker_id,
@@ -243,25 +250,28 @@ class QueueConnection:
             statement = sql("exchange")
         finished: set[int] = set()
         claimed: list[tuple] = []
+        expired = 0
         for row in self.connect().execute(statement, params).fetchall():
-            if row[0]:
+            if row[0] == 1:
                 claimed.append(row[1:])
-            else:
+            elif row[0] == 0:
                 finished.add(row[1])
+            else:
+                expired += 1
         # The UPDATE returns rows in no particular order; run them in claim order.
         claimed.sort(key=lambda row: (-row[3], row[9], row[0]))
-        return finished, [ClaimedTask(*row) for row in claimed]
+        return Exchanged(finished, [ClaimedTask(*row) for row in claimed], expired)
 
     def claim(
         self, *, worker_id: str, queues: Sequence[str] | None, limit: int, lease_seconds: float
     ) -> list[ClaimedTask]:
         return self.exchange(
             worker_id=worker_id, queues=queues, limit=limit, lease_seconds=lease_seconds
-        )[1]
+        ).claimed
 
     def finish(self, *, worker_id: str, outcomes: Sequence[Outcome]) -> set[int]:
         """Record outcomes; returns the ids actually updated (the others lost their claim)."""
-        return self.exchange(worker_id=worker_id, outcomes=outcomes)[0]
+        return self.exchange(worker_id=worker_id, outcomes=outcomes).finished
 
     def release(self, *, worker_id: str, ids: Sequence[int]) -> int:
         if not ids:

@@ -66,3 +66,15 @@ def test_a_worker_never_runs_an_expired_task_and_its_handle_says_why():
     handle = get_backend().get_result(expired.pk)
     assert handle.status == "CANCELLED"
     assert handle.error.type == "django_tasks_q.exceptions.TaskExpired"
+
+
+def test_expired_tasks_do_not_make_a_worker_think_the_queue_is_drained():
+    for n in range(3):
+        enqueue(-1, priority=10, key=f"expired-{n}")  # picked first, cancelled by the claim
+    for n in range(2):
+        enqueue(None, key=f"live-{n}")
+    # A burst worker stops when a claim comes back short; expired tasks must not count as
+    # missing rows, or it would stop here with the live tasks still waiting.
+    run_burst_worker(concurrency=1, batch_size=3, prefetch=2, poll_interval=60)
+    assert set(Execution.objects.values_list("key", flat=True)) == {"live-0", "live-1"}
+    assert Task.objects.filter(status="CANCELLED").count() == 3

@@ -199,7 +199,7 @@ def test_exchange_records_outcomes_and_claims_in_one_statement(qconn):
     done = tasks.add.delay(1, 1)
     [claimed] = claim(qconn, limit=1)
     waiting = tasks.add.delay(2, 2)
-    updated, more = qconn.exchange(
+    updated, more, _ = qconn.exchange(
         worker_id="w1",
         outcomes=[Outcome(id=claimed.id, attempt=1, status="SUCCESSFUL", result_json="2")],
         limit=5,

@@ -47,8 +47,9 @@ FROM inserted;
 -- name: exchange
 -- The worker's hot path, one statement and one commit: record the outcomes of finished
 -- attempts, then claim up to %(limit)s ready tasks from every queue. Empty outcome arrays and
--- a limit of 0 are fine. Returns one row per recorded outcome (kind 0, its id) and one per
--- claimed task (kind 1, with what the worker needs to run it).
+-- a limit of 0 are fine. Returns one row per recorded outcome (kind 0, its id), one per
+-- claimed task (kind 1, with what the worker needs to run it) and one per picked task that
+-- had expired and was cancelled instead (kind 2, its id).
 --
 -- finished: the WHERE clause is the fence. Only the worker holding this attempt may finish it,
 -- so a worker that lost its claim (cancelled, recovered) changes nothing.
@@ -102,6 +103,7 @@ expired AS (
         ))
     FROM picked
     WHERE task.id = picked.id AND picked.expires_at <= now()
+    RETURNING task.id
 ),
 claimed AS (
     UPDATE django_tasks_q_task AS task
@@ -120,7 +122,10 @@ FROM finished
 UNION ALL
 SELECT 1, id, name, queue, priority, args, kwargs, attempts, max_attempts, timeout, run_after,
        enqueued_at, started_at, last_attempted_at, errors
-FROM claimed;
+FROM claimed
+UNION ALL
+SELECT 2, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM expired;
 
 -- name: pick_any_queue
 -- The MATERIALIZED CTE is an optimisation fence. Postgres first picks and locks ids, walking

@@ -342,7 +342,7 @@ class Worker:
                 )  # fmt: skip
         outcomes = self._unrecorded
         began = time.perf_counter()
-        updated, claimed = self.connection.exchange(
+        updated, claimed, expired = self.connection.exchange(
             worker_id=self.worker_id,
             outcomes=outcomes,
             queues=self.queues,
@@ -375,7 +375,7 @@ class Worker:
             for task in claimed:
                 self.executor.submit(task)
             self._held.update(task.id for task in claimed)
-            if len(claimed) < limit:
+            if len(claimed) + expired < limit:
                 self._maybe_ready = False  # drained: wait for a notification or the next poll
         return True
 
