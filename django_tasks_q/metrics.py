@@ -149,12 +149,11 @@ class QueueCollector(Collector):
 
 
 def _queue_gauges(using: str) -> Iterator[Any]:
-    from django.db.models import Count, Min, Q
-    from django.db.models.functions import Now
     from django.utils import timezone
 
     from django_tasks_q.conf import settings as conf
-    from django_tasks_q.models import Task, Worker, WorkerState
+    from django_tasks_q.models import Worker, WorkerState
+    from django_tasks_q.stats import queue_backlog
 
     ready = GaugeMetricFamily(f"{PREFIX}_queue_ready", "Tasks due to run now.", labels=["queue"])
     scheduled = GaugeMetricFamily(
@@ -167,25 +166,12 @@ def _queue_gauges(using: str) -> Iterator[Any]:
         labels=["queue"],
     )
     now = timezone.now()
-    rows = (
-        Task.objects.using(using)
-        .filter(status__in=["READY", "RUNNING"])
-        .values("queue")
-        .annotate(
-            ready=Count("id", filter=Q(status="READY", run_after__lte=Now())),
-            scheduled=Count("id", filter=Q(status="READY", run_after__gt=Now())),
-            running=Count("id", filter=Q(status="RUNNING")),
-            oldest_due=Min("run_after", filter=Q(status="READY", run_after__lte=Now())),
-        )
-        .order_by("queue")
-    )
-    for row in rows:
-        queue = [row["queue"]]
-        ready.add_metric(queue, row["ready"])
-        scheduled.add_metric(queue, row["scheduled"])
-        running.add_metric(queue, row["running"])
-        age = (now - row["oldest_due"]).total_seconds() if row["oldest_due"] else 0.0
-        oldest.add_metric(queue, max(age, 0.0))
+    for row in queue_backlog(using):  # shared with the admin dashboard
+        queue = [row.queue]
+        ready.add_metric(queue, row.ready)
+        scheduled.add_metric(queue, row.scheduled)
+        running.add_metric(queue, row.running)
+        oldest.add_metric(queue, max(row.oldest_ready_age or 0.0, 0.0))
     alive = GaugeMetricFamily(
         f"{PREFIX}_workers_alive", "Workers that heartbeat within their lease."
     )
