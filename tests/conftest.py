@@ -58,13 +58,13 @@ class WorkerProcess:
             pytest.fail(f"worker {self.pid} did not exit within {timeout}s; log:\n{self.log()}")
 
 
-@pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start real ``manage.py runtaskworker`` processes against the test database."""
+def _management_processes(tmp_path: Path, command: str) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real ``manage.py <command>`` processes against the test database; kill the ones
+    still running when the test ends."""
     started: list[WorkerProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
-        log_path = tmp_path / f"worker-{len(started)}.log"
+        log_path = tmp_path / f"{command}-{len(started)}.log"
         environment = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.settings",
@@ -74,21 +74,32 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         }
         with log_path.open("w") as log_file:
             process = subprocess.Popen(
-                [sys.executable, str(ROOT / "manage.py"), "runtaskworker", *args],
+                [sys.executable, str(ROOT / "manage.py"), command, *args],
                 cwd=ROOT,
                 env=environment,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-        worker = WorkerProcess(process, log_path)
-        started.append(worker)
-        return worker
+        started.append(WorkerProcess(process, log_path))
+        return started[-1]
 
     yield start
-    for worker in started:
-        if worker.process.poll() is None:
-            worker.process.kill()
-            worker.process.wait(timeout=10)
+    for process in started:
+        if process.process.poll() is None:
+            process.process.kill()
+            process.process.wait(timeout=10)
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real ``manage.py runtaskworker`` processes against the test database."""
+    yield from _management_processes(tmp_path, "runtaskworker")
+
+
+@pytest.fixture
+def start_beat(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real ``manage.py runtaskbeat`` processes against the test database."""
+    yield from _management_processes(tmp_path, "runtaskbeat")
 
 
 def run_burst_worker(**options):
@@ -100,39 +111,6 @@ def run_burst_worker(**options):
     worker = Worker(backend=get_backend(), **{**defaults, **options})
     assert worker.run() == 0
     return worker
-
-
-@pytest.fixture
-def start_beat(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start real ``manage.py runtaskbeat`` processes against the test database."""
-    started: list[WorkerProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
-        log_path = tmp_path / f"beat-{len(started)}.log"
-        environment = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "DATABASE_URL": database_url_for_subprocess(),
-            "PYTHONUNBUFFERED": "1",
-            **(env or {}),
-        }
-        with log_path.open("w") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, str(ROOT / "manage.py"), "runtaskbeat", *args],
-                cwd=ROOT,
-                env=environment,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        beat = WorkerProcess(process, log_path)
-        started.append(beat)
-        return beat
-
-    yield start
-    for beat in started:
-        if beat.process.poll() is None:
-            beat.process.kill()
-            beat.process.wait(timeout=10)
 
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
