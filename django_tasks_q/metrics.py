@@ -149,7 +149,7 @@ class QueueCollector(Collector):
 
 
 def _queue_gauges(using: str) -> Iterator[Any]:
-    from django.utils import timezone
+    from django.db.models.functions import Now
 
     from django_tasks_q.conf import settings as conf
     from django_tasks_q.models import Worker, WorkerState
@@ -165,7 +165,6 @@ def _queue_gauges(using: str) -> Iterator[Any]:
         "How long the oldest task due to run has been waiting.",
         labels=["queue"],
     )
-    now = timezone.now()
     for row in queue_backlog(using):  # shared with the admin dashboard
         queue = [row.queue]
         ready.add_metric(queue, row.ready)
@@ -180,7 +179,7 @@ def _queue_gauges(using: str) -> Iterator[Any]:
         Worker.objects.using(using)
         .filter(
             state=WorkerState.RUNNING,
-            last_heartbeat_at__gte=now - timedelta(seconds=conf.LEASE_SECONDS),
+            last_heartbeat_at__gte=Now() - timedelta(seconds=conf.LEASE_SECONDS),
         )
         .count(),
     )

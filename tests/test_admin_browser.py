@@ -88,3 +88,30 @@ def test_searching_by_id_and_by_argument_text(admin_page, live_server, tasks_in_
     page.press("#searchbar", "Enter")
     expect(page.locator("#result_list tbody tr")).to_have_count(1)
     expect(row(page, tasks_in_every_state["waiting"])).to_have_count(1)
+
+
+def test_the_dashboard_shows_tasks_in_every_state_and_refreshes_itself(
+    admin_page, live_server, tasks_in_every_state, tmp_path
+):
+    from datetime import timedelta
+
+    from django_tasks_q.models import Schedule, Worker
+
+    Worker.objects.create(id="web-1-4242", hostname="web-1", pid=4242, concurrency=4)
+    Schedule.objects.create(name="nightly report", task=tasks.record.name, args=["nightly"],
+                            interval=timedelta(hours=24))  # fmt: skip
+    page = admin_page
+    page.goto(f"{live_server.url}/admin/")
+    page.locator("a", has_text="Dashboard").first.click()
+    cells = {"ready": "1", "running": "1", "scheduled": "1", "succeeded": "1", "failed": "1"}
+    for column, number in cells.items():
+        expect(page.locator(f'[data-cell="default:{column}"]')).to_have_text(number)
+    expect(page.locator("#tasks-q-failing")).to_contain_text("TransientError")
+    expect(page.locator("#tasks-q-workers")).to_contain_text("web-1")
+    expect(page.locator("#tasks-q-schedules")).to_contain_text("nightly report")
+    expect(page.locator("#tasks-q-throughput svg")).to_have_count(1)
+    save_screenshot(page, tmp_path, "admin-dashboard.png", full_page=True)
+
+    tasks.record.delay("arrives while the page is open")
+    # No reload: the page's own refresh brings the new number.
+    expect(page.locator('[data-cell="default:ready"]')).to_have_text("2", timeout=20_000)

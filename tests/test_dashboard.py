@@ -22,8 +22,7 @@ from django.test import RequestFactory
 from django.urls import path
 
 from django_tasks_q import metrics
-from django_tasks_q.dashboard import DashboardAdmin
-from django_tasks_q.models import Dashboard, Schedule, Task, Worker
+from django_tasks_q.models import Schedule, Task, Worker
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls(__name__)]
 
@@ -32,18 +31,7 @@ SVG = "{http://www.w3.org/2000/svg}"
 NOOP = "tests.testapp.tasks.scheduled_noop"
 
 
-def admin_site() -> admin.AdminSite:
-    if admin.site.is_registered(Dashboard):
-        return admin.site
-    # Until django_tasks_q.admin registers the dashboard: the same registrations, plus it.
-    site = admin.AdminSite()
-    for model, model_admin in admin.site._registry.items():
-        site.register(model, type(model_admin))
-    site.register(Dashboard, DashboardAdmin)
-    return site
-
-
-urlpatterns = [path("admin/", admin_site().urls)]
+urlpatterns = [path("admin/", admin.site.urls)]
 
 
 # Seeding, with times in seconds from the database's now() (negative: in the past).

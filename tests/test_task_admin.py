@@ -193,18 +193,23 @@ def test_anonymous_users_are_sent_to_the_login_page(client):
     assert response.status_code == 302 and "/login/" in response["Location"]
 
 
-def test_the_worker_list_highlights_stale_heartbeats(operator_client):
+def test_the_worker_list_marks_stale_and_lost_heartbeats(operator_client, settings):
+    settings.TASKS_Q = {"LEASE_SECONDS": 60, "HEARTBEAT_INTERVAL": 5}
     Worker.objects.create(id="fresh", hostname="a", pid=1, concurrency=2, queues=["emails"])
-    stale = Worker.objects.create(id="stale", hostname="b", pid=2, concurrency=2)
-    Worker.objects.filter(pk=stale.pk).update(last_heartbeat_at=timezone.now() - timedelta(hours=1))
+    for worker_id, silent_for in [("stale", 30), ("lost", 3600)]:
+        Worker.objects.create(id=worker_id, hostname="b", pid=2, concurrency=2)
+        Worker.objects.filter(pk=worker_id).update(
+            last_heartbeat_at=timezone.now() - timedelta(seconds=silent_for)
+        )
     response = operator_client.get(reverse("admin:django_tasks_q_worker_changelist"))
     html = response.content.decode()
-    assert html.count("tasks-q-stale") == 1 and html.count("tasks-q-live") == 1
-    assert "emails" in html
-    stale_only = operator_client.get(
-        reverse("admin:django_tasks_q_worker_changelist"), {"heartbeat": "stale"}
+    for condition in ["live", "stale", "lost"]:
+        assert html.count(f"tasks-q-heartbeat-{condition}") == 1, condition
+    assert "(lost)" in html and "(stale)" in html and "emails" in html
+    lost_only = operator_client.get(
+        reverse("admin:django_tasks_q_worker_changelist"), {"heartbeat": "lost"}
     )
-    assert [w.pk for w in stale_only.context["cl"].result_list] == ["stale"]
+    assert [w.pk for w in lost_only.context["cl"].result_list] == ["lost"]
 
 
 @pytest.mark.parametrize("kind", ["year", "month", "day"])

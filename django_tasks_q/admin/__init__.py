@@ -5,8 +5,10 @@ from django.contrib import admin
 from django_tasks_q.admin.schedules import ScheduleAdmin
 from django_tasks_q.admin.tasks import TaskAdmin
 from django_tasks_q.admin.workers import WorkerAdmin
-from django_tasks_q.models import Schedule, Task, Worker
+from django_tasks_q.dashboard import DashboardAdmin
+from django_tasks_q.models import Dashboard, Schedule, Task, Worker
 
 admin.site.register(Task, TaskAdmin)
 admin.site.register(Worker, WorkerAdmin)
 admin.site.register(Schedule, ScheduleAdmin)
+admin.site.register(Dashboard, DashboardAdmin)

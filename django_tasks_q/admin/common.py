@@ -14,23 +14,11 @@ from django.utils.html import format_html
 
 from django_tasks_q.models import TaskStatus
 
-STATUS_COLOURS = {
-    TaskStatus.READY: "#6c757d",
-    TaskStatus.RUNNING: "#0d6efd",
-    TaskStatus.SUCCESSFUL: "#198754",
-    TaskStatus.FAILED: "#dc3545",
-    TaskStatus.CANCELLED: "#b8860b",
-}
-
 
 def status_badge(status: str) -> str:
-    colour = STATUS_COLOURS.get(status, "#6c757d")
+    label = TaskStatus(status).label if status in TaskStatus.values else status
     return format_html(
-        '<span class="tasks-q-status tasks-q-status-{}" style="background:{};color:#fff;'
-        'padding:1px 7px;border-radius:9px;font-size:11px;white-space:nowrap">{}</span>',
-        str(status).lower(),
-        colour,
-        TaskStatus(status).label if status in TaskStatus.values else status,
+        '<span class="tasks-q-status tasks-q-status-{}">{}</span>', str(status).lower(), label
     )
 
 
@@ -58,13 +46,16 @@ def compact_time(moment: datetime | None) -> str:
 
 def pretty_json(value: Any) -> str:
     return format_html(
-        '<pre style="margin:0;white-space:pre-wrap">{}</pre>',
+        '<pre class="tasks-q-json">{}</pre>',
         json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True),
     )
 
 
 class ReadOnlyPages(admin.ModelAdmin):
     """Detail pages show, never edit: the change permission is for the actions."""
+
+    class Media:
+        css = {"all": ["django_tasks_q/admin.css"]}
 
     def change_view(self, request, object_id, form_url="", extra_context=None) -> HttpResponse:
         extra_context = {

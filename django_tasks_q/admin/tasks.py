@@ -289,11 +289,10 @@ class TaskAdmin(ReadOnlyPages):
             return "—"
         return format_html_join(
             "",
-            '<div class="tasks-q-error" style="margin-bottom:1em">'
+            '<div class="tasks-q-error">'
             "<strong>{} {}: {}</strong><br>"
-            '<span style="color:var(--body-quiet-color)">{}</span>'
-            '<details open><summary>{}</summary><pre style="white-space:pre-wrap">{}</pre>'
-            "</details></div>",
+            '<span class="tasks-q-error-where">{}</span>'
+            "<details open><summary>{}</summary><pre>{}</pre></details></div>",
             (
                 (
                     _("Attempt %(n)s") % {"n": error.get("attempt", "?")},

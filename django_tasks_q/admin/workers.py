@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from django.contrib import admin
 from django.db.models import QuerySet
+from django.db.models.functions import Now
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
@@ -16,18 +17,18 @@ from django_tasks_q.conf import settings as conf
 from django_tasks_q.models import Worker, WorkerState
 
 
-class StaleHeartbeatFilter(admin.SimpleListFilter):
+class HeartbeatFilter(admin.SimpleListFilter):
     title = _("heartbeat")
     parameter_name = "heartbeat"
 
     def lookups(self, request, model_admin):
-        return [("live", _("within the lease")), ("stale", _("older than the lease"))]
+        return [("live", _("live (within the lease)")), ("lost", _("lost (past the lease)"))]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Worker]) -> QuerySet[Worker]:
-        cutoff = timezone.now() - timedelta(seconds=conf.LEASE_SECONDS)
+        cutoff = Now() - timedelta(seconds=conf.LEASE_SECONDS)
         if self.value() == "live":
             return queryset.filter(last_heartbeat_at__gte=cutoff)
-        if self.value() == "stale":
+        if self.value() == "lost":
             return queryset.filter(last_heartbeat_at__lt=cutoff)
         return queryset
 
@@ -35,7 +36,7 @@ class StaleHeartbeatFilter(admin.SimpleListFilter):
 class WorkerAdmin(ReadOnlyPages):
     list_display = ("id", "hostname", "pid", "queues_display", "concurrency", "state",
                     "started_at", "heartbeat", "tasks_succeeded", "tasks_failed")  # fmt: skip
-    list_filter = ("state", StaleHeartbeatFilter, "hostname")
+    list_filter = ("state", HeartbeatFilter, "hostname")
     search_fields = ("id", "hostname")
     ordering = ("-last_heartbeat_at",)
     readonly_fields = [field.name for field in Worker._meta.fields]
@@ -49,12 +50,18 @@ class WorkerAdmin(ReadOnlyPages):
 
     @admin.display(description=_("last heartbeat"), ordering="last_heartbeat_at")
     def heartbeat(self, worker: Worker) -> str:
-        age = (timezone.now() - worker.last_heartbeat_at).total_seconds()
-        stale = worker.state == WorkerState.RUNNING and age > 2 * conf.HEARTBEAT_INTERVAL
+        """How long ago; a running worker that missed two heartbeats is *stale*, one silent
+        for longer than the lease is *lost* (its tasks are being recovered)."""
+        age = max((timezone.now() - worker.last_heartbeat_at).total_seconds(), 0.0)
+        condition = "live"
+        if worker.state == WorkerState.RUNNING and age > conf.LEASE_SECONDS:
+            condition = "lost"
+        elif worker.state == WorkerState.RUNNING and age > 2 * conf.HEARTBEAT_INTERVAL:
+            condition = "stale"
         return format_html(
-            '<span class="{}" style="{}" title="{}">{} ago</span>',
-            "tasks-q-stale" if stale else "tasks-q-live",
-            "color:#dc3545;font-weight:bold" if stale else "",
+            '<span class="tasks-q-heartbeat-{}" title="{}">{} ago{}</span>',
+            condition,
             worker.last_heartbeat_at.isoformat(),
-            format_duration(max(age, 0.0)),
+            format_duration(age),
+            f" ({condition})" if condition != "live" else "",
         )
