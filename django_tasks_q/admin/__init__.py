@@ -2,10 +2,10 @@
 
 from django.contrib import admin
 
+from django_tasks_q.admin.dashboard import DashboardAdmin
 from django_tasks_q.admin.schedules import ScheduleAdmin
 from django_tasks_q.admin.tasks import TaskAdmin
 from django_tasks_q.admin.workers import WorkerAdmin
-from django_tasks_q.dashboard import DashboardAdmin
 from django_tasks_q.models import Dashboard, Schedule, Task, Worker
 
 admin.site.register(Task, TaskAdmin)

@@ -25,13 +25,16 @@ def status_badge(status: str) -> str:
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
+    seconds = max(seconds, 0.0)
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
+    if seconds < 60:
         return f"{seconds:.1f} s"
-    if seconds < 7200:
+    if seconds < 3600:
         return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
 
 
 def compact_time(moment: datetime | None) -> str:

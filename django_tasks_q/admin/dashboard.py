@@ -29,6 +29,7 @@ from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 
 from django_tasks_q import stats
+from django_tasks_q.admin.common import format_duration
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.models import Task
 
@@ -40,21 +41,6 @@ CHART_MINUTES = 60
 # Chart geometry, in SVG user units: one 10-unit slot per minute, axis labels around the plot.
 SLOT, BAR = 10, 8
 LEFT, TOP, PLOT_HEIGHT, BOTTOM = 56, 12, 150, 40
-
-
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = max(seconds, 0.0)
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
 
 
 def link(url: str | None, text: object) -> SafeString:
@@ -159,7 +145,7 @@ def queue_rows(
             (column, link(links.tasks(**lookup, **where), getattr(row, column)))
             for column, lookup in lookups.items()
         ]
-        row.cells.append(("oldest", format_html("{}", format_seconds(row.oldest_ready_age))))
+        row.cells.append(("oldest", format_html("{}", format_duration(row.oldest_ready_age))))
     return ordered
 
 
@@ -275,7 +261,7 @@ def worker_rows(workers: Sequence[stats.WorkerActivity], links: Links) -> list[W
         WorkerRow(
             worker=worker,
             url=links.worker(worker.id),
-            heartbeat=format_seconds(worker.heartbeat_age),
+            heartbeat=format_duration(worker.heartbeat_age),
             stale=worker.heartbeat_age > stale_after,
             lost=worker.heartbeat_age > conf.LEASE_SECONDS,
             running_links=[
@@ -322,7 +308,7 @@ def collect(using: str, links: Links) -> dict[str, object]:
                 ),
                 "failures": item.failures,
                 "error": link(links.task(item.latest_id), error_text(item)),
-                "ago": format_seconds((now - item.latest_at).total_seconds()),
+                "ago": format_duration((now - item.latest_at).total_seconds()),
             }
             for item in failing
         ],
@@ -330,8 +316,8 @@ def collect(using: str, links: Links) -> dict[str, object]:
             {
                 "name": link(links.tasks(name=item.name, finished_at__gte=hour_ago), item.name),
                 "finished": item.finished,
-                "p50": format_seconds(item.p50),
-                "p95": format_seconds(item.p95),
+                "p50": format_duration(item.p50),
+                "p95": format_duration(item.p95),
             }
             for item in slowest
         ],
@@ -345,7 +331,7 @@ def collect(using: str, links: Links) -> dict[str, object]:
                 "due": item.due_in <= 0,
                 # Past BEAT_MISSED_AFTER beat treats the tick as missed: no beat is keeping up.
                 "late": item.due_in < -conf.BEAT_MISSED_AFTER,
-                "due_in": format_seconds(abs(item.due_in)),
+                "due_in": format_duration(abs(item.due_in)),
             }
             for item in schedules
         ],
