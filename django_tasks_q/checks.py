@@ -80,6 +80,18 @@ def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 "E011",
             )
         )
+    for key in ("KEEP_SUCCESSFUL", "KEEP_FAILED"):
+        keep = value.get(key)
+        if keep is not None and not (_is_number(keep) and keep > 0):
+            errors.append(
+                _error(
+                    f"{SETTING_NAME}[{key!r}] must be None or a number of seconds > 0, "
+                    f"got {keep!r}.",
+                    f"For example {key!r}: {DEFAULTS[key]} ({DEFAULTS[key] // 86400} days); "
+                    "None keeps finished tasks for good.",
+                    "E017",
+                )
+            )
     if "LISTEN_NOTIFY" in value and not isinstance(value["LISTEN_NOTIFY"], bool):
         errors.append(
             _error(

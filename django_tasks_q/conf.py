@@ -31,6 +31,10 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_INTERVAL": 5.0,
     # Seconds running tasks get after SIGTERM before the worker exits anyway; None waits.
     "GRACE_PERIOD": None,
+    # Seconds finished tasks are kept after they finish, then workers delete them; None keeps
+    # them for good. Successful ones, and failed or cancelled ones (kept longer, to look into).
+    "KEEP_SUCCESSFUL": 7 * 24 * 3600,
+    "KEEP_FAILED": 30 * 24 * 3600,
     # Schedules declared in code: a list of dicts, synced into the Schedule table by beat.
     "SCHEDULES": (),
     # Seconds after its time a tick still counts as late (enqueued) rather than missed (left

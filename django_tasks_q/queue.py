@@ -336,6 +336,13 @@ class QueueConnection:
     def prune_workers(self, *, older_than: float) -> int:
         return self.connect().execute(sql("prune_workers"), {"older_than": older_than}).rowcount
 
+    def prune_tasks(
+        self, *, keep_successful: float | None, keep_failed: float | None, limit: int
+    ) -> int:
+        """Delete up to ``limit`` finished tasks past their retention; returns how many."""
+        params = {"keep_successful": keep_successful, "keep_failed": keep_failed, "limit": limit}
+        return self.connect().execute(sql("prune_tasks"), params).rowcount
+
 
 def listen_connection(
     using: str, application_name: str | None = None, *, channel: str = NOTIFY_CHANNEL

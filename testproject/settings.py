@@ -78,6 +78,9 @@ TASKS_Q = {
     # The fault-injection tests shorten these to see recovery within seconds.
     "LEASE_SECONDS": env.float("TASKS_Q_LEASE_SECONDS", default=60.0),
     "HEARTBEAT_INTERVAL": env.float("TASKS_Q_HEARTBEAT_INTERVAL", default=5.0),
+    # The pruning test keeps finished tasks for seconds instead of days.
+    "KEEP_SUCCESSFUL": env.float("TASKS_Q_KEEP_SUCCESSFUL", default=7 * 24 * 3600),
+    "KEEP_FAILED": env.float("TASKS_Q_KEEP_FAILED", default=30 * 24 * 3600),
     # The demo's beat enqueues this; the schedule shows up in the admin, owned by code.
     "SCHEDULES": [
         {

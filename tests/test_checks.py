@@ -16,6 +16,10 @@ def test_default_settings_pass():
     assert ids() == []
 
 
+def test_finished_tasks_may_be_kept_for_good():
+    assert ids(TASKS_Q={"KEEP_SUCCESSFUL": None, "KEEP_FAILED": None}) == []
+
+
 def test_unknown_key_suggests_the_close_one():
     with override_settings(TASKS_Q={"POLL_INTERVALL": 1}):
         [message] = [m for m in checks.run_checks() if m.id == "django_tasks_q.E002"]
@@ -36,6 +40,8 @@ def test_unknown_key_suggests_the_close_one():
         ({"HEARTBEAT_INTERVAL": 30, "LEASE_SECONDS": 60}, ["django_tasks_q.E010"]),
         ({"HEARTBEAT_INTERVAL": 0}, ["django_tasks_q.E003"]),
         ({"GRACE_PERIOD": -1}, ["django_tasks_q.E011"]),
+        ({"KEEP_SUCCESSFUL": 0}, ["django_tasks_q.E017"]),
+        ({"KEEP_FAILED": "30 days"}, ["django_tasks_q.E017"]),
         ({"BEAT_MISSED_AFTER": 0}, ["django_tasks_q.E003"]),
         ({"SCHEDULES": "every day"}, ["django_tasks_q.E012"]),
         ({"SCHEDULES": ["0 3 * * *"]}, ["django_tasks_q.E013"]),

@@ -297,6 +297,41 @@ WHERE id = %(worker_id)s;
 DELETE FROM django_tasks_q_worker
 WHERE last_heartbeat_at < now() - make_interval(secs => %(older_than)s);
 
+-- name: prune_tasks
+-- Deletes finished tasks past their retention, up to %(limit)s of each status: SUCCESSFUL ones
+-- finished more than %(keep_successful)s seconds ago, FAILED and CANCELLED ones more than
+-- %(keep_failed)s (NULL keeps them). One pick per status, oldest first, so each is a range
+-- scan of tasks_q_finished_idx (status, finished_at) that stops after the limit; a single
+-- pick with OR makes the planner scan the table. SKIP LOCKED lets every worker prune side by
+-- side without waiting for another.
+WITH successful AS (
+    SELECT id FROM django_tasks_q_task
+    WHERE status = 'SUCCESSFUL'
+      AND finished_at < now() - make_interval(secs => %(keep_successful)s::float8)
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+failed AS (
+    SELECT id FROM django_tasks_q_task
+    WHERE status = 'FAILED'
+      AND finished_at < now() - make_interval(secs => %(keep_failed)s::float8)
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+cancelled AS (
+    SELECT id FROM django_tasks_q_task
+    WHERE status = 'CANCELLED'
+      AND finished_at < now() - make_interval(secs => %(keep_failed)s::float8)
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM django_tasks_q_task
+WHERE id IN (SELECT id FROM successful UNION ALL SELECT id FROM failed
+             UNION ALL SELECT id FROM cancelled);
+
 -- name: database_now
 -- statement_timestamp(), not now(): inside a transaction now() is when it began, and a
 -- schedule saved after waiting for beat's row lock must see a time after beat's commit.

@@ -13,12 +13,16 @@ from collections.abc import Callable
 import psycopg
 
 from django_tasks_q.queue import QueueConnection
+from django_tasks_q.worker.pruner import Pruner
 
 logger = logging.getLogger("django_tasks_q.worker")
 
 # Rows of workers not heard of for a week are deleted.
 WORKER_RETENTION_SECONDS = 7 * 24 * 3600
-PRUNE_EVERY_BEATS = 720
+PRUNE_WORKERS_EVERY_BEATS = 720
+# Finished tasks are pruned every this many beats (every minute by default), or at every beat
+# while the last pass left rows behind.
+PRUNE_TASKS_EVERY_BEATS = 12
 
 
 class Heartbeat:
@@ -35,6 +39,7 @@ class Heartbeat:
         counters: Callable[[], tuple[int, int]],
         on_rescued: Callable[[], None],
         on_cancel_requested: Callable[[list[int], list[int]], None],
+        pruner: Pruner | None = None,
     ) -> None:
         if interval <= 0 or lease_seconds <= interval:
             raise ValueError(
@@ -49,6 +54,7 @@ class Heartbeat:
         self.counters = counters
         self.on_rescued = on_rescued
         self.on_cancel_requested = on_cancel_requested
+        self.pruner = pruner
         self.beats = 0
         self._reported = (0, 0)
 
@@ -76,8 +82,10 @@ class Heartbeat:
         if any(status == "READY" for _, _, status, _ in rescued):
             self.on_rescued()
         self.beats += 1
-        if self.beats % PRUNE_EVERY_BEATS == 0:
+        if self.beats % PRUNE_WORKERS_EVERY_BEATS == 0:
             self.connection.prune_workers(older_than=WORKER_RETENTION_SECONDS)
+        if self.pruner and (self.pruner.behind or self.beats % PRUNE_TASKS_EVERY_BEATS == 1):
+            self.pruner.run_once()
 
     def run(self, stopping: threading.Event) -> None:
         """Beat every ``interval`` seconds until ``stopping`` is set; survive database loss."""

@@ -25,6 +25,7 @@ from django_tasks_q.backend import PostgresBackend
 from django_tasks_q.queue import Outcome, QueueConnection, listen_connection
 from django_tasks_q.worker.heartbeat import Heartbeat
 from django_tasks_q.worker.pool import ProcessPool
+from django_tasks_q.worker.pruner import Pruner
 from django_tasks_q.worker.runner import Runner
 from django_tasks_q.worker.threads import ThreadPool
 
@@ -54,6 +55,8 @@ class Worker:
         lease_seconds: float = 60.0,
         heartbeat_interval: float = 5.0,
         grace_period: float | None = None,
+        keep_successful: float | None = None,
+        keep_failed: float | None = None,
         pool: str = "threads",
         max_tasks_per_child: int | None = None,
         max_memory_per_child: float | None = None,
@@ -121,17 +124,23 @@ class Worker:
         )
         self.succeeded = 0
         self.failed = 0
+        heartbeat_connection = QueueConnection(
+            backend.database, application_name=f"django_tasks_q heartbeat {self.worker_id}"
+        )
         self.heartbeat = Heartbeat(
             worker_id=self.worker_id,
-            connection=QueueConnection(
-                backend.database, application_name=f"django_tasks_q heartbeat {self.worker_id}"
-            ),
+            connection=heartbeat_connection,
             interval=heartbeat_interval,
             lease_seconds=lease_seconds,
             register=self._register,
             counters=lambda: (self.succeeded, self.failed),
             on_rescued=self._look_for_work,
             on_cancel_requested=self._on_cancel_requested,
+            pruner=Pruner(
+                connection=heartbeat_connection,
+                keep_successful=keep_successful,
+                keep_failed=keep_failed,
+            ),
         )
         self.connection = QueueConnection(
             backend.database, application_name=f"django_tasks_q worker {self.worker_id}"

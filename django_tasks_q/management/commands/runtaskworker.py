@@ -161,6 +161,8 @@ class Command(BaseCommand):
                 lease_seconds=conf.LEASE_SECONDS,
                 heartbeat_interval=conf.HEARTBEAT_INTERVAL,
                 grace_period=_option(options, "grace_period", conf.GRACE_PERIOD),
+                keep_successful=conf.KEEP_SUCCESSFUL,
+                keep_failed=conf.KEEP_FAILED,
                 pool=options["pool"],
                 max_tasks_per_child=options["max_tasks_per_child"],
                 max_memory_per_child=options["max_memory_per_child"],
