@@ -84,7 +84,9 @@ class BackgroundTask(Task):
         **options: Any,
     ) -> TaskHandle:
         """``apply_async`` from async code; the same options."""
-        return await self.with_options(**options).aenqueue(*(args or ()), **(kwargs or {}))
+        from asgiref.sync import sync_to_async
+
+        return await sync_to_async(self.apply_async, thread_sensitive=True)(args, kwargs, **options)
 
     def apply_async(
         self,
@@ -95,12 +97,18 @@ class BackgroundTask(Task):
         eta: datetime | None = None,
         queue: str | None = None,
         priority: int | None = None,
+        expires: float | timedelta | datetime | None = None,
     ) -> TaskHandle:
         """Enqueue with per-call options: start no sooner than ``countdown`` seconds from now
-        or ``eta``; override the task's ``queue`` and ``priority``."""
-        return self.with_options(
-            countdown=countdown, eta=eta, queue=queue, priority=priority
-        ).enqueue(*(args or ()), **(kwargs or {}))
+        or ``eta``; override the task's ``queue`` and ``priority``; with ``expires`` (seconds
+        from now, a timedelta or an aware datetime), no attempt starts after that time: a task
+        still waiting then is cancelled instead."""
+        task = self.with_options(countdown=countdown, eta=eta, queue=queue, priority=priority)
+        args, kwargs = tuple(args or ()), dict(kwargs or {})
+        if expires is None:
+            return task.enqueue(*args, **kwargs)
+        expires_at = _expiry_time(expires, task.run_after)
+        return task.get_backend().enqueue(task, args, kwargs, expires_at=expires_at)
 
     def with_options(
         self,
@@ -139,6 +147,33 @@ class BackgroundTask(Task):
                 "keyword dicts; pass one of each per task."
             )
         return self.get_backend().enqueue_many(self, args_list, kwargs_list)
+
+
+def _expiry_time(expires: float | timedelta | datetime, run_after: datetime | None) -> datetime:
+    if isinstance(expires, datetime):
+        if timezone.is_naive(expires):
+            raise InvalidTask(
+                f"expires {expires.isoformat()} is a naive datetime; pass an aware one, e.g. "
+                "timezone.now() + timedelta(hours=1)."
+            )
+        expires_at = expires
+    elif isinstance(expires, timedelta) or (
+        isinstance(expires, (int, float)) and not isinstance(expires, bool)
+    ):
+        seconds = expires.total_seconds() if isinstance(expires, timedelta) else expires
+        if seconds <= 0:
+            raise InvalidTask(f"expires must be a positive number of seconds, got {expires!r}.")
+        expires_at = timezone.now() + timedelta(seconds=seconds)
+    else:
+        raise InvalidTask(
+            f"expires must be seconds, a timedelta or an aware datetime, got {expires!r}."
+        )
+    if run_after is not None and expires_at <= run_after:
+        raise InvalidTask(
+            f"expires ({expires_at.isoformat()}) is not after the task may start "
+            f"({run_after.isoformat()}): it could never run."
+        )
+    return expires_at
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -78,3 +78,40 @@ def test_expired_tasks_do_not_make_a_worker_think_the_queue_is_drained():
     run_burst_worker(concurrency=1, batch_size=3, prefetch=2, poll_interval=60)
     assert set(Execution.objects.values_list("key", flat=True)) == {"live-0", "live-1"}
     assert Task.objects.filter(status="CANCELLED").count() == 3
+
+
+def test_apply_async_expires_sets_the_expiry_and_a_late_task_is_cancelled(claimer):
+    from django.utils import timezone
+
+    fresh = tasks.record.apply_async(("fresh",), expires=60)
+    row = Task.objects.get(pk=fresh.id)
+    assert timedelta(seconds=55) < row.expires_at - row.enqueued_at <= timedelta(seconds=61)
+    stale = tasks.record.apply_async(("stale",), expires=timedelta(seconds=60))
+    Task.objects.filter(pk=stale.id).update(expires_at=timezone.now() - timedelta(seconds=1))
+    claimed = claimer.claim(worker_id="w1", queues=None, limit=10, lease_seconds=60)
+    assert [task.id for task in claimed] == [int(fresh.id)]
+    assert Task.objects.get(pk=stale.id).status == "CANCELLED"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"expires": 0}, "expires must be a positive number of seconds"),
+        ({"expires": "soon"}, "expires must be seconds, a timedelta or an aware datetime"),
+        ({"expires": 30, "countdown": 60}, "is not after the task may start"),
+    ],
+)
+def test_apply_async_refuses_an_expiry_that_could_never_let_the_task_run(options, message):
+    from django_tasks_q import InvalidTask
+
+    with pytest.raises(InvalidTask, match=message):
+        tasks.record.apply_async(("x",), **options)
+    assert not Task.objects.exists()
+
+
+def test_aapply_async_takes_the_same_options():
+    from asgiref.sync import async_to_sync
+
+    handle = async_to_sync(tasks.record.aapply_async)(("a",), expires=60, priority=3)
+    row = Task.objects.get(pk=handle.id)
+    assert row.priority == 3 and row.expires_at is not None
