@@ -105,27 +105,40 @@ class PostgresBackend(BaseTaskBackend):
         expires_at: datetime | None = None,
         schedule_id: int | None = None,
         scheduled_for: datetime | None = None,
+        unique_key: str | None = None,
     ) -> TaskHandle:
         """Django's enqueue. Beat also passes the schedule and tick the task stands for, and
-        when it expires (no attempt starts after ``expires_at``)."""
+        when it expires (no attempt starts after ``expires_at``). With ``unique_key``, while a
+        task with that key is READY or RUNNING, nothing is enqueued and that task's handle is
+        returned instead."""
         self.validate_task(task)
         check_arguments(args, kwargs)
         args_json, kwargs_json = dumps(list(args)), dumps(kwargs)
-        row = queue.enqueue(
-            using=self.database,
-            name=task.name,
-            queue=task.queue_name,
-            priority=task.priority,
-            args_json=args_json,
-            kwargs_json=kwargs_json,
-            run_after=task.run_after,
-            max_attempts=getattr(task, "max_attempts", 1),
-            timeout=getattr(task, "timeout", None),
-            notify=conf.LISTEN_NOTIFY,
-            expires_at=expires_at,
-            schedule_id=schedule_id,
-            scheduled_for=scheduled_for,
-        )
+        # A conflicting task can finish between the insert and the look-up; then try again.
+        for _ in range(5):
+            row = queue.enqueue(
+                using=self.database,
+                name=task.name,
+                queue=task.queue_name,
+                priority=task.priority,
+                args_json=args_json,
+                kwargs_json=kwargs_json,
+                run_after=task.run_after,
+                max_attempts=getattr(task, "max_attempts", 1),
+                timeout=getattr(task, "timeout", None),
+                notify=conf.LISTEN_NOTIFY,
+                expires_at=expires_at,
+                schedule_id=schedule_id,
+                scheduled_for=scheduled_for,
+                unique_key=unique_key,
+            )
+            if row is not None:
+                break
+            existing = queue.active_with_unique_key(unique_key, using=self.database)
+            if existing is not None:
+                return self.get_result(existing)
+        else:
+            raise RuntimeError(f"could not enqueue or find the task with unique key {unique_key!r}")
         handle = self._new_handle(task, row, json.loads(args_json), json.loads(kwargs_json))
         task_enqueued.send(type(self), task_result=handle)
         return handle

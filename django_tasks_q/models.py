@@ -86,6 +86,10 @@ class Task(models.Model):
         db_index=False,
     )
     scheduled_for = models.DateTimeField(null=True, blank=True, help_text=_("the schedule's tick"))
+    # At most one READY or RUNNING task per key (tasks_q_unique_key_active): enqueueing a task
+    # with the key of one that is waiting or running returns that one instead.
+    # NULL, not "": tasks without a key stay out of that index.
+    unique_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
 
     objects = TaskQuerySet.as_manager()
 
@@ -129,6 +133,11 @@ class Task(models.Model):
             ),
             # Beat locks a schedule's row while it enqueues a tick, so a tick is enqueued once;
             # should anything bypass that lock, the second insert fails here instead.
+            models.UniqueConstraint(
+                fields=["unique_key"],
+                condition=models.Q(unique_key__isnull=False, status__in=["READY", "RUNNING"]),
+                name="tasks_q_unique_key_active",
+            ),
             models.UniqueConstraint(
                 fields=["schedule", "scheduled_for"],
                 condition=models.Q(schedule__isnull=False),

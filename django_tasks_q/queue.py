@@ -67,8 +67,10 @@ def enqueue(
     expires_at: datetime | None = None,
     schedule_id: int | None = None,
     scheduled_for: datetime | None = None,
-) -> Enqueued:
-    """Insert one READY task through the caller's connection (and transaction)."""
+    unique_key: str | None = None,
+) -> Enqueued | None:
+    """Insert one READY task through the caller's connection (and transaction). None: a task
+    with ``unique_key`` is already READY or RUNNING, and nothing was inserted."""
     with connections[using].cursor() as cursor:
         cursor.execute(
             sql("enqueue"),
@@ -85,10 +87,19 @@ def enqueue(
                 "expires_at": expires_at,
                 "schedule_id": schedule_id,
                 "scheduled_for": scheduled_for,
+                "unique_key": unique_key,
             },
         )
         row = cursor.fetchone()
-    return Enqueued(row[0], row[1], row[2])
+    return Enqueued(row[0], row[1], row[2]) if row else None
+
+
+def active_with_unique_key(unique_key: str, *, using: str) -> int | None:
+    """The id of the READY or RUNNING task holding ``unique_key``, if there is one."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql("active_with_unique_key"), {"unique_key": unique_key})
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 def enqueue_many(

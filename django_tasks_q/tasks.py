@@ -98,17 +98,28 @@ class BackgroundTask(Task):
         queue: str | None = None,
         priority: int | None = None,
         expires: float | timedelta | datetime | None = None,
+        unique_key: str | None = None,
     ) -> TaskHandle:
         """Enqueue with per-call options: start no sooner than ``countdown`` seconds from now
         or ``eta``; override the task's ``queue`` and ``priority``; with ``expires`` (seconds
         from now, a timedelta or an aware datetime), no attempt starts after that time: a task
-        still waiting then is cancelled instead."""
+        still waiting then is cancelled instead. With ``unique_key``, if a task with that key
+        is READY or RUNNING, nothing is enqueued and its handle is returned."""
         task = self.with_options(countdown=countdown, eta=eta, queue=queue, priority=priority)
         args, kwargs = tuple(args or ()), dict(kwargs or {})
-        if expires is None:
+        if expires is None and unique_key is None:
             return task.enqueue(*args, **kwargs)
-        expires_at = _expiry_time(expires, task.run_after)
-        return task.get_backend().enqueue(task, args, kwargs, expires_at=expires_at)
+        if unique_key is not None and not (
+            isinstance(unique_key, str) and 0 < len(unique_key) <= 255
+        ):
+            raise InvalidTask(
+                f"unique_key must be a non-empty string of at most 255 characters, "
+                f"got {unique_key!r}."
+            )
+        expires_at = None if expires is None else _expiry_time(expires, task.run_after)
+        return task.get_backend().enqueue(
+            task, args, kwargs, expires_at=expires_at, unique_key=unique_key
+        )
 
     def with_options(
         self,

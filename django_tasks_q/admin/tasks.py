@@ -141,6 +141,7 @@ class TaskAdmin(ReadOnlyPages):
                     "schedule_link",
                     "scheduled_for",
                     "expires_at",
+                    "unique_key",
                 )
             },
         ),
@@ -173,7 +174,8 @@ class TaskAdmin(ReadOnlyPages):
         (_("Errors, one per failed attempt"), {"fields": ("errors_pretty",)}),
     ]
     readonly_fields = ("id", "name", "status_badge", "queue", "priority", "schedule_link",
-                       "scheduled_for", "expires_at", "enqueued_at", "run_after", "started_at",
+                       "scheduled_for", "expires_at",
+        "unique_key", "enqueued_at", "run_after", "started_at",
                        "last_attempted_at", "finished_at", "queued_for", "ran_for",
                        "attempts_display", "worker_link", "lease_expires_at",
                        "cancel_requested_at", "args_pretty", "kwargs_pretty", "result_pretty",

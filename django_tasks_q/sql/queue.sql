@@ -5,16 +5,22 @@
 -- One row; the NOTIFY is part of the same transaction, so it is delivered only if the
 -- caller commits, and only after the row is visible to the woken worker. Beat passes the
 -- schedule and tick; tasks_q_schedule_tick_uniq refuses a tick enqueued twice.
+-- With a unique key, nothing is inserted (no row returned) while a task with that key is
+-- READY or RUNNING: tasks_q_unique_key_active is the arbiter. An uncommitted insert of the
+-- same key by another transaction makes this one wait for it to commit or roll back.
 WITH inserted AS (
     INSERT INTO django_tasks_q_task
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
          attempts, max_attempts, timeout, worker_id, errors,
-         expires_at, schedule_id, scheduled_for)
+         expires_at, schedule_id, scheduled_for, unique_key)
     VALUES
         (%(name)s, %(queue)s, %(priority)s, 'READY', %(args)s::jsonb, %(kwargs)s::jsonb,
          COALESCE(%(run_after)s::timestamptz, now()), now(),
          0, %(max_attempts)s, %(timeout)s, '', '[]'::jsonb,
-         %(expires_at)s::timestamptz, %(schedule_id)s::bigint, %(scheduled_for)s::timestamptz)
+         %(expires_at)s::timestamptz, %(schedule_id)s::bigint, %(scheduled_for)s::timestamptz,
+         %(unique_key)s)
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('READY', 'RUNNING')
+    DO NOTHING
     RETURNING id, queue, run_after, enqueued_at
 ),
 notified AS (
@@ -22,6 +28,11 @@ notified AS (
 )
 SELECT id, run_after, enqueued_at, (SELECT count(*) FROM notified)
 FROM inserted;
+
+-- name: active_with_unique_key
+-- The READY or RUNNING task holding a unique key, if any.
+SELECT id FROM django_tasks_q_task
+WHERE unique_key = %(unique_key)s AND status IN ('READY', 'RUNNING');
 
 -- name: enqueue_many
 -- Ids come from the sequence in the order the SELECT produces rows (call order), so the sorted
