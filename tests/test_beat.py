@@ -140,7 +140,9 @@ def test_a_one_off_runs_once_and_is_then_done():
 
 def test_a_schedule_that_cannot_be_enqueued_is_retried_later_and_others_go_on(caplog):
     broken = make(name="broken")
-    healthy = make(name="healthy")
+    # Hourly, so its next tick is far off and the wait below is the broken one's backoff (a
+    # minutely cron would be due sooner near a minute boundary).
+    healthy = make(name="healthy", cron="", interval=timedelta(hours=1))
     Schedule.objects.filter(pk=broken.pk).update(task="tests.testapp.tasks.gone")
     tick = db_now() - timedelta(seconds=1)
     for schedule in (broken, healthy):
