@@ -117,16 +117,9 @@ class PostgresBackend(BaseTaskBackend):
         # A conflicting task can finish between the insert and the look-up; then try again.
         for _ in range(5):
             row = queue.enqueue(
-                using=self.database,
-                name=task.name,
-                queue=task.queue_name,
-                priority=task.priority,
+                **self._columns(task),
                 args_json=args_json,
                 kwargs_json=kwargs_json,
-                run_after=task.run_after,
-                max_attempts=getattr(task, "max_attempts", 1),
-                timeout=getattr(task, "timeout", None),
-                notify=conf.LISTEN_NOTIFY,
                 expires_at=expires_at,
                 schedule_id=schedule_id,
                 scheduled_for=scheduled_for,
@@ -194,16 +187,7 @@ class PostgresBackend(BaseTaskBackend):
         args_json = [dumps(list(args)) for args in args_list]
         kwargs_json = [dumps(kwargs) for kwargs in kwargs_list]
         rows = queue.enqueue_many(
-            using=self.database,
-            name=task.name,
-            queue=task.queue_name,
-            priority=task.priority,
-            args_json=args_json,
-            kwargs_json=kwargs_json,
-            run_after=task.run_after,
-            max_attempts=getattr(task, "max_attempts", 1),
-            timeout=getattr(task, "timeout", None),
-            notify=conf.LISTEN_NOTIFY,
+            **self._columns(task), args_json=args_json, kwargs_json=kwargs_json
         )
         handles = [
             self._new_handle(task, row, list(args), dict(kwargs))
@@ -213,6 +197,19 @@ class PostgresBackend(BaseTaskBackend):
             for handle in handles:
                 task_enqueued.send(type(self), task_result=handle)
         return handles
+
+    def _columns(self, task: Task) -> dict[str, Any]:
+        """What every enqueued row takes from the task and the backend."""
+        return {
+            "using": self.database,
+            "name": task.name,
+            "queue": task.queue_name,
+            "priority": task.priority,
+            "run_after": task.run_after,
+            "max_attempts": getattr(task, "max_attempts", 1),
+            "timeout": getattr(task, "timeout", None),
+            "notify": conf.LISTEN_NOTIFY,
+        }
 
     def _new_handle(self, task: Task, row: queue.Enqueued, args: list, kwargs: dict) -> TaskHandle:
         return TaskHandle(
