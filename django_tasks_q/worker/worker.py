@@ -479,13 +479,8 @@ class Worker:
         unstarted = self.executor.take_unstarted()
         try:
             if unstarted:
-                released = self.connection.release(worker_id=self.worker_id, ids=unstarted)
-                self._held.difference_update(unstarted)
-                if self.metrics:
-                    self.metrics.released(unstarted)
-                logger.info(
-                    "Worker %s returned %s unstarted tasks to the queue", self.worker_id, released
-                )
+                self._given_back.put(unstarted)
+                self._release_given_back()
             while self._held:
                 if self._grace_over():
                     logger.warning(
