@@ -30,11 +30,12 @@ from django_tasks_q.compat import (
     task_enqueued,
 )
 from django_tasks_q.conf import settings as conf
+from django_tasks_q.exceptions import UnknownTaskError
 from django_tasks_q.models import Task as TaskRow
 from django_tasks_q.models import TaskStatus
 from django_tasks_q.results import TaskFailure, TaskHandle, worker_ids
 from django_tasks_q.serialization import check_arguments, dumps
-from django_tasks_q.tasks import BackgroundTask
+from django_tasks_q.tasks import BackgroundTask, MissingTask
 
 
 class PostgresBackend(BaseTaskBackend):
@@ -56,6 +57,11 @@ class PostgresBackend(BaseTaskBackend):
 
     def validate_task(self, task: Task) -> None:
         """Django's rules first; where a rule fails, the message says what to change."""
+        if isinstance(task, MissingTask):
+            raise UnknownTaskError(
+                f"Task {task.name!r} is no longer in the code: a handle of one of its stored "
+                "rows can read it, not enqueue it again."
+            )
         try:
             super().validate_task(task)
         except InvalidTask as exc:
@@ -207,6 +213,7 @@ class PostgresBackend(BaseTaskBackend):
             "priority": task.priority,
             "run_after": task.run_after,
             "max_attempts": getattr(task, "max_attempts", 1),
+            "max_lost_attempts": getattr(task, "max_lost_attempts", None) or conf.MAX_LOST_ATTEMPTS,
             "timeout": getattr(task, "timeout", None),
             "notify": conf.LISTEN_NOTIFY,
         }
@@ -240,8 +247,14 @@ class PostgresBackend(BaseTaskBackend):
         return self.handle_from_row(row)
 
     def handle_from_row(self, row: TaskRow) -> TaskHandle:
-        task = registry.get(row.name)
-        if task.queue_name != row.queue or task.priority != row.priority:
+        """The handle of a stored row, also when its task was renamed or removed from the code
+        since (then its ``task`` is a :class:`MissingTask` that cannot be enqueued)."""
+        task = registry.find(row.name)
+        if task is None:
+            task = MissingTask.named(
+                row.name, queue=row.queue, priority=row.priority, backend=self.alias
+            )
+        elif task.queue_name != row.queue or task.priority != row.priority:
             task = task.using(queue_name=row.queue, priority=row.priority)
         errors = [TaskFailure.from_json(error) for error in row.errors]
         return TaskHandle(

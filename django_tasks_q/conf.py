@@ -29,6 +29,14 @@ DEFAULTS: dict[str, Any] = {
     # Seconds between a worker's heartbeats; each one extends the leases of its tasks and
     # recovers tasks whose worker stopped heartbeating. Must be well below LEASE_SECONDS.
     "HEARTBEAT_INTERVAL": 5.0,
+    # Attempts of one task that may be lost (its worker killed, frozen past the lease, or the
+    # database gone under it) before the task is FAILED: a task that kills every worker it
+    # lands on must not loop forever. Lost attempts never spend the task's own retries.
+    # A task's @background_task(max_lost_attempts=...) overrides it.
+    "MAX_LOST_ATTEMPTS": 3,
+    # Seconds a task whose name a worker does not know (deployed to the web before the
+    # workers) waits for a worker that knows it; given back untouched meanwhile, then FAILED.
+    "UNKNOWN_TASK_GRACE": 600.0,
     # Seconds running tasks get after SIGTERM before the worker exits anyway; None waits.
     "GRACE_PERIOD": None,
     # Seconds finished tasks are kept after they finish, then workers delete them; None keeps

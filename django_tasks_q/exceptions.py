@@ -6,6 +6,8 @@ from django_tasks_q.compat import InvalidTask, TaskResultDoesNotExist
 
 __all__ = [
     "InvalidTask",
+    "OutcomeNotStored",
+    "ProcessDied",
     "Retry",
     "SoftTimeLimitExceeded",
     "TaskCancelled",
@@ -67,7 +69,20 @@ class TimeLimitExceeded(Exception):
 
 
 class WorkerLost(Exception):
-    """The process running a task died (or stopped heartbeating) before it finished."""
+    """An attempt was lost through no fault of the task: its worker died, froze past its
+    lease or was restarted, its process was killed from outside, or the database went away
+    under it. The task runs again, up to ``max_lost_attempts`` lost attempts."""
+
+
+class OutcomeNotStored(Exception):
+    """Recorded in place of an outcome the database refused to store (the attempt's result or
+    error); never raised inside a task."""
+
+
+class ProcessDied(Exception):
+    """The process-pool child running a task exited or crashed by the task's doing (an exit
+    status, or a signal such as SIGSEGV it raised itself). A failure like an exception: the
+    task's retry policy applies."""
 
 
 class SoftTimeLimitExceeded(Exception):

@@ -61,6 +61,11 @@ class Task(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     attempts = models.IntegerField(default=0, help_text=_("attempts started so far"))
     max_attempts = models.IntegerField(default=1)
+    # Attempts whose worker was lost (killed, frozen past its lease, database gone under the
+    # task). They run again without spending the task's own retries (max_attempts grows by
+    # one each time), until max_lost_attempts of them were lost: then the task is FAILED.
+    lost_attempts = models.IntegerField(default=0, db_default=0)
+    max_lost_attempts = models.IntegerField(default=3, db_default=3)
     timeout = models.FloatField(null=True, blank=True, help_text=_("seconds per attempt"))
     # The holder of a RUNNING task: every finish statement checks worker_id and attempts, so
     # a worker that lost its claim cannot overwrite what happened since.
@@ -170,7 +175,11 @@ class WorkerState(models.TextChoices):
 class Worker(models.Model):
     """A runtaskworker process, as it last reported itself."""
 
+    # Unique per process start; ``name`` is what the operator chose (--worker-id) or
+    # hostname-pid. A worker starting under the name of an earlier process recovers at once
+    # what that process held.
     id = models.CharField(primary_key=True, max_length=100)
+    name = models.CharField(max_length=100, blank=True, default="", db_default="")
     hostname = models.CharField(max_length=255)
     pid = models.IntegerField()
     queues = models.JSONField(default=list, blank=True, help_text=_("empty: every queue"))

@@ -9,7 +9,7 @@ cursor wrappers on the hot path.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -23,6 +23,8 @@ from psycopg.types.json import Jsonb
 NOTIFY_CHANNEL = "django_tasks_q"
 # Separate from the tasks' channel: beats are not woken by every enqueue, nor workers by edits.
 SCHEDULES_CHANNEL = "django_tasks_q_schedules"
+# Cancellation requests for RUNNING tasks: "<id>" or "<id> terminate".
+CANCEL_CHANNEL = "django_tasks_q_cancel"
 
 
 @cache
@@ -34,6 +36,10 @@ def statements() -> dict[str, str]:
         # Comments go: a placeholder written inside one would still count as a parameter.
         code = "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
         found[name.strip()] = code.strip().rstrip(";")
+    columns = ", ".join(TASK_COLUMNS)
+    nulls = ", ".join(["NULL"] * (len(TASK_COLUMNS) - 1))
+    for name, code in found.items():
+        found[name] = code.replace("{task_columns}", columns).replace("{null_task_columns}", nulls)
     # One exchange statement, two ways of picking what to claim (see the file).
     template = found.pop("exchange")
     found["exchange"] = template.replace("{picked}", found.pop("pick_any_queue"))
@@ -62,6 +68,7 @@ def enqueue(
     kwargs_json: str,
     run_after: datetime | None,
     max_attempts: int,
+    max_lost_attempts: int,
     timeout: float | None,
     notify: bool,
     expires_at: datetime | None = None,
@@ -82,6 +89,7 @@ def enqueue(
                 "kwargs": kwargs_json,
                 "run_after": run_after,
                 "max_attempts": max_attempts,
+                "max_lost_attempts": max_lost_attempts,
                 "timeout": timeout,
                 "notify": notify,
                 "expires_at": expires_at,
@@ -112,6 +120,7 @@ def enqueue_many(
     kwargs_json: Sequence[str],
     run_after: datetime | None,
     max_attempts: int,
+    max_lost_attempts: int,
     timeout: float | None,
     notify: bool,
 ) -> list[Enqueued]:
@@ -129,6 +138,7 @@ def enqueue_many(
                 "kwargs": list(kwargs_json),
                 "run_after": run_after,
                 "max_attempts": max_attempts,
+                "max_lost_attempts": max_lost_attempts,
                 "timeout": timeout,
                 "notify": notify,
             },
@@ -137,11 +147,12 @@ def enqueue_many(
     return [Enqueued(task_id, run_after_, enqueued_at) for task_id in ids]
 
 
-def cancel(task_id: int, *, using: str, terminate: bool = False) -> str | None:
+def cancel(task_id: int, *, using: str, terminate: bool = False, notify: bool = True) -> str | None:
     """Cancel a READY task, or ask a RUNNING one to stop. Returns the status after the call
     (``CANCELLED`` or ``RUNNING``), or ``None`` if the task had already finished."""
+    params = {"id": task_id, "terminate": terminate, "notify": notify, "channel": CANCEL_CHANNEL}
     with connections[using].cursor() as cursor:
-        cursor.execute(sql("cancel"), {"id": task_id, "terminate": terminate})
+        cursor.execute(sql("cancel"), params)
         row = cursor.fetchone()
     return row[0] if row else None
 
@@ -159,6 +170,8 @@ def retry_now(ids: Sequence[int], *, more_attempts: int, using: str, notify: boo
 
 @dataclass(frozen=True, slots=True)
 class ClaimedTask:
+    """A task row as a worker needs it to run (or recover) one attempt."""
+
     id: int
     name: str
     queue: str
@@ -173,11 +186,31 @@ class ClaimedTask:
     started_at: datetime
     last_attempted_at: datetime
     errors: list[dict[str, Any]]
+    lost_attempts: int = 0
+    max_lost_attempts: int = 3
+
+
+# The task table's columns for ClaimedTask's fields, in order: the statements select
+# {task_columns}, so adding a field here and to the dataclass is the whole change.
+TASK_COLUMNS: tuple[str, ...] = tuple(
+    "attempts" if name == "attempt" else name for name in ClaimedTask.__dataclass_fields__
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LostTask:
+    """An attempt found lost (its lease expired, its worker restarted or gave it up)."""
+
+    task: ClaimedTask
+    holder: str
+    lease_expires_at: datetime | None
+    cancel_requested: bool
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How one attempt ended. ``status`` READY means "retry after ``retry_delay`` seconds"."""
+    """How one attempt ended. ``status`` READY means "run again after ``retry_delay``
+    seconds"; ``lost`` marks an attempt lost to the infrastructure, not the task's error."""
 
     id: int
     attempt: int
@@ -187,12 +220,18 @@ class Outcome:
     max_attempts: int = 1
     retry_delay: float = 0.0
     duration: float = 0.0  # seconds the attempt ran; not stored, tunes the worker's prefetch
+    lost: bool = False
 
 
 class Exchanged(NamedTuple):
     finished: set[int]
     claimed: list[ClaimedTask]
-    expired: int
+    # Picked but cancelled instead of claimed (expired, or cancellation requested).
+    skipped: list[ClaimedTask]
+
+    @property
+    def expired(self) -> int:
+        return len(self.skipped)
 
 
 def connection_params(using: str, application_name: str | None = None) -> dict[str, Any]:
@@ -240,8 +279,9 @@ class QueueConnection:
         """Record ``outcomes`` and claim up to ``limit`` tasks, in one statement and one commit.
 
         Returns the ids whose outcome was recorded (the others' holder had lost the claim), the
-        claimed tasks in claim order, and how many picked tasks had expired (cancelled instead:
-        they count towards ``limit``, so a short claim still means the queue is drained).
+        claimed tasks in claim order, and the picked tasks cancelled instead of claimed
+        (expired, or cancellation requested: they count towards ``limit``, so a short claim
+        still means the queue is drained).
         """
         params: dict[str, Any] = {
             "worker_id": worker_id,
@@ -254,24 +294,23 @@ class QueueConnection:
             "errors": [Jsonb(o.error) if o.error else None for o in outcomes],
             "max_attempts": [o.max_attempts for o in outcomes],
             "retry_delays": [float(o.retry_delay) for o in outcomes],
+            "lost": [o.lost for o in outcomes],
         }
         if queues:
             statement, params["queues"] = sql("exchange_from_queues"), list(queues)
         else:
             statement = sql("exchange")
         finished: set[int] = set()
-        claimed: list[tuple] = []
-        expired = 0
-        for row in self.connect().execute(statement, params).fetchall():
-            if row[0] == 1:
-                claimed.append(row[1:])
-            elif row[0] == 0:
-                finished.add(row[1])
+        claimed: list[ClaimedTask] = []
+        skipped: list[ClaimedTask] = []
+        for kind, *row in self.connect().execute(statement, params).fetchall():
+            if kind == 0:
+                finished.add(row[0])
             else:
-                expired += 1
+                (claimed if kind == 1 else skipped).append(ClaimedTask(*row))
         # The UPDATE returns rows in no particular order; run them in claim order.
-        claimed.sort(key=lambda row: (-row[3], row[9], row[0]))
-        return Exchanged(finished, [ClaimedTask(*row) for row in claimed], expired)
+        claimed.sort(key=lambda task: (-task.priority, task.run_after, task.id))
+        return Exchanged(finished, claimed, skipped)
 
     def claim(
         self, *, worker_id: str, queues: Sequence[str] | None, limit: int, lease_seconds: float
@@ -284,29 +323,31 @@ class QueueConnection:
         """Record outcomes; returns the ids actually updated (the others lost their claim)."""
         return self.exchange(worker_id=worker_id, outcomes=outcomes).finished
 
-    def release(self, *, worker_id: str, ids: Sequence[int]) -> int:
+    def release(self, *, worker_id: str, ids: Sequence[int], delay: float = 0.0) -> int:
+        """Give back claimed tasks that did not start, due again in ``delay`` seconds (those
+        whose cancellation was requested are CANCELLED instead). Returns how many changed."""
         if not ids:
             return 0
-        params = {"worker_id": worker_id, "ids": list(ids), "listed": True}
-        cursor = self.connect().execute(sql("release"), params)
-        return len(cursor.fetchall())
+        params = {"worker_id": worker_id, "ids": list(ids), "listed": True, "delay": delay}
+        return len(self.connect().execute(sql("release"), params).fetchall())
 
     def release_unknown(self, *, worker_id: str, known: set[int]) -> int:
         """Return to READY the tasks held under ``worker_id`` that are not in ``known``."""
-        params = {"worker_id": worker_id, "ids": sorted(known), "listed": False}
+        params = {"worker_id": worker_id, "ids": sorted(known), "listed": False, "delay": 0.0}
         cursor = self.connect().execute(sql("release"), params)
         return len(cursor.fetchall())
 
     # -- workers: registration, heartbeat, recovery ----------------------------------------
 
     def register_worker(
-        self, *, worker_id: str, hostname: str, pid: int, queues: Sequence[str] | None,
-        concurrency: int,
+        self, *, worker_id: str, name: str, hostname: str, pid: int,
+        queues: Sequence[str] | None, concurrency: int,
     ) -> None:  # fmt: skip
         self.connect().execute(
             sql("worker_register"),
             {
                 "worker_id": worker_id,
+                "name": name,
                 "hostname": hostname,
                 "pid": pid,
                 "queues": Jsonb(list(queues or [])),
@@ -334,9 +375,54 @@ class QueueConnection:
         )
         return bool(row[0]), row[1], list(row[2]), list(row[3])
 
-    def rescue(self, *, limit: int = 100) -> list[tuple[int, str, str, str]]:
-        """Recover tasks whose lease expired: ``(id, name, new status, lost worker)`` each."""
-        return self.connect().execute(sql("rescue"), {"limit": limit}).fetchall()
+    def recover_lost(
+        self,
+        which: str,
+        decide: Callable[[LostTask], tuple[str, int, dict[str, Any]]],
+        **params: Any,
+    ) -> list[tuple[LostTask, str]]:
+        """Find lost attempts and record what ``decide`` says of each, in one transaction.
+
+        ``which``: ``expired`` (lease ran out; takes ``limit``), ``predecessors`` (earlier
+        processes under this worker's name; ``name``, ``worker_id``) or ``abandoned`` (given up
+        by this worker; ``worker_id``, ``ids``). ``decide`` returns the new status, the
+        max_attempts to store and the error entry. Returns each recorded attempt with its new
+        status; rows another worker recorded first are left out.
+        """
+        conn = self.connect()
+        with conn.transaction():
+            rows = conn.execute(sql(f"lost_{which}"), params).fetchall()
+            if not rows:
+                return []
+            width = len(TASK_COLUMNS)
+            lost = [
+                LostTask(ClaimedTask(*row[:width]), row[width], row[width + 1], row[width + 2])
+                for row in rows
+            ]
+            decisions = [decide(item) for item in lost]
+            recorded = conn.execute(
+                sql("record_lost"),
+                {
+                    "ids": [item.task.id for item in lost],
+                    "attempts": [item.task.attempt for item in lost],
+                    "holders": [item.holder for item in lost],
+                    "statuses": [status for status, _, _ in decisions],
+                    "max_attempts": [max_attempts for _, max_attempts, _ in decisions],
+                    "errors": [Jsonb(error) for _, _, error in decisions],
+                    "notify": params.get("notify", True),
+                },
+            ).fetchall()
+        done = {row[0] for row in recorded}
+        return [
+            (item, status)
+            for item, (status, _, _) in zip(lost, decisions, strict=True)
+            if item.task.id in done
+        ]
+
+    def mark_replaced(self, *, name: str, worker_id: str) -> list[str]:
+        """Mark the rows of earlier processes under ``name`` stopped; returns their ids."""
+        params = {"name": name, "worker_id": worker_id}
+        return [row[0] for row in self.connect().execute(sql("worker_replaced"), params)]
 
     def stop_worker(self, *, worker_id: str, succeeded: int, failed: int) -> None:
         self.connect().execute(
@@ -356,14 +442,21 @@ class QueueConnection:
 
 
 def listen_connection(
-    using: str, application_name: str | None = None, *, channel: str = NOTIFY_CHANNEL
+    using: str,
+    application_name: str | None = None,
+    *,
+    channel: str = NOTIFY_CHANNEL,
+    also: Sequence[str] = (),
 ) -> psycopg.Connection:
-    """A connection LISTENing on ``channel`` (the queue's by default); read it with
-    ``conn.notifies()``."""
-    if channel not in (NOTIFY_CHANNEL, SCHEDULES_CHANNEL):
-        raise ValueError(f"unknown channel {channel!r}")
+    """A connection LISTENing on ``channel`` (the queue's by default) and the channels in
+    ``also``; read it with ``conn.notifies()``."""
+    channels = [channel, *also]
+    for name in channels:
+        if name not in (NOTIFY_CHANNEL, SCHEDULES_CHANNEL, CANCEL_CHANNEL):
+            raise ValueError(f"unknown channel {name!r}")
     conn = psycopg.connect(**connection_params(using, application_name), autocommit=True)
-    conn.execute(f"LISTEN {channel}")
+    for name in channels:
+        conn.execute(f"LISTEN {name}")
     return conn
 
 

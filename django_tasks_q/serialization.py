@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,23 @@ def _describe(value: Any) -> str:
     )
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_text(text: str, where: str) -> None:
+    if "\x00" in text:
+        raise SerializationError(
+            f"{where} contains a NUL character (\\x00), which PostgreSQL cannot store in "
+            "JSON; remove it or encode the value (for example as base64)."
+        )
+    if not text.isascii() and _SURROGATE.search(text):
+        raise SerializationError(
+            f"{where} contains a lone surrogate (a code point between U+D800 and U+DFFF), "
+            "which is not valid Unicode text and which PostgreSQL cannot store; decode the "
+            "text properly (for example with errors='replace') or encode the value as base64."
+        )
+
+
 def check_json(value: Any, where: str) -> None:
     """Raise :class:`SerializationError` naming ``where`` if ``value`` is not plain JSON.
 
@@ -32,11 +50,7 @@ def check_json(value: Any, where: str) -> None:
     accepted values and ``dict`` with ``str`` keys. Tuples come back as lists.
     """
     if isinstance(value, str):
-        if "\x00" in value:
-            raise SerializationError(
-                f"{where} contains a NUL character (\\x00), which PostgreSQL cannot store in "
-                "JSON; remove it or encode the value (for example as base64)."
-            )
+        _check_text(value, where)
         return
     if value is None or isinstance(value, (bool, int)):
         return
@@ -54,6 +68,7 @@ def check_json(value: Any, where: str) -> None:
                     f"{where} has a key {key!r} of type {_describe(key)}; JSON object keys "
                     "must be strings (they would come back as strings)."
                 )
+            _check_text(key, f"a key of {where}")
             check_json(item, f"{where}[{key!r}]")
         return
     if isinstance(value, (list, tuple)):
@@ -85,9 +100,16 @@ def dumps(value: Any) -> str:
 
 
 def result_to_json(value: Any) -> tuple[str | None, str | None]:
-    """Encode a task's return value; returns ``(json, None)`` or ``(None, reason)``."""
+    """Encode a task's return value; returns ``(json, None)`` or ``(None, reason)``. Never
+    raises: whatever a task returns, the worker records an outcome."""
     try:
         check_json(value, "the return value")
+        return dumps(value), None
     except SerializationError as exc:
         return None, str(exc)
-    return dumps(value), None
+    except RecursionError:
+        return None, ("the return value nests too deeply (or contains itself) to be stored as JSON")
+    except ValueError as exc:  # e.g. an int with more digits than Python converts to text
+        return None, f"the return value could not be encoded as JSON: {exc}"
+    except Exception as exc:
+        return None, (f"the return value could not be encoded as JSON: {type(exc).__name__}: {exc}")

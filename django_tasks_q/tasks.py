@@ -19,7 +19,12 @@ from django_tasks_q.compat import (
     Task,
     TaskContext,
 )
-from django_tasks_q.exceptions import MaxRetriesExceededError, Retry, TaskCancelled
+from django_tasks_q.exceptions import (
+    MaxRetriesExceededError,
+    Retry,
+    TaskCancelled,
+    UnknownTaskError,
+)
 
 if TYPE_CHECKING:
     from django_tasks_q.results import TaskHandle
@@ -42,6 +47,8 @@ class BackgroundTask(Task):
     timeout: float | None = None
     soft_timeout: float | None = None
     ignore_result: bool = False
+    # Lost attempts tolerated before the task is FAILED; None: TASKS_Q["MAX_LOST_ATTEMPTS"].
+    max_lost_attempts: int | None = None
     # A cron expression, an interval, a one-off datetime or a dict; see declarations.py.
     schedule: Any = None
 
@@ -160,6 +167,32 @@ class BackgroundTask(Task):
         return self.get_backend().enqueue_many(self, args_list, kwargs_list)
 
 
+def _missing_function(*args: Any, **kwargs: Any) -> NoReturn:
+    raise UnknownTaskError("This task is no longer in the code; it cannot run.")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MissingTask(BackgroundTask):
+    """Stands for the task of a stored row whose name is no longer in the code (renamed or
+    removed), so its handle still reads the row. Not registered, so no worker takes it for a
+    known task, and it cannot be enqueued."""
+
+    def __post_init__(self) -> None:
+        pass  # neither validated against a backend nor registered
+
+    @classmethod
+    def named(cls, name: str, *, queue: str, priority: int, backend: str) -> MissingTask:
+        return cls(
+            func=_missing_function,
+            task_name=name,
+            queue_name=queue,
+            priority=priority,
+            backend=backend,
+            run_after=None,
+            takes_context=False,
+        )
+
+
 def _expiry_time(expires: float | timedelta | datetime, run_after: datetime | None) -> datetime:
     if isinstance(expires, datetime):
         if timezone.is_naive(expires):
@@ -238,7 +271,7 @@ class BackgroundTaskContext(TaskContext):
 _OPTION_NAMES = (
     "name", "queue", "priority", "max_retries", "retry_backoff", "retry_backoff_max",
     "retry_jitter", "autoretry_for", "default_retry_delay", "timeout", "soft_timeout",
-    "ignore_result", "bind",
+    "ignore_result", "max_lost_attempts", "bind",
     "takes_context", "backend", "schedule",
 )  # fmt: skip
 
@@ -258,6 +291,7 @@ def background_task(
     timeout: float | None = None,
     soft_timeout: float | None = None,
     ignore_result: bool = False,
+    max_lost_attempts: int | None = None,
     bind: bool = False,
     takes_context: bool = False,
     backend: str = DEFAULT_TASK_BACKEND_ALIAS,
@@ -298,6 +332,7 @@ def background_task(
             timeout=timeout,
             soft_timeout=soft_timeout,
             ignore_result=ignore_result,
+            max_lost_attempts=max_lost_attempts,
             schedule=schedule,
         )
 
@@ -324,6 +359,11 @@ def _validate_options(task: BackgroundTask) -> None:
         or task.max_retries < 0
     ):
         raise InvalidTask(f"{where}: max_retries must be an int >= 0, got {task.max_retries!r}.")
+    lost = task.max_lost_attempts
+    if lost is not None and (not isinstance(lost, int) or isinstance(lost, bool) or lost < 1):
+        raise InvalidTask(
+            f"{where}: max_lost_attempts must be an int >= 1 or None (the setting), got {lost!r}."
+        )
     backoff = task.retry_backoff
     if not isinstance(backoff, (bool, int, float)) or (
         not isinstance(backoff, bool) and backoff <= 0

@@ -81,6 +81,8 @@ TASKS_Q = {
     # The pruning test keeps finished tasks for seconds instead of days.
     "KEEP_SUCCESSFUL": env.float("TASKS_Q_KEEP_SUCCESSFUL", default=7 * 24 * 3600),
     "KEEP_FAILED": env.float("TASKS_Q_KEEP_FAILED", default=30 * 24 * 3600),
+    # The deploy-skew tests let unknown task names fail after seconds.
+    "UNKNOWN_TASK_GRACE": env.float("TASKS_Q_UNKNOWN_TASK_GRACE", default=600.0),
     # The demo's beat enqueues this; the schedule shows up in the admin, owned by code.
     "SCHEDULES": [
         {

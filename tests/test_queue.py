@@ -165,6 +165,7 @@ def explain_exchange(statement: str, **extra) -> str:
             "errors",
             "max_attempts",
             "retry_delays",
+            "lost",
         )
     }
     params = {"limit": 10, "worker_id": "w", "lease_seconds": 60, **empty, **extra}

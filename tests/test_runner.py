@@ -18,12 +18,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_successful_task_stores_its_return_value():
     handle = tasks.add.delay(2, 3)
-    run_burst_worker(worker_id="test-worker")
+    worker = run_burst_worker(name="test-worker")
     handle.refresh()
     assert handle.status == "SUCCESSFUL"
     assert handle.result == handle.return_value == 5
     assert handle.attempts == 1
-    assert handle.worker_ids == ["test-worker"]
+    assert worker.worker_id.startswith("test-worker-")
+    assert handle.worker_ids == [worker.worker_id]
     assert handle.started_at <= handle.finished_at
     assert handle.error is None
 
@@ -89,12 +90,23 @@ def test_bound_task_receives_attempt_number_and_task_id():
     assert Execution.objects.get(key="bound").attempt == 1
 
 
-def test_unregistered_task_name_fails_without_running_anything():
+def test_unregistered_task_name_fails_without_running_anything(settings):
+    # A dotted path to a function that is not a task object is never imported and called.
+    settings.TASKS_Q = {**settings.TASKS_Q, "UNKNOWN_TASK_GRACE": 0}
     Task.objects.create(name="os.system", args=["echo hacked"])
     run_burst_worker()
     row = Task.objects.get()
     assert row.status == "FAILED"
+    assert row.errors[0]["type"] == "django_tasks_q.exceptions.UnknownTaskError"
     assert "No task named 'os.system' is registered" in row.errors[0]["message"]
+
+
+def test_an_unknown_task_name_is_given_back_without_counting_an_attempt():
+    row = Task.objects.create(name="shop.tasks.added_later", args=[])
+    run_burst_worker()
+    row.refresh_from_db()
+    assert (row.status, row.attempts, row.errors) == ("READY", 0, [])
+    assert row.run_after > row.enqueued_at  # offered again a little later
 
 
 def test_arguments_that_no_longer_fit_the_signature_fail_clearly():

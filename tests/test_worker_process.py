@@ -150,23 +150,26 @@ def test_latency_helper_is_monotonic():
 
 
 def _terminate_worker_connections() -> int:
+    """Every connection to the test database but this one: the worker's queue, listener and
+    heartbeat connections, and those its tasks are using."""
     from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name LIKE 'django_tasks_q %%'"
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
         return cursor.fetchone()[0]
 
 
 def test_worker_survives_losing_its_connections_and_loses_no_task(start_worker):
+    """Default task options: an attempt whose connection was cut is lost, not failed."""
     total = 300
     tasks.sleep_then_record.enqueue_many([(f"k{i}", 0.005) for i in range(total)])
     worker = start_worker("--concurrency", "2", "--poll-interval", "0.2")
     wait_for(lambda: Execution.objects.count() >= 20, message="the worker to get going")
-    # Cut the worker's queue and listener connections, twice, while it works.
-    assert _terminate_worker_connections() == 2
+    # Cut the worker's connections and its tasks', twice, while it works.
+    assert _terminate_worker_connections() >= 2
     wait_for(lambda: "lost the database" in worker.log(), message="the worker to notice")
     wait_for(lambda: Execution.objects.count() >= 150, timeout=60, message="the worker to resume")
     assert _terminate_worker_connections() >= 1
@@ -176,8 +179,10 @@ def test_worker_survives_losing_its_connections_and_loses_no_task(start_worker):
     )  # fmt: skip
     worker.terminate()
     assert worker.wait() == 0
-    assert Execution.objects.count() == total
     assert Execution.objects.values("key").distinct().count() == total
+    # Only attempts in flight when connections were cut (at most one per slot, twice) ran
+    # twice: the rest ran once.
+    assert Execution.objects.count() - total <= 2 * 2
 
 
 def test_ctrl_c_stops_an_idle_worker_cleanly(start_worker):

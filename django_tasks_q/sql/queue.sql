@@ -11,12 +11,12 @@
 WITH inserted AS (
     INSERT INTO django_tasks_q_task
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
-         attempts, max_attempts, timeout, worker_id, errors,
+         attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors,
          expires_at, schedule_id, scheduled_for, unique_key)
     VALUES
         (%(name)s, %(queue)s, %(priority)s, 'READY', %(args)s::jsonb, %(kwargs)s::jsonb,
          COALESCE(%(run_after)s::timestamptz, now()), now(),
-         0, %(max_attempts)s, %(timeout)s, '', '[]'::jsonb,
+         0, %(max_attempts)s, %(max_lost_attempts)s, %(timeout)s, '', '[]'::jsonb,
          %(expires_at)s::timestamptz, %(schedule_id)s::bigint, %(scheduled_for)s::timestamptz,
          %(unique_key)s)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('READY', 'RUNNING')
@@ -40,10 +40,10 @@ WHERE unique_key = %(unique_key)s AND status IN ('READY', 'RUNNING');
 WITH inserted AS (
     INSERT INTO django_tasks_q_task
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
-         attempts, max_attempts, timeout, worker_id, errors)
+         attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors)
     SELECT %(name)s, %(queue)s, %(priority)s, 'READY', call.args, call.kwargs,
            COALESCE(%(run_after)s::timestamptz, now()), now(),
-           0, %(max_attempts)s, %(timeout)s, '', '[]'::jsonb
+           0, %(max_attempts)s, %(max_lost_attempts)s, %(timeout)s, '', '[]'::jsonb
     FROM unnest(%(args)s::jsonb[], %(kwargs)s::jsonb[]) WITH ORDINALITY AS call(args, kwargs, n)
     ORDER BY call.n
     RETURNING id, queue, run_after, enqueued_at
@@ -60,10 +60,14 @@ FROM inserted;
 -- attempts, then claim up to %(limit)s ready tasks from every queue. Empty outcome arrays and
 -- a limit of 0 are fine. Returns one row per recorded outcome (kind 0, its id), one per
 -- claimed task (kind 1, with what the worker needs to run it) and one per picked task that
--- had expired and was cancelled instead (kind 2, its id).
+-- was cancelled instead of claimed (kind 2: it had expired, or its cancellation was
+-- requested), with the same columns.
 --
 -- finished: the WHERE clause is the fence. Only the worker holding this attempt may finish it,
--- so a worker that lost its claim (cancelled, recovered) changes nothing.
+-- so a worker that lost its claim (cancelled, recovered) changes nothing. An outcome that
+-- asks for another attempt (READY) of a task whose cancellation was requested meanwhile ends
+-- it CANCELLED instead: cancel means no further attempt, whatever the worker knew. A lost
+-- attempt (lost = true) is counted apart from the task's own attempts.
 -- {picked} is filled in when the file is loaded: pick_any_queue for `exchange`,
 -- pick_from_queues for `exchange_from_queues` (the same statement for a worker started with
 -- --queues).
@@ -71,23 +75,33 @@ WITH outcome AS (
     SELECT *
     FROM unnest(
         %(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::text[], %(results)s::jsonb[],
-        %(errors)s::jsonb[], %(max_attempts)s::integer[], %(retry_delays)s::float8[]
-    ) AS outcome(id, attempt, status, result, error, max_attempts, retry_delay)
+        %(errors)s::jsonb[], %(max_attempts)s::integer[], %(retry_delays)s::float8[],
+        %(lost)s::boolean[]
+    ) AS outcome(id, attempt, status, result, error, max_attempts, retry_delay, lost)
 ),
 finished AS (
     UPDATE django_tasks_q_task AS task
-    SET status = outcome.status,
+    SET status = CASE
+            WHEN outcome.status = 'READY' AND task.cancel_requested_at IS NOT NULL
+                THEN 'CANCELLED'
+            ELSE outcome.status
+        END,
         result = outcome.result,
         errors = CASE
             WHEN outcome.error IS NULL THEN task.errors
             ELSE task.errors || jsonb_build_array(outcome.error || jsonb_build_object('at', now()))
         END,
         max_attempts = outcome.max_attempts,
+        lost_attempts = task.lost_attempts + outcome.lost::integer,
         run_after = CASE
-            WHEN outcome.status = 'READY' THEN now() + make_interval(secs => outcome.retry_delay)
+            WHEN outcome.status = 'READY' AND task.cancel_requested_at IS NULL
+                THEN now() + make_interval(secs => outcome.retry_delay)
             ELSE task.run_after
         END,
-        finished_at = CASE WHEN outcome.status = 'READY' THEN NULL ELSE now() END,
+        finished_at = CASE
+            WHEN outcome.status = 'READY' AND task.cancel_requested_at IS NULL THEN NULL
+            ELSE now()
+        END,
         lease_expires_at = NULL
     FROM outcome
     WHERE task.id = outcome.id
@@ -97,24 +111,33 @@ finished AS (
     RETURNING task.id
 ),
 {picked},
--- A picked task past its expires_at is cancelled instead of claimed, in the same statement,
--- so it cannot start late and does not come back to the next claim. The join to task is
--- only made for picked rows that carry an expiry, usually none.
-expired AS (
+-- A picked task past its expires_at, or whose cancellation was requested, is cancelled
+-- instead of claimed, in the same statement, so it never starts and does not come back to
+-- the next claim. The join to task is only made for such rows, usually none.
+skipped AS (
     UPDATE django_tasks_q_task AS task
     SET status = 'CANCELLED',
         finished_at = now(),
-        errors = task.errors || jsonb_build_array(jsonb_build_object(
-            'attempt', task.attempts,
-            'worker_id', '',
-            'type', 'django_tasks_q.exceptions.TaskExpired',
-            'message', format('not started before it expired at %%s', task.expires_at),
-            'traceback', '',
-            'at', now()
-        ))
+        errors = task.errors || jsonb_build_array(CASE
+            WHEN picked.cancel_requested_at IS NOT NULL THEN jsonb_build_object(
+                'attempt', task.attempts,
+                'worker_id', '',
+                'type', 'django_tasks_q.exceptions.TaskCancelled',
+                'message', 'cancelled before it started',
+                'traceback', '',
+                'at', now())
+            ELSE jsonb_build_object(
+                'attempt', task.attempts,
+                'worker_id', '',
+                'type', 'django_tasks_q.exceptions.TaskExpired',
+                'message', format('not started before it expired at %%s', task.expires_at),
+                'traceback', '',
+                'at', now())
+        END)
     FROM picked
-    WHERE task.id = picked.id AND picked.expires_at <= now()
-    RETURNING task.id
+    WHERE task.id = picked.id
+      AND (picked.expires_at <= now() OR picked.cancel_requested_at IS NOT NULL)
+    RETURNING task.*
 ),
 claimed AS (
     UPDATE django_tasks_q_task AS task
@@ -125,18 +148,19 @@ claimed AS (
         worker_id = %(worker_id)s,
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
     FROM picked
-    WHERE task.id = picked.id AND (picked.expires_at IS NULL OR picked.expires_at > now())
+    WHERE task.id = picked.id
+      AND (picked.expires_at IS NULL OR picked.expires_at > now())
+      AND picked.cancel_requested_at IS NULL
     RETURNING task.*
 )
-SELECT 0, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+SELECT 0 AS kind, id, {null_task_columns}
 FROM finished
 UNION ALL
-SELECT 1, id, name, queue, priority, args, kwargs, attempts, max_attempts, timeout, run_after,
-       enqueued_at, started_at, last_attempted_at, errors
+SELECT 1, {task_columns}
 FROM claimed
 UNION ALL
-SELECT 2, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-FROM expired;
+SELECT 2, {task_columns}
+FROM skipped;
 
 -- name: pick_any_queue
 -- The MATERIALIZED CTE is an optimisation fence. Postgres first picks and locks ids, walking
@@ -144,7 +168,7 @@ FROM expired;
 -- UPDATE to exactly those ids. Inlined, the planner may lock rows it then discards. The
 -- ORDER BY matches tasks_q_ready_idx, so the walk stops after LIMIT rows.
 picked AS MATERIALIZED (
-    SELECT id, expires_at
+    SELECT id, expires_at, cancel_requested_at
     FROM django_tasks_q_task
     WHERE status = 'READY' AND run_after <= now()
     ORDER BY priority DESC, run_after, id
@@ -157,10 +181,10 @@ picked AS MATERIALIZED (
 -- several queues (it would sort every ready row of those queues on each claim), so each queue is read in order through tasks_q_ready_queue_idx, at most LIMIT rows each, and
 -- the best LIMIT of those are kept. Rows locked but not kept are unlocked at commit.
 picked AS MATERIALIZED (
-    SELECT candidate.id, candidate.expires_at
+    SELECT candidate.id, candidate.expires_at, candidate.cancel_requested_at
     FROM unnest(%(queues)s::text[]) AS wanted(queue)
     CROSS JOIN LATERAL (
-        SELECT id, priority, run_after, expires_at
+        SELECT id, priority, run_after, expires_at, cancel_requested_at
         FROM django_tasks_q_task
         WHERE status = 'READY' AND queue = wanted.queue AND run_after <= now()
         ORDER BY priority DESC, run_after, id
@@ -173,32 +197,60 @@ picked AS MATERIALIZED (
 
 -- name: release
 -- Gives back tasks this worker claimed but never started, as if they had not been claimed:
--- with %(listed)s true, the ids in %(ids)s (unstarted at shutdown); with it false, every task
--- held under this worker id except those ids. That second form follows a lost connection: a
--- claim may have committed without the worker receiving its rows, and as worker ids are unique
--- per process, a RUNNING row under this id that the worker does not know about never started.
+-- with %(listed)s true, the ids in %(ids)s (unstarted at shutdown, or deferred because this
+-- worker does not know their name: then due again in %(delay)s seconds); with it false,
+-- every task held under this worker id except those ids. That second form follows a lost
+-- connection: a claim may have committed without the worker receiving its rows, and as
+-- worker ids are unique per process start, a RUNNING row under this id that the worker does
+-- not know about never started. A task whose cancellation was requested meanwhile is
+-- CANCELLED instead: it must never start.
 UPDATE django_tasks_q_task
-SET status = 'READY',
+SET status = CASE WHEN cancel_requested_at IS NULL THEN 'READY' ELSE 'CANCELLED' END,
     attempts = attempts - 1,
     started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END,
     last_attempted_at = CASE WHEN attempts = 1 THEN NULL ELSE last_attempted_at END,
+    run_after = CASE
+        WHEN %(delay)s::float8 > 0 THEN now() + make_interval(secs => %(delay)s::float8)
+        ELSE run_after
+    END,
+    finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END,
+    errors = CASE
+        WHEN cancel_requested_at IS NULL THEN errors
+        ELSE errors || jsonb_build_array(jsonb_build_object(
+            'attempt', attempts,
+            'worker_id', worker_id,
+            'type', 'django_tasks_q.exceptions.TaskCancelled',
+            'message', 'cancelled before it started',
+            'traceback', '',
+            'at', now()))
+    END,
     lease_expires_at = NULL
 WHERE status = 'RUNNING'
   AND worker_id = %(worker_id)s
   AND (id = ANY(%(ids)s::bigint[])) = %(listed)s
-RETURNING id;
+RETURNING id, status;
 
 -- name: cancel
--- A READY task is cancelled at once. A RUNNING one is asked to stop: its worker learns of it at
--- its next heartbeat, and the task sees it through context.is_cancelled(). Returns the status
--- after the call, or no row if the task had already finished.
-UPDATE django_tasks_q_task
-SET status = CASE WHEN status = 'READY' THEN 'CANCELLED' ELSE status END,
-    finished_at = CASE WHEN status = 'READY' THEN now() ELSE finished_at END,
-    cancel_requested_at = COALESCE(cancel_requested_at, now()),
-    cancel_terminate = cancel_terminate OR %(terminate)s
-WHERE id = %(id)s AND status IN ('READY', 'RUNNING')
-RETURNING status;
+-- A READY task is cancelled at once. A RUNNING one is asked to stop: the workers hear of it
+-- through a NOTIFY on the cancel channel at once (or at their next heartbeat without
+-- LISTEN/NOTIFY), so a task claimed but not started yet never starts, and a running task
+-- sees it through context.is_cancelled(). Returns the status after the call, or no row if
+-- the task had already finished.
+WITH requested AS (
+    UPDATE django_tasks_q_task
+    SET status = CASE WHEN status = 'READY' THEN 'CANCELLED' ELSE status END,
+        finished_at = CASE WHEN status = 'READY' THEN now() ELSE finished_at END,
+        cancel_requested_at = COALESCE(cancel_requested_at, now()),
+        cancel_terminate = cancel_terminate OR %(terminate)s
+    WHERE id = %(id)s AND status IN ('READY', 'RUNNING')
+    RETURNING id, status, cancel_terminate
+),
+notified AS (
+    SELECT pg_notify(%(channel)s, id::text || CASE WHEN cancel_terminate THEN ' terminate' ELSE '' END)
+    FROM requested
+    WHERE status = 'RUNNING' AND %(notify)s
+)
+SELECT status, (SELECT count(*) FROM notified) FROM requested;
 
 -- name: retry_now
 -- An operator's "retry now" on tasks that ended FAILED or CANCELLED: READY again, due now, with
@@ -228,13 +280,13 @@ SELECT id, (SELECT count(*) FROM notified) FROM retried;
 
 -- name: worker_register
 INSERT INTO django_tasks_q_worker
-    (id, hostname, pid, queues, concurrency, state, started_at, last_heartbeat_at,
+    (id, name, hostname, pid, queues, concurrency, state, started_at, last_heartbeat_at,
      tasks_succeeded, tasks_failed)
 VALUES
-    (%(worker_id)s, %(hostname)s, %(pid)s, %(queues)s::jsonb, %(concurrency)s, 'RUNNING', now(),
-     now(), 0, 0)
+    (%(worker_id)s, %(name)s, %(hostname)s, %(pid)s, %(queues)s::jsonb, %(concurrency)s,
+     'RUNNING', now(), now(), 0, 0)
 ON CONFLICT (id) DO UPDATE
-SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, queues = EXCLUDED.queues,
+SET name = EXCLUDED.name, hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, queues = EXCLUDED.queues,
     concurrency = EXCLUDED.concurrency, state = 'RUNNING', last_heartbeat_at = now(),
     stopped_at = NULL;
 
@@ -262,39 +314,76 @@ SELECT (SELECT count(*) FROM alive),
        (SELECT coalesce(array_agg(id), '{}') FROM extended WHERE cancel_requested_at IS NOT NULL),
        (SELECT coalesce(array_agg(id), '{}') FROM extended WHERE cancel_terminate);
 
--- name: rescue
--- Recovers tasks whose lease ran out: their worker stopped heartbeating (killed, out of
--- memory, frozen, its machine gone). Every live worker runs this; SKIP LOCKED makes each task
--- recovered by exactly one. The lost attempt counts: back to READY while attempts remain,
--- FAILED otherwise, so a task that keeps killing its worker cannot loop forever. A worker that
--- froze and wakes up later finds the row changed and records nothing (see exchange).
-WITH lost AS MATERIALIZED (
-    SELECT id
-    FROM django_tasks_q_task
-    WHERE status = 'RUNNING' AND lease_expires_at < now()
-    ORDER BY lease_expires_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+-- name: lost_expired
+-- Attempts whose lease ran out: their worker stopped heartbeating (killed, out of memory,
+-- frozen, its machine gone). Every live worker looks; SKIP LOCKED gives each to exactly one,
+-- which decides what happens (retry.after_lost) and writes it with record_lost in the same
+-- transaction.
+SELECT {task_columns}, worker_id, lease_expires_at, cancel_requested_at IS NOT NULL
+FROM django_tasks_q_task
+WHERE status = 'RUNNING' AND lease_expires_at < now()
+ORDER BY lease_expires_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: lost_predecessors
+-- Attempts held by earlier processes started under this worker's name: a worker restarted
+-- after kill -9 (systemd, Kubernetes) knows its predecessor is gone, so they are lost now,
+-- not when their lease runs out. worker_id = name covers rows written before ids were made
+-- unique per start.
+SELECT {task_columns}, worker_id, lease_expires_at, cancel_requested_at IS NOT NULL
+FROM django_tasks_q_task
+WHERE status = 'RUNNING'
+  AND (worker_id = %(name)s OR worker_id IN (
+      SELECT id FROM django_tasks_q_worker WHERE name = %(name)s AND id <> %(worker_id)s))
+FOR UPDATE SKIP LOCKED;
+
+-- name: lost_abandoned
+-- Attempts this worker itself gave up: the grace period ran out and it stopped them.
+SELECT {task_columns}, worker_id, lease_expires_at, cancel_requested_at IS NOT NULL
+FROM django_tasks_q_task
+WHERE status = 'RUNNING' AND worker_id = %(worker_id)s AND id = ANY(%(ids)s::bigint[])
+FOR UPDATE SKIP LOCKED;
+
+-- name: record_lost
+-- Writes what retry.after_lost decided for lost attempts, fenced on the holder and attempt
+-- the decision was made for. READY ones are due at once and wake the workers.
+WITH lost AS (
+    SELECT *
+    FROM unnest(
+        %(ids)s::bigint[], %(attempts)s::integer[], %(holders)s::text[], %(statuses)s::text[],
+        %(max_attempts)s::integer[], %(errors)s::jsonb[]
+    ) AS lost(id, attempt, holder, status, max_attempts, error)
+),
+recorded AS (
+    UPDATE django_tasks_q_task AS task
+    SET status = lost.status,
+        errors = task.errors || jsonb_build_array(lost.error || jsonb_build_object('at', now())),
+        lost_attempts = task.lost_attempts + 1,
+        max_attempts = lost.max_attempts,
+        run_after = CASE WHEN lost.status = 'READY' THEN now() ELSE task.run_after END,
+        finished_at = CASE WHEN lost.status = 'READY' THEN NULL ELSE now() END,
+        lease_expires_at = NULL
+    FROM lost
+    WHERE task.id = lost.id
+      AND task.status = 'RUNNING'
+      AND task.attempts = lost.attempt
+      AND task.worker_id = lost.holder
+    RETURNING task.id, task.status, task.queue
+),
+notified AS (
+    SELECT pg_notify('django_tasks_q', queue)
+    FROM (SELECT DISTINCT queue FROM recorded WHERE status = 'READY') AS ready
+    WHERE %(notify)s
 )
-UPDATE django_tasks_q_task AS task
-SET status = CASE WHEN task.attempts >= task.max_attempts THEN 'FAILED' ELSE 'READY' END,
-    errors = task.errors || jsonb_build_array(jsonb_build_object(
-        'attempt', task.attempts,
-        'worker_id', task.worker_id,
-        'type', 'django_tasks_q.exceptions.WorkerLost',
-        'message', format(
-            'worker %%s stopped heartbeating: its lease on this attempt expired at %%s',
-            task.worker_id, task.lease_expires_at
-        ),
-        'traceback', '',
-        'at', now()
-    )),
-    run_after = now(),
-    finished_at = CASE WHEN task.attempts >= task.max_attempts THEN now() END,
-    lease_expires_at = NULL
-FROM lost
-WHERE task.id = lost.id
-RETURNING task.id, task.name, task.status, task.worker_id;
+SELECT id, (SELECT count(*) FROM notified) FROM recorded;
+
+-- name: worker_replaced
+-- Earlier processes under this worker's name are gone: mark their rows stopped.
+UPDATE django_tasks_q_worker
+SET state = 'STOPPED', stopped_at = now()
+WHERE name = %(name)s AND id <> %(worker_id)s AND state = 'RUNNING'
+RETURNING id;
 
 -- name: worker_stop
 UPDATE django_tasks_q_worker

@@ -190,23 +190,38 @@ def _execute(
     on_main_thread = threading.current_thread() is threading.main_thread()
     try:
         while (job := next_job()) is not None:
-            soft_timeout = _soft_timeout(job.name)
-            limit = _SoftLimit(soft_timeout, on_main_thread) if soft_timeout else None
-            try:
-                outcome = runner.run(job)
-            except SoftTimeLimitExceeded as exc:
-                # The limit fired after the task returned but before it was disarmed: the
-                # attempt did overrun its soft limit, so record it as that failure.
-                outcome = runner.failed_outside(job, exc, soft_timeout or 0.0)
-            finally:
-                if limit:
-                    limit.disarm()
-            report(outcome)
+            report(_run_one(job, runner, on_main_thread))
     finally:
         from django_tasks_q.worker.runner import close_event_loop
 
         close_event_loop()
         connections.close_all()
+
+
+def _run_one(job: ClaimedTask, runner: Runner, on_main_thread: bool) -> Outcome:
+    """Run one task under its soft limit. Whatever happens, returns its outcome: a soft limit
+    that fires after the task returned, or while it is disarmed, cannot escape."""
+    outcome: Outcome | None = None
+    limit: _SoftLimit | None = None
+    soft_timeout: float | None = None
+    try:
+        soft_timeout = _soft_timeout(job.name)
+        limit = _SoftLimit(soft_timeout, on_main_thread) if soft_timeout else None
+        outcome = runner.run(job)
+    except SoftTimeLimitExceeded as exc:
+        # The limit fired after the task returned but before it was disarmed: the attempt
+        # did overrun its soft limit, so record it as that failure.
+        outcome = outcome or runner.failed_outside(job, exc, soft_timeout or 0.0)
+    except BaseException as exc:
+        outcome = outcome or runner.crashed(job, exc)
+    finally:
+        while limit is not None:
+            try:
+                limit.disarm()
+                limit = None
+            except SoftTimeLimitExceeded:  # fired during disarm: the outcome stands
+                continue
+    return outcome
 
 
 class _SoftLimit:

@@ -14,6 +14,7 @@ import psycopg
 
 from django_tasks_q.queue import QueueConnection
 from django_tasks_q.worker.pruner import Pruner
+from django_tasks_q.worker.rescuer import Rescuer
 
 logger = logging.getLogger("django_tasks_q.worker")
 
@@ -26,7 +27,8 @@ PRUNE_TASKS_EVERY_BEATS = 12
 
 
 class Heartbeat:
-    """Extends this worker's leases, recovers lost tasks, keeps the worker row current."""
+    """Extends this worker's leases, keeps the worker row current, and runs the rescuer (lost
+    attempts) and the pruner (finished tasks past their retention)."""
 
     def __init__(
         self,
@@ -37,7 +39,7 @@ class Heartbeat:
         lease_seconds: float,
         register: Callable[[QueueConnection], None],
         counters: Callable[[], tuple[int, int]],
-        on_rescued: Callable[[], None],
+        rescuer: Rescuer,
         on_cancel_requested: Callable[[list[int], list[int]], None],
         pruner: Pruner | None = None,
     ) -> None:
@@ -52,7 +54,7 @@ class Heartbeat:
         self.lease_seconds = lease_seconds
         self.register = register
         self.counters = counters
-        self.on_rescued = on_rescued
+        self.rescuer = rescuer
         self.on_cancel_requested = on_cancel_requested
         self.pruner = pruner
         self.beats = 0
@@ -72,15 +74,7 @@ class Heartbeat:
         if not alive:
             # Pruned while this worker was unreachable for a long time: say who we are again.
             self.register(self.connection)
-        rescued = self.connection.rescue()
-        for task_id, name, status, lost_worker in rescued:
-            logger.warning(
-                "Task %s #%s recovered from worker %s, which stopped heartbeating: %s",
-                name, task_id, lost_worker, "will run again" if status == "READY" else "FAILED",
-                extra={"task_id": task_id, "task_name": name, "outcome": "recovered"},
-            )  # fmt: skip
-        if any(status == "READY" for _, _, status, _ in rescued):
-            self.on_rescued()
+        self.rescuer.run_once()
         self.beats += 1
         if self.beats % PRUNE_WORKERS_EVERY_BEATS == 0:
             self.connection.prune_workers(older_than=WORKER_RETENTION_SECONDS)

@@ -11,9 +11,11 @@ worker holds more tasks (it prefetches when tasks are short) does a child get up
 short tasks; long tasks are not prefetched, so one never waits behind another while a child
 is idle. A child runs its tasks in the order they arrive, so the dispatcher knows when each
 one starts (when a thread frees) and counts its time limit from then. A child that overruns a
-task's ``timeout`` is killed; a child that dies is replaced; either way the attempt is
-recorded as failed and the task's retry policy decides what happens next, while tasks queued
-in it that had not started go to another child.
+task's ``timeout`` is killed and the attempt fails (the task's retry policy decides what
+next). A child that dies is replaced: killed by a signal from outside (SIGKILL from the
+out-of-memory killer, SIGTERM, ...) its attempts are lost and run again; exited or crashed by
+the task's doing (an exit status, SIGSEGV, SIGABRT, ...) they fail. Tasks of other threads of
+a killed child are lost, and tasks queued in it that had not started go to another child.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
-from django_tasks_q.exceptions import TaskCancelled, TimeLimitExceeded, WorkerLost
+from django_tasks_q.exceptions import ProcessDied, TaskCancelled, TimeLimitExceeded, WorkerLost
 from django_tasks_q.queue import ClaimedTask, Outcome
 from django_tasks_q.worker.child import ChildReport, Ready, Returned, child_main
 from django_tasks_q.worker.logs import current_level_name
@@ -82,13 +84,16 @@ class Child:
     tasks_run: int = 0
     max_rss_mb: float = 0.0
     running: dict[int, _Running] = field(default_factory=dict)
+    # Ids whose cancellation the child was told of (running or queued).
+    cancel_sent: set[int] = field(default_factory=set)
     # Sent, not started: each starts when one of the child's threads frees, in this order.
     queued: deque[ClaimedTask] = field(default_factory=deque)
 
     @classmethod
     def start(cls, *, worker_id: str, backend_alias: str, threads: int) -> Child:
         conn, child_conn = _context.Pipe()
-        cancelled = _context.RawArray(ctypes.c_int64, threads)
+        # A slot for every task a child may hold: running ones and those queued behind them.
+        cancelled = _context.RawArray(ctypes.c_int64, 2 * threads)
         process = _context.Process(
             target=child_main,
             args=(child_conn, cancelled, worker_id, backend_alias, current_level_name(), threads),
@@ -131,9 +136,11 @@ class Child:
         return True
 
     def request_cancel(self, task_id: int) -> None:
+        held = {job.id for job in self.queued} | set(self.running)
         for index, value in enumerate(self.cancelled):
-            if value == 0 or value not in self.running:
+            if value == 0 or value not in held:
                 self.cancelled[index] = task_id
+                self.cancel_sent.add(task_id)
                 return
 
     def kill(self) -> None:
@@ -211,6 +218,10 @@ class ProcessPool:
             self._pending.append(job)
         self._wake()
 
+    def cancel_requested_changed(self) -> None:
+        """Pass new cancellation requests on now, before a queued task starts."""
+        self._wake()
+
     def take_unstarted(self) -> list[int]:
         """Ids of submitted tasks no child has received; they are forgotten here.
 
@@ -263,6 +274,16 @@ class ProcessPool:
     def _assign(self) -> None:
         """Send pending tasks to free threads, the least busy child first; then, if tasks are
         still pending, queue them in children so none waits for the pipe between tasks."""
+        if self._pending and any(self.cancel_requested(job.id) for job in self._pending):
+            with self._lock:
+                cancelled = [job for job in self._pending if self.cancel_requested(job.id)]
+                self._pending = deque(j for j in self._pending if not self.cancel_requested(j.id))
+            for job in cancelled:  # never sent, so never started
+                self.deliver(
+                    self.runner.cancelled_outside(
+                        job, TaskCancelled("cancelled before it started"), 0.0, started=False
+                    )
+                )
         for room in (Child.free.fget, lambda c: c.room(self.max_tasks_per_child)):
             while self._pending:
                 child = max(self.children, key=room)
@@ -323,9 +344,10 @@ class ProcessPool:
         self.give_back(ids)
 
     def _finished(self, child: Child, report: ChildReport) -> None:
-        running = child.running.pop(report.outcome.id, None)
+        child.running.pop(report.outcome.id, None)
         child.start_queued()
-        if running is not None and running.cancel_sent:
+        if report.outcome.id in child.cancel_sent:
+            child.cancel_sent.discard(report.outcome.id)
             for index, value in enumerate(child.cancelled):
                 if value == report.outcome.id:
                     child.cancelled[index] = 0
@@ -346,10 +368,14 @@ class ProcessPool:
     def _enforce_limits(self) -> None:
         now = time.monotonic()
         for child in list(self.children):
+            for job in child.queued:  # the child checks before it starts one
+                if job.id not in child.cancel_sent and self.cancel_requested(job.id):
+                    child.request_cancel(job.id)
             for running in list(child.running.values()):
                 job = running.job
                 if not running.cancel_sent and self.cancel_requested(job.id):
-                    child.request_cancel(job.id)
+                    if job.id not in child.cancel_sent:
+                        child.request_cancel(job.id)
                     running.cancel_sent = True
                     if self.terminate_requested(job.id):
                         running.terminate_at = now + TERMINATE_GRACE
@@ -386,8 +412,8 @@ class ProcessPool:
                 outcome = self.runner.cancelled_outside(job, reason, duration)
             elif job.id == culprit.id:
                 outcome = self.runner.failed_outside(job, reason, duration)
-            else:  # another thread of the same child: it ran into the kill
-                outcome = self.runner.failed_outside(
+            else:  # another thread of the same child ran into the kill: not its doing
+                outcome = self.runner.lost_outside(
                     job,
                     WorkerLost(
                         f"The process running task {job.name} #{job.id} was killed because "
@@ -426,17 +452,30 @@ class ProcessPool:
                 self._draining = True
                 return
         now = time.monotonic()
+        killed_from_outside = _killed_from_outside(child.process.exitcode)
         for running in child.running.values():
-            job = running.job
-            self.deliver(
-                self.runner.failed_outside(
+            job, duration = running.job, now - running.started
+            if killed_from_outside:
+                # The out-of-memory killer or an operator: nothing the task did, as far as we
+                # can tell, so the attempt is lost and runs again (up to the lost cap).
+                outcome = self.runner.lost_outside(
                     job,
                     WorkerLost(
-                        f"The process running task {job.name} #{job.id} died ({description})."
+                        f"The process running task {job.name} #{job.id} was {description} "
+                        "from outside (out-of-memory killer, operator); the attempt was lost."
                     ),
-                    now - running.started,
+                    duration,
                 )
-            )
+            else:
+                outcome = self.runner.failed_outside(
+                    job,
+                    ProcessDied(
+                        f"The process running task {job.name} #{job.id} died ({description}) "
+                        "while the task ran: it exited or crashed by the task's doing."
+                    ),
+                    duration,
+                )
+            self.deliver(outcome)
         if not child.running and not (self._closing or self._draining):
             logger.warning(
                 "Worker %s: child %s died (%s) while idle; starting another",
@@ -499,9 +538,23 @@ class ProcessPool:
         child.conn.close()
 
 
+# Signals another process sends: the kernel's out-of-memory killer (SIGKILL), an operator or
+# a supervisor. Signals a process raises against itself (SIGSEGV, SIGABRT, SIGBUS, SIGFPE,
+# SIGILL: a crash in the task's code or a native extension) and exit statuses are the task's.
+_OUTSIDE_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGHUP, signal.SIGINT,
+                              signal.SIGQUIT})  # fmt: skip
+
+
+def _killed_from_outside(code: int | None) -> bool:
+    return code is not None and code < 0 and -code in _OUTSIDE_SIGNALS
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "exit status unknown"
     if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
     return f"exit status {code}"

@@ -7,27 +7,30 @@ import contextlib
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from inspect import iscoroutinefunction
 from typing import Any
 
+import psycopg
 from asgiref.sync import sync_to_async
 from django.db import connections
 from django.dispatch import Signal
 
 from django_tasks_q import registry
 from django_tasks_q.backend import PostgresBackend
+from django_tasks_q.conf import settings as conf
+from django_tasks_q.errors import error_entry
 from django_tasks_q.exceptions import (
     Retry,
     SoftTimeLimitExceeded,
     TaskCancelled,
     UnknownTaskError,
+    WorkerLost,
 )
 from django_tasks_q.models import TaskStatus
 from django_tasks_q.queue import ClaimedTask, Outcome
 from django_tasks_q.results import TaskFailure, TaskHandle, worker_ids
-from django_tasks_q.retry import retry_delay, should_retry
+from django_tasks_q.retry import after_error, after_lost
 from django_tasks_q.serialization import result_to_json
 from django_tasks_q.signals import task_finished, task_retried, task_started
 from django_tasks_q.tasks import BackgroundTask, BackgroundTaskContext
@@ -35,19 +38,12 @@ from django_tasks_q.tasks import BackgroundTask, BackgroundTaskContext
 logger = logging.getLogger("django_tasks_q.worker")
 
 
-def error_entry(exc: BaseException, attempt: int, worker_id: str) -> dict[str, Any]:
-    kind = type(exc)
-    return {
-        "attempt": attempt,
-        "worker_id": worker_id,
-        "type": f"{kind.__module__}.{kind.__qualname__}",
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
-
-
 class Runner:
-    """Executes claimed tasks for one worker. Safe to share between executor threads."""
+    """Executes claimed tasks for one worker. Safe to share between executor threads.
+
+    What becomes of each attempt is decided by :mod:`django_tasks_q.retry`; this class runs
+    the task, sends the lifecycle signals and logs, and describes the outcome to record.
+    """
 
     def __init__(
         self,
@@ -60,7 +56,9 @@ class Runner:
         self.backend = backend
         self.is_cancel_requested = is_cancel_requested
 
-    def handle_for(self, task: BackgroundTask, claimed: ClaimedTask) -> TaskHandle:
+    def handle_for(
+        self, task: BackgroundTask, claimed: ClaimedTask, holder: str | None = None
+    ) -> TaskHandle:
         errors = [TaskFailure.from_json(error) for error in claimed.errors]
         return TaskHandle(
             task=task,
@@ -74,7 +72,7 @@ class Runner:
             kwargs=claimed.kwargs,
             backend=self.backend.alias,
             errors=errors,
-            worker_ids=worker_ids(errors, self.worker_id, claimed.attempt),
+            worker_ids=worker_ids(errors, holder or self.worker_id, claimed.attempt),
             attempt_count=claimed.attempt,
             max_attempts=claimed.max_attempts,
             run_after=claimed.run_after,
@@ -83,18 +81,20 @@ class Runner:
         )
 
     def run(self, claimed: ClaimedTask) -> Outcome:
+        """Run one attempt. Never raises: whatever the task does becomes its outcome."""
         try:
-            task = registry.get(claimed.name)
-        except UnknownTaskError as exc:
-            # Never import a dotted path from the database: only registered tasks run.
-            logger.error(
-                "Task %s #%s cannot run: %s",
-                claimed.name,
-                claimed.id,
-                exc,
-                extra=self._extra(claimed, "failed"),
+            return self._run(claimed)
+        except BaseException as exc:  # a bug of ours or a hostile exception: the task's failure
+            return self.crashed(claimed, exc)
+
+    def _run(self, claimed: ClaimedTask) -> Outcome:
+        if self.is_cancel_requested(claimed.id):
+            return self.cancelled_outside(
+                claimed, TaskCancelled("cancelled before it started"), 0.0, started=False
             )
-            return self._failed_for_good(claimed, exc, 0.0)
+        task = registry.find(claimed.name)
+        if task is None:
+            return self._unknown(claimed)
         handle = self.handle_for(task, claimed)
         sender = type(self.backend)
         logger.info(
@@ -115,7 +115,10 @@ class Runner:
                 value = call(task, claimed.args, claimed.kwargs)
         except BaseException as exc:
             duration = time.perf_counter() - began
+            lost = _database_went_away(exc)
             _discard_broken_connections()
+            if lost:
+                return self._lost(task, claimed, handle, exc, duration)
             # SystemExit / KeyboardInterrupt raised by task code end this attempt only: the
             # worker stays up and the failure is recorded like any other.
             return self._failure(task, claimed, handle, exc, duration)
@@ -145,33 +148,95 @@ class Runner:
         )
 
     def failed_outside(self, claimed: ClaimedTask, exc: BaseException, duration: float) -> Outcome:
-        """The outcome of an attempt that ended outside the task function: its process was
-        killed at the time limit, or died. The task's retry policy applies."""
-        try:
-            task = registry.get(claimed.name)
-        except UnknownTaskError:
+        """The outcome of an attempt that ended outside the task function by the task's own
+        doing: its process was killed at the time limit, or exited or crashed under it. The
+        task's retry policy applies."""
+        task = registry.find(claimed.name)
+        if task is None:
             return self._failed_for_good(claimed, exc, duration)
         return self._failure(task, claimed, self.handle_for(task, claimed), exc, duration)
 
-    def cancelled_outside(
-        self, claimed: ClaimedTask, exc: TaskCancelled, duration: float
-    ) -> Outcome:
-        """The outcome of an attempt whose process was killed on ``cancel(terminate=True)``."""
-        try:
-            task = registry.get(claimed.name)
-        except UnknownTaskError:
+    def lost_outside(self, claimed: ClaimedTask, exc: WorkerLost, duration: float) -> Outcome:
+        """The outcome of an attempt lost through no fault of the task: its process was killed
+        from outside, or because another task in it had to be stopped."""
+        task = registry.find(claimed.name)
+        if task is None:
             return self._failed_for_good(claimed, exc, duration)
+        return self._lost(task, claimed, self.handle_for(task, claimed), exc, duration)
+
+    def cancelled_outside(
+        self, claimed: ClaimedTask, exc: TaskCancelled, duration: float, *, started: bool = True
+    ) -> Outcome:
+        """The outcome of an attempt stopped on a cancellation outside the task function: its
+        process was killed on ``cancel(terminate=True)``, or it was cancelled before it
+        started (``started=False``)."""
+        task = registry.find(claimed.name)
+        if task is None:
+            return self._failed_for_good(claimed, exc, duration, status=TaskStatus.CANCELLED)
         return self._cancelled(claimed, self.handle_for(task, claimed), exc, duration)
 
-    def _failed_for_good(
-        self, claimed: ClaimedTask, exc: BaseException, duration: float
-    ) -> Outcome:
-        """FAILED without retries or signals: for a task whose name is not registered here."""
+    def crashed(self, claimed: ClaimedTask, exc: BaseException) -> Outcome:
+        """The last resort when describing an attempt failed: FAILED with what is known, and no
+        signal (the error is logged). Never raises."""
+        with contextlib.suppress(Exception):  # logging must not be what takes the worker down
+            logger.error(
+                "Task %s #%s: the worker could not describe how this attempt ended",
+                claimed.name, claimed.id, exc_info=exc, extra=self._extra(claimed, "failed"),
+            )  # fmt: skip
         return Outcome(
             id=claimed.id,
             attempt=claimed.attempt,
             status=TaskStatus.FAILED,
-            error=error_entry(exc, claimed.attempt, self.worker_id),
+            error=error_entry(exc, attempt=claimed.attempt, worker_id=self.worker_id),
+            max_attempts=claimed.max_attempts,
+        )
+
+    def announce(
+        self, claimed: ClaimedTask, status: str, error: dict[str, Any], *, holder: str
+    ) -> None:
+        """Send the signals for an outcome decided outside this worker's runs: a lost attempt
+        another worker recovered, or a task cancelled by the claim (expired, cancelled)."""
+        task = registry.find(claimed.name)
+        if task is None:
+            return
+        handle = self.handle_for(task, claimed, holder=holder)
+        failure = TaskFailure.from_json(error)
+        object.__setattr__(handle, "errors", [*handle.errors, failure])
+        object.__setattr__(handle, "status", TaskStatus(status))
+        sender = type(self.backend)
+        if status == TaskStatus.READY:
+            _send(task_retried, sender, task_result=handle, error=None, delay=0.0)
+        else:
+            _send(task_finished, sender, task_result=handle)
+
+    def _unknown(self, claimed: ClaimedTask) -> Outcome:
+        """No task of this name here, and the worker did not give it back: it has waited its
+        grace period for a worker that knows it. Never imports an arbitrary dotted path."""
+        message = (
+            f"No worker that knows task {claimed.name!r} took it within "
+            f"TASKS_Q['UNKNOWN_TASK_GRACE'] ({conf.UNKNOWN_TASK_GRACE:g}s) of its enqueueing. "
+            + registry.unknown_task_message(claimed.name)
+        )
+        logger.error(
+            "Task %s #%s cannot run: %s", claimed.name, claimed.id, message,
+            extra=self._extra(claimed, "failed"),
+        )  # fmt: skip
+        return self._failed_for_good(claimed, UnknownTaskError(message), 0.0)
+
+    def _failed_for_good(
+        self,
+        claimed: ClaimedTask,
+        exc: BaseException,
+        duration: float,
+        *,
+        status: str = TaskStatus.FAILED,
+    ) -> Outcome:
+        """Ended without retries or signals: for a task whose name is not known here."""
+        return Outcome(
+            id=claimed.id,
+            attempt=claimed.attempt,
+            status=status,
+            error=error_entry(exc, attempt=claimed.attempt, worker_id=self.worker_id),
             max_attempts=claimed.max_attempts,
             duration=duration,
         )
@@ -186,60 +251,114 @@ class Runner:
         *,
         retry: bool = True,
     ) -> Outcome:
-        if isinstance(exc, TaskCancelled):
+        cancel_requested = self.is_cancel_requested(claimed.id)
+        if isinstance(exc, TaskCancelled) or (cancel_requested and not isinstance(exc, Retry)):
             return self._cancelled(claimed, handle, exc, duration)
-        max_attempts = claimed.max_attempts
-        requested_delay = None
-        recorded = exc
-        if isinstance(exc, Retry):
-            if exc.max_retries is not None:
-                max_attempts = exc.max_retries + 1
-            requested_delay = exc.countdown
-            recorded = exc.exc or exc
-        error = error_entry(recorded, claimed.attempt, self.worker_id)
+        decision = after_error(
+            task,
+            exc,
+            attempt=claimed.attempt,
+            max_attempts=claimed.max_attempts,
+            lost_attempts=claimed.lost_attempts,
+            cancel_requested=cancel_requested,
+            retry=retry,
+        )
+        if decision.status == TaskStatus.CANCELLED:
+            return self._cancelled(claimed, handle, exc, duration)
+        recorded = exc.exc or exc if isinstance(exc, Retry) else exc
+        error = error_entry(recorded, attempt=claimed.attempt, worker_id=self.worker_id)
         object.__setattr__(handle, "errors", [*handle.errors, TaskFailure.from_json(error)])
-        object.__setattr__(handle, "max_attempts", max_attempts)
+        object.__setattr__(handle, "max_attempts", decision.max_attempts)
         sender = type(self.backend)
-        if retry and should_retry(task, exc, claimed.attempt, max_attempts):
-            delay = retry_delay(task, claimed.attempt, requested_delay)
+        if decision.status == TaskStatus.READY:
             object.__setattr__(handle, "status", TaskStatus.READY)
             logger.warning(
                 "Task retrying %s #%s attempt %s/%s in %.3fs: %s: %s (next try in %.1fs)",
-                claimed.name, claimed.id, claimed.attempt, max_attempts, duration,
-                error["type"], error["message"], delay,
+                claimed.name, claimed.id, claimed.attempt, decision.max_attempts, duration,
+                error["type"], error["message"], decision.delay,
                 extra=self._extra(claimed, "retrying", duration),
             )  # fmt: skip
-            _send(task_retried, sender, task_result=handle, error=recorded, delay=delay)
-            return Outcome(
-                id=claimed.id,
-                attempt=claimed.attempt,
-                status=TaskStatus.READY,
-                error=error,
-                max_attempts=max_attempts,
-                retry_delay=delay,
-                duration=duration,
-            )
-        object.__setattr__(handle, "status", TaskStatus.FAILED)
-        logger.error(
-            "Task failed %s #%s attempt %s/%s in %.3fs: %s: %s",
-            claimed.name, claimed.id, claimed.attempt, max_attempts, duration,
-            error["type"], error["message"],
-            extra=self._extra(claimed, "failed", duration),
-        )  # fmt: skip
-        _send(task_finished, sender, task_result=handle)
+            _send(task_retried, sender, task_result=handle, error=recorded, delay=decision.delay)
+        else:
+            object.__setattr__(handle, "status", TaskStatus.FAILED)
+            logger.error(
+                "Task failed %s #%s attempt %s/%s in %.3fs: %s: %s",
+                claimed.name, claimed.id, claimed.attempt, decision.max_attempts, duration,
+                error["type"], error["message"],
+                extra=self._extra(claimed, "failed", duration),
+            )  # fmt: skip
+            _send(task_finished, sender, task_result=handle)
         return Outcome(
             id=claimed.id,
             attempt=claimed.attempt,
-            status=TaskStatus.FAILED,
+            status=decision.status,
             error=error,
-            max_attempts=max_attempts,
+            max_attempts=decision.max_attempts,
+            retry_delay=decision.delay,
             duration=duration,
         )
 
-    def _cancelled(
-        self, claimed: ClaimedTask, handle: TaskHandle, exc: TaskCancelled, duration: float
+    def _lost(
+        self,
+        task: BackgroundTask,
+        claimed: ClaimedTask,
+        handle: TaskHandle,
+        exc: BaseException,
+        duration: float,
     ) -> Outcome:
-        error = error_entry(exc, claimed.attempt, self.worker_id)
+        """An attempt lost to the infrastructure (see :func:`retry.after_lost`)."""
+        decision = after_lost(
+            max_attempts=claimed.max_attempts,
+            lost_attempts=claimed.lost_attempts,
+            max_lost_attempts=claimed.max_lost_attempts,
+            cancel_requested=self.is_cancel_requested(claimed.id),
+        )
+        if decision.status == TaskStatus.CANCELLED:
+            return self._cancelled(claimed, handle, exc, duration)
+        error = error_entry(exc, attempt=claimed.attempt, worker_id=self.worker_id)
+        if not isinstance(exc, WorkerLost):
+            # The database went away under the task: every lost attempt reads WorkerLost, the
+            # driver's error stays in the message and the traceback.
+            error["message"] = (
+                f"the database connection was lost under the task ({error['type']}: "
+                f"{error['message']})"
+            )
+            error["type"] = WORKER_LOST
+        object.__setattr__(handle, "errors", [*handle.errors, TaskFailure.from_json(error)])
+        object.__setattr__(handle, "max_attempts", decision.max_attempts)
+        object.__setattr__(handle, "status", decision.status)
+        sender = type(self.backend)
+        lost_count = claimed.lost_attempts + 1
+        if decision.status == TaskStatus.READY:
+            logger.warning(
+                "Task lost %s #%s attempt %s (%s of %s lost attempts allowed): %s; runs again",
+                claimed.name, claimed.id, claimed.attempt, lost_count,
+                claimed.max_lost_attempts, error["message"],
+                extra=self._extra(claimed, "lost", duration),
+            )  # fmt: skip
+            _send(task_retried, sender, task_result=handle, error=exc, delay=0.0)
+        else:
+            logger.error(
+                "Task failed %s #%s: attempt %s was lost, the %sth lost attempt of %s allowed: %s",
+                claimed.name, claimed.id, claimed.attempt, lost_count,
+                claimed.max_lost_attempts, error["message"],
+                extra=self._extra(claimed, "failed", duration),
+            )  # fmt: skip
+            _send(task_finished, sender, task_result=handle)
+        return Outcome(
+            id=claimed.id,
+            attempt=claimed.attempt,
+            status=decision.status,
+            error=error,
+            max_attempts=decision.max_attempts,
+            duration=duration,
+            lost=True,
+        )
+
+    def _cancelled(
+        self, claimed: ClaimedTask, handle: TaskHandle, exc: BaseException, duration: float
+    ) -> Outcome:
+        error = error_entry(exc, attempt=claimed.attempt, worker_id=self.worker_id)
         object.__setattr__(handle, "status", TaskStatus.CANCELLED)
         object.__setattr__(handle, "errors", [*handle.errors, TaskFailure.from_json(error)])
         logger.warning(
@@ -348,3 +467,30 @@ def _discard_broken_connections() -> None:
                 conn.errors_occurred = False
             else:
                 conn.close()
+
+
+def _database_went_away(exc: BaseException) -> bool:
+    """Whether the task failed because its database connection broke (the server restarted,
+    the connection was terminated): an error of the database driver's connection kind, and a
+    Django connection of this thread that no longer works."""
+    from django.db import InterfaceError, OperationalError
+
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (*_CONNECTION_ERRORS, OperationalError, InterfaceError)):
+            break
+        cause = cause.__cause__ or cause.__context__
+    else:
+        return False
+    # psycopg marks a connection broken when the server went away, and only then: a query
+    # cancelled or a deadlock is the task's error, on a connection that still works.
+    return any(
+        conn.connection is not None and (conn.connection.closed or conn.connection.broken)
+        for conn in connections.all(initialized_only=True)
+    )
+
+
+WORKER_LOST = f"{WorkerLost.__module__}.{WorkerLost.__qualname__}"
+_CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)

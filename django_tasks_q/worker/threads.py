@@ -41,6 +41,9 @@ class ThreadPool:
     def submit(self, job: ClaimedTask) -> None:
         self._jobs.put(job)
 
+    def cancel_requested_changed(self) -> None:
+        """Nothing to pass on: the runner reads the worker's requests before each start."""
+
     def take_unstarted(self) -> list[int]:
         """Ids of submitted tasks no thread has started; they are forgotten here."""
         ids = []
@@ -66,13 +69,12 @@ class ThreadPool:
 
         try:
             while (job := self._jobs.get()) is not None:
+                # Runner.run never raises; should something still get through, the attempt
+                # is recorded as failed and this thread carries on with the next task.
                 try:
                     outcome = self.runner.run(job)
-                except BaseException:
-                    logger.exception(
-                        "Worker %s executor crashed on task #%s", self.worker_id, job.id
-                    )
-                    raise
+                except BaseException as exc:
+                    outcome = self.runner.crashed(job, exc)
                 self.deliver(outcome)
         finally:
             close_event_loop()

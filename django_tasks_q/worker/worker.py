@@ -21,11 +21,22 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from django_tasks_q import registry
 from django_tasks_q.backend import PostgresBackend
-from django_tasks_q.queue import Outcome, QueueConnection, listen_connection
+from django_tasks_q.conf import settings as conf
+from django_tasks_q.errors import described_entry
+from django_tasks_q.queue import (
+    CANCEL_CHANNEL,
+    ClaimedTask,
+    Outcome,
+    QueueConnection,
+    listen_connection,
+)
+from django_tasks_q.retry import UNKNOWN_TASK_RETRY_DELAY, unknown_task_waited_enough
 from django_tasks_q.worker.heartbeat import Heartbeat
 from django_tasks_q.worker.pool import ProcessPool
 from django_tasks_q.worker.pruner import Pruner
+from django_tasks_q.worker.rescuer import Rescuer
 from django_tasks_q.worker.runner import Runner
 from django_tasks_q.worker.threads import ThreadPool
 
@@ -35,8 +46,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("django_tasks_q.worker")
 
 
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def unique_worker_id(name: str) -> str:
+    """The id of one process start under ``name``: never the id of an earlier start, so a
+    restarted worker cannot mistake its predecessor's tasks for its own."""
+    return f"{name}-{uuid.uuid4().hex[:6]}"
 
 
 class Worker:
@@ -64,7 +81,7 @@ class Worker:
         services: Sequence[Callable[[threading.Event], None]] = (),
         metrics: WorkerMetrics | None = None,
         burst: bool = False,
-        worker_id: str | None = None,
+        name: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -99,12 +116,12 @@ class Worker:
                 "threads per child is for the process pool; with the thread pool, "
                 "concurrency is the number of threads"
             )
-        for name, value in (
+        for option, value in (
             ("max_tasks_per_child", max_tasks_per_child),
             ("max_memory_per_child", max_memory_per_child),
         ):
             if value is not None and value <= 0:
-                raise ValueError(f"{name} must be > 0 or None, got {value}")
+                raise ValueError(f"{option} must be > 0 or None, got {value}")
         self.pool = pool
         self.threads = threads
         # Tasks this worker runs at once: processes x threads each, or threads.
@@ -113,7 +130,10 @@ class Worker:
         self.max_memory_per_child = max_memory_per_child
         self._stop_requested_at: float | None = None
         self._exit_code = 0
-        self.worker_id = worker_id or default_worker_id()
+        self.name = name or default_worker_name()
+        if len(self.name) > 90:
+            raise ValueError(f"worker name must be at most 90 characters, got {len(self.name)}")
+        self.worker_id = unique_worker_id(self.name)
         # Ids of held tasks whose cancellation was requested; read by running tasks' contexts.
         self._cancel_requested: set[int] = set()
         self._terminate_requested: set[int] = set()
@@ -127,6 +147,14 @@ class Worker:
         heartbeat_connection = QueueConnection(
             backend.database, application_name=f"django_tasks_q heartbeat {self.worker_id}"
         )
+        self.rescuer = Rescuer(
+            connection=heartbeat_connection,
+            worker_id=self.worker_id,
+            name=self.name,
+            runner=self.runner,
+            on_ready=self._look_for_work,
+            notify=listen,
+        )
         self.heartbeat = Heartbeat(
             worker_id=self.worker_id,
             connection=heartbeat_connection,
@@ -134,7 +162,7 @@ class Worker:
             lease_seconds=lease_seconds,
             register=self._register,
             counters=lambda: (self.succeeded, self.failed),
-            on_rescued=self._look_for_work,
+            rescuer=self.rescuer,
             on_cancel_requested=self._on_cancel_requested,
             pruner=Pruner(
                 connection=heartbeat_connection,
@@ -163,6 +191,8 @@ class Worker:
         self._mean_round_trip = 0.0
         self._signals_received = 0
         self._abandon = False
+        # Task names this worker does not know, warned about once each.
+        self._unknown_names: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -176,12 +206,13 @@ class Worker:
     def run(self) -> int:
         """Run until stopped. Returns the process exit code (0 after a clean stop)."""
         logger.info(
-            "Worker %s starting: queues=%s pool=%s concurrency=%s%s batch_size=%s listen=%s",
-            self.worker_id, ",".join(self.queues) if self.queues else "*", self.pool,
+            "Worker %s (%s) starting: queues=%s pool=%s concurrency=%s%s batch_size=%s listen=%s",
+            self.worker_id, self.name, ",".join(self.queues) if self.queues else "*", self.pool,
             self.concurrency, f" threads={self.threads}" if self.pool == "processes" else "",
             self.batch_size, self.listen,
         )  # fmt: skip
         self._register(self.connection)
+        self._recover_predecessors()
         heartbeat = threading.Thread(
             target=self.heartbeat.run, args=(self._stopped,), name="tasks-q-heartbeat", daemon=True
         )
@@ -220,9 +251,19 @@ class Worker:
         finally:
             connections.close_all()
 
+    def _recover_predecessors(self) -> None:
+        try:
+            self.rescuer.recover_predecessors()
+        except psycopg.OperationalError as exc:  # the heartbeat's lease rescue covers them
+            logger.warning(
+                "Worker %s could not recover its predecessors' tasks yet: %s", self.worker_id, exc
+            )
+            self.rescuer.connection.close()
+
     def _register(self, connection: QueueConnection) -> None:
         connection.register_worker(
             worker_id=self.worker_id,
+            name=self.name,
             hostname=socket.gethostname(),
             pid=os.getpid(),
             queues=self.queues,
@@ -232,6 +273,7 @@ class Worker:
     def _on_cancel_requested(self, ids: list[int], terminate: list[int]) -> None:
         self._cancel_requested.update(ids)
         self._terminate_requested.update(terminate)
+        self.executor.cancel_requested_changed()
 
     def _look_for_work(self) -> None:
         self._maybe_ready = True
@@ -277,6 +319,16 @@ class Worker:
                 backoff = 0.5
             except psycopg.OperationalError as exc:
                 self._lost_database(exc, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            except psycopg.Error:
+                # Not the connection: a statement the database refused. Nothing it carried
+                # was lost (outcomes stay unrecorded); try again rather than exit.
+                logger.exception(
+                    "Worker %s: the queue statement failed; trying again in %.1fs",
+                    self.worker_id, backoff,
+                )  # fmt: skip
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
@@ -351,13 +403,22 @@ class Worker:
                 )  # fmt: skip
         outcomes = self._unrecorded
         began = time.perf_counter()
-        updated, claimed, expired = self.connection.exchange(
-            worker_id=self.worker_id,
-            outcomes=outcomes,
-            queues=self.queues,
-            limit=limit,
-            lease_seconds=self.lease_seconds,
-        )
+        try:
+            updated, claimed, skipped = self.connection.exchange(
+                worker_id=self.worker_id,
+                outcomes=outcomes,
+                queues=self.queues,
+                limit=limit,
+                lease_seconds=self.lease_seconds,
+            )
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            if not outcomes:
+                raise
+            # One outcome the database refuses must not take the others, or the worker, down.
+            updated, claimed, skipped = self._record_one_by_one(outcomes, exc), [], []
+            limit = 0
         # Recorded: only now may they be forgotten (a lost connection keeps them for the retry).
         self._unrecorded = []
         self._mean_round_trip = _moving_average(self._mean_round_trip, time.perf_counter() - began)
@@ -380,13 +441,89 @@ class Worker:
         if self.metrics:
             self.metrics.recorded(outcomes, updated)
             self.metrics.claimed(claimed)
+        for task in skipped:  # cancelled by the claim: expired, or cancelled before it started
+            self.runner.announce(task, "CANCELLED", task.errors[-1], holder="")
         if limit:
-            for task in claimed:
-                self.executor.submit(task)
             self._held.update(task.id for task in claimed)
-            if len(claimed) + expired < limit:
+            deferred = []
+            for task in claimed:
+                if self._knows(task):
+                    self.executor.submit(task)
+                else:
+                    deferred.append(task.id)
+            if deferred:
+                self._defer_unknown(deferred)
+            if len(claimed) + len(skipped) < limit:
                 self._maybe_ready = False  # drained: wait for a notification or the next poll
         return True
+
+    def _record_one_by_one(self, outcomes: list[Outcome], failure: psycopg.Error) -> set[int]:
+        """Record ``outcomes`` one per statement after a batch failed with ``failure``; each
+        the database refuses is recorded as a failure that says why instead."""
+        logger.error(
+            "Worker %s could not record a batch of %s outcomes (%s); recording them one by one",
+            self.worker_id, len(outcomes), failure,
+        )  # fmt: skip
+        updated: set[int] = set()
+        for index, outcome in enumerate(outcomes):
+            try:
+                updated |= self.connection.finish(worker_id=self.worker_id, outcomes=[outcome])
+                continue
+            except psycopg.OperationalError:
+                self._unrecorded = outcomes[index:]
+                raise
+            except psycopg.Error as exc:
+                refused = exc
+            replacement = Outcome(
+                id=outcome.id,
+                attempt=outcome.attempt,
+                status="FAILED",
+                error=described_entry(
+                    type_path="django_tasks_q.exceptions.OutcomeNotStored",
+                    message=(
+                        f"The attempt ended {outcome.status}, but the database refused to "
+                        f"store that outcome: {refused}"
+                    ),
+                    attempt=outcome.attempt,
+                    worker_id=self.worker_id,
+                ),
+                max_attempts=outcome.max_attempts,
+                duration=outcome.duration,
+            )
+            logger.error(
+                "Worker %s: task #%s's outcome could not be stored (%s); recorded as FAILED",
+                self.worker_id, outcome.id, refused,
+            )  # fmt: skip
+            updated |= self.connection.finish(worker_id=self.worker_id, outcomes=[replacement])
+        return updated
+
+    def _knows(self, task: ClaimedTask) -> bool:
+        """Whether to run ``task`` here: its name is known, or it has waited long enough for a
+        worker that knows it (then the runner fails it, saying so)."""
+        if registry.find(task.name) is not None:
+            return True
+        if unknown_task_waited_enough(
+            enqueued_at=task.enqueued_at,
+            claimed_at=task.last_attempted_at,
+            grace=conf.UNKNOWN_TASK_GRACE,
+        ):
+            return True
+        if task.name not in self._unknown_names:
+            self._unknown_names.add(task.name)
+            logger.warning(
+                "Worker %s does not know task %r (deployed to the enqueuing code before this "
+                "worker?); giving such tasks back for a worker that knows them, for up to %gs "
+                "after they were enqueued",
+                self.worker_id, task.name, conf.UNKNOWN_TASK_GRACE,
+            )  # fmt: skip
+        return False
+
+    def _defer_unknown(self, ids: list[int]) -> None:
+        """Give back tasks of unknown names without counting an attempt, due again shortly."""
+        self.connection.release(worker_id=self.worker_id, ids=ids, delay=UNKNOWN_TASK_RETRY_DELAY)
+        self._held.difference_update(ids)
+        if self.metrics:
+            self.metrics.released(ids)
 
     def _warn_lost(self, outcomes: list[Outcome], updated: set[int]) -> None:
         lost = sorted({o.id for o in outcomes} - updated)
@@ -462,16 +599,31 @@ class Worker:
                 with listen_connection(
                     self.backend.database,
                     application_name=f"django_tasks_q listener {self.worker_id}",
+                    also=[CANCEL_CHANNEL],
                 ) as conn:
                     backoff = 0.5
                     while not self._stopping.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                        for notice in conn.notifies(timeout=1.0, stop_after=1):
+                            if notice.channel == CANCEL_CHANNEL:
+                                self._cancel_notice(notice.payload)
+                                continue
                             self._maybe_ready = True
                             self._wake.set()
             except psycopg.Error as exc:
                 logger.warning("Worker %s listener reconnecting: %s", self.worker_id, exc)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
+
+    def _cancel_notice(self, payload: str) -> None:
+        """A task's cancellation was requested: if this worker holds it, act at once (a
+        claimed task that has not started must never start)."""
+        task_id, _, terminate = payload.partition(" ")
+        try:
+            held = int(task_id) in self._held
+        except ValueError:
+            return
+        if held:
+            self._on_cancel_requested([int(task_id)], [int(task_id)] if terminate else [])
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -484,8 +636,8 @@ class Worker:
             while self._held:
                 if self._grace_over():
                     logger.warning(
-                        "Worker %s: grace period of %ss is over, abandoning %s running tasks; "
-                        "they are recovered once their lease expires",
+                        "Worker %s: grace period of %ss is over, stopping %s running tasks; "
+                        "they run again elsewhere",
                         self.worker_id, self.grace_period, len(self._held),
                     )  # fmt: skip
                     self._abandon = True
@@ -501,7 +653,30 @@ class Worker:
                 self._wake.clear()
         finally:
             self.executor.close(kill=self._abandon)
+            if self._abandon:
+                self._recover_abandoned()
             self.connection.close()
+
+    def _recover_abandoned(self) -> None:
+        """The worker stopped tasks it was running (grace period over, or a second signal): it
+        knows they are lost, so they are recovered now rather than when their lease expires."""
+        abandoned = sorted(self._held - {o.id for o in self._unrecorded})
+        reason = (
+            f"its grace period of {self.grace_period}s ran out"
+            if self._grace_over()
+            else "it was told to exit at once (a second signal)"
+        )
+        try:
+            recovered = self.rescuer.recover_abandoned(abandoned, reason)
+        except psycopg.Error as exc:
+            logger.warning(
+                "Worker %s could not recover the tasks it stopped (%s); they are recovered "
+                "when their lease expires",
+                self.worker_id, exc,
+            )  # fmt: skip
+            return
+        if recovered:
+            logger.info("Worker %s recovered %s tasks it stopped", self.worker_id, recovered)
 
     def _grace_over(self) -> bool:
         if self.grace_period is None or self._stop_requested_at is None:

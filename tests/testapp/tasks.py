@@ -237,3 +237,106 @@ def pause_while_enqueueing(sender, task_result, **kwargs):
         print(f"paused enqueueing {task_result.task.name} #{task_result.id}", flush=True)
         sys.stdout.flush()
         time.sleep(120)
+
+
+# -- the fault suite (tests/test_faults.py): default options unless the fault needs one -----
+
+
+@background_task(bind=True)
+def hangs_once(context, key):
+    """Default options: records each attempt; the first one hangs until its worker is killed."""
+    Execution.objects.create(key=key, attempt=context.attempt, worker=str(os.getpid()))
+    if Execution.objects.filter(key=key).count() == 1:
+        time.sleep(120)
+    return context.attempt
+
+
+@background_task(bind=True)
+def kills_its_worker(context, key):
+    """A poison task: kills the worker process running it, every time."""
+    import multiprocessing
+    import signal
+
+    Execution.objects.create(key=key, attempt=context.attempt, worker=str(os.getpid()))
+    in_child = multiprocessing.parent_process() is not None  # of the process pool
+    worker = os.getppid() if in_child else os.getpid()
+    os.kill(worker, signal.SIGKILL)
+    time.sleep(60)
+
+
+@background_task(bind=True)
+def kills_its_own_process(context, key):
+    """Default options: the task SIGKILLs the process it runs in (a process-pool child)."""
+    import signal
+
+    Execution.objects.create(key=key, attempt=context.attempt, worker=str(os.getpid()))
+    if Execution.objects.filter(key=key).count() == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return context.attempt
+
+
+@background_task(bind=True)
+def loses_its_database_once(context, key):
+    """Default options: the first attempt's own database connection is terminated under it."""
+    from django.db import connection
+
+    Execution.objects.create(key=key, attempt=context.attempt)
+    if Execution.objects.filter(key=key).count() == 1:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    return context.attempt
+
+
+@background_task(bind=True)
+def sleeps_and_says_who(context, key, seconds):
+    """Returns the pid of the worker that ran it (the process pool's parent)."""
+    import multiprocessing
+
+    Execution.objects.create(key=key, attempt=context.attempt, worker=str(os.getpid()))
+    time.sleep(seconds)
+    return os.getppid() if multiprocessing.parent_process() is not None else os.getpid()
+
+
+@background_task
+def returns_text(text):
+    return text
+
+
+class UnprintableError(Exception):
+    def __str__(self):
+        raise RuntimeError("this exception cannot be printed")
+
+
+@background_task
+def raises(kind):
+    if kind == "unprintable":
+        raise UnprintableError()
+    if kind == "nul":
+        raise ValueError("a message with a NUL \x00 and a lone surrogate \ud800 in it")
+    raise ValueError(kind)
+
+
+@background_task
+def returns_self_referencing_list():
+    value = []
+    value.append(value)
+    return value
+
+
+@background_task(bind=True, max_retries=3, default_retry_delay=0)
+def raises_once_cancelled(context, key):
+    Execution.objects.create(key=key, attempt=context.attempt)
+    deadline = time.monotonic() + 30
+    while not context.is_cancelled() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    raise ValueError("stopped after the cancellation, with an error")
+
+
+if not os.environ.get("TESTAPP_OLD_RELEASE"):
+    # Present in the "new release" only: a worker started with TESTAPP_OLD_RELEASE=1 does not
+    # know it (deploy skew).
+
+    @background_task
+    def added_in_new_release(key):
+        Execution.objects.create(key=key, worker=str(os.getpid()))
+        return key

@@ -112,7 +112,13 @@ class Command(BaseCommand):
             help="Address the metrics port listens on (default: 0.0.0.0, every IPv4 interface).",
         )
         parser.add_argument("--burst", action="store_true", help="Exit once no ready task is left.")
-        parser.add_argument("--worker-id", default=None, help="Name shown in results and logs.")
+        parser.add_argument(
+            "--worker-id",
+            default=None,
+            help="This worker's name (default: hostname-pid). Each start adds a suffix of its "
+            "own to make the worker id; a start under the name of an earlier process recovers "
+            "at once the tasks that process was running.",
+        )
         parser.add_argument(
             "--backend", default="default", help="TASKS alias of the Postgres backend to serve."
         )
@@ -170,7 +176,7 @@ class Command(BaseCommand):
                 services=[self._beat(backend, options["worker_id"]).run] if options["beat"] else [],
                 metrics=metrics,
                 burst=options["burst"],
-                worker_id=options["worker_id"],
+                name=options["worker_id"],
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
