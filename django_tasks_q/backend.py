@@ -31,8 +31,8 @@ from django_tasks_q.compat import (
 )
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.exceptions import UnknownTaskError
+from django_tasks_q.models import Cancellation, TaskStatus
 from django_tasks_q.models import Task as TaskRow
-from django_tasks_q.models import TaskStatus
 from django_tasks_q.results import TaskFailure, TaskHandle, worker_ids
 from django_tasks_q.serialization import check_arguments, dumps
 from django_tasks_q.tasks import BackgroundTask, MissingTask
@@ -278,15 +278,21 @@ class PostgresBackend(BaseTaskBackend):
             _result_json=row.result,
         )
 
-    def cancel(self, result_id: str | int, *, terminate: bool = False) -> bool:
+    def cancel(self, result_id: str | int, *, terminate: bool = False) -> Cancellation:
         """Cancel a task that has not started, or ask a running one to stop (see
         ``context.is_cancelled()``; with ``terminate``, a process-pool worker kills the task's
-        process if it has not stopped shortly after). False if it had already finished."""
+        process if it has not stopped shortly after). A task claimed by a worker but not
+        started yet counts as running here, and never starts."""
         try:
             task_id = int(result_id)
         except (TypeError, ValueError):
             raise TaskResultDoesNotExist(f"No task with id {result_id!r}.") from None
-        return queue.cancel(task_id, using=self.database, terminate=terminate) is not None
+        status = queue.cancel(
+            task_id, using=self.database, terminate=terminate, notify=conf.LISTEN_NOTIFY
+        )
+        if status is None:
+            return Cancellation.ALREADY_FINISHED
+        return Cancellation.CANCELLED if status == "CANCELLED" else Cancellation.STOP_REQUESTED
 
 
 def _has_first_parameter(func: Any) -> bool:

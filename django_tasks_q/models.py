@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
@@ -39,6 +40,21 @@ class TaskStatus(models.TextChoices):
     SUCCESSFUL = "SUCCESSFUL", _("Successful")
     FAILED = "FAILED", _("Failed")
     CANCELLED = "CANCELLED", _("Cancelled")
+
+
+class Cancellation(StrEnum):
+    """What ``cancel()`` did. Truthy unless the task had already finished."""
+
+    # It had not started (READY): it never will.
+    CANCELLED = "cancelled"
+    # It was RUNNING (started, or claimed by a worker and about to start): its worker stops
+    # it before it starts, or the task sees context.is_cancelled(); it ends CANCELLED.
+    STOP_REQUESTED = "stop_requested"
+    # It had already finished: nothing changed.
+    ALREADY_FINISHED = "already_finished"
+
+    def __bool__(self) -> bool:
+        return self is not Cancellation.ALREADY_FINISHED
 
 
 FINISHED_STATUSES = frozenset({TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskStatus.CANCELLED})

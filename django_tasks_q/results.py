@@ -11,7 +11,7 @@ from asgiref.sync import sync_to_async
 
 from django_tasks_q.compat import TaskError, TaskResult
 from django_tasks_q.exceptions import TaskTimeoutError
-from django_tasks_q.models import FINISHED_STATUSES, TaskStatus
+from django_tasks_q.models import FINISHED_STATUSES, Cancellation, TaskStatus
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,10 +121,14 @@ class TaskHandle(TaskResult):
             self.refresh()
         return self
 
-    def cancel(self, *, terminate: bool = False) -> bool:
+    def cancel(self, *, terminate: bool = False) -> Cancellation:
         """Cancel the task if it has not started, or ask it to stop if it runs; with
-        ``terminate``, a process-pool worker kills it if it does not stop by itself. Returns
-        False if the task had already finished."""
+        ``terminate``, a process-pool worker kills it if it does not stop by itself.
+
+        Returns what happened: ``Cancellation.CANCELLED`` (it had not started and never
+        will), ``Cancellation.STOP_REQUESTED`` (a worker holds it: it is stopped before it
+        starts, or sees ``context.is_cancelled()`` while it runs) or
+        ``Cancellation.ALREADY_FINISHED`` (falsy: nothing changed)."""
         cancelled = self.task.get_backend().cancel(self.id, terminate=terminate)
         self.refresh()
         return cancelled

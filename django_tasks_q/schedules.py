@@ -221,10 +221,11 @@ def plan(
 ) -> Plan:
     """Decide what a due schedule enqueues at ``now``.
 
-    A tick at most ``missed_after`` old is late, not missed: it is enqueued, so a busy or
-    restarting beat loses nothing. Older ticks were missed (beat was down): ``catch_up``
-    ``"skip"`` enqueues none of them, ``"once"`` one task for all of them, recorded with the
-    first missed tick. Either way the schedule then continues from its next tick.
+    A tick at most ``missed_after`` old is late, not missed. Older ticks were missed (beat
+    was down). ``catch_up="skip"`` enqueues at most one tick per pass: the most recent one
+    due, if it is late rather than missed; every earlier tick counts as missed. ``"once"``
+    enqueues one task for all missed ticks (recorded with the first of them), then each late
+    tick. Either way the schedule then continues from its next tick.
     """
     cutoff = now - missed_after
     ticks: list[datetime] = []
@@ -237,7 +238,15 @@ def plan(
         missed_before = cutoff
         if catch_up == CatchUp.ONCE:
             ticks.append(missed_from)
-    while tick is not None and tick <= now and len(ticks) < limit:
+    skip = catch_up == CatchUp.SKIP
+    # With "skip" the late ticks are walked to the last one due (they are at most
+    # missed_after old, so few) and only that one is enqueued: a beat back from a restart
+    # never enqueues a backlog, even of a schedule that ticks every second.
+    while tick is not None and tick <= now and (skip or len(ticks) < limit):
         ticks.append(tick)
         tick = timing.next_after(tick, anchor=tick)
+    if skip and len(ticks) > 1:
+        missed_from = missed_from or ticks[0]
+        missed_before = ticks[-1]
+        ticks = ticks[-1:]
     return Plan(ticks, tick, missed_from, missed_before)

@@ -111,8 +111,19 @@ def test_catch_up_once_enqueues_one_task_for_all_ticks_missed_during_downtime():
     assert (schedule.run_count, schedule.last_run_at) == (1, first_missed)
 
 
-def test_ticks_late_by_less_than_missed_after_are_each_enqueued():
-    schedule = make(cron="", interval=timedelta(seconds=1))
+def test_after_a_restart_catch_up_skip_enqueues_one_tick_at_most():
+    schedule = make(cron="", interval=timedelta(seconds=1), catch_up="skip")
+    set_next_run(schedule, db_now() - timedelta(seconds=30))  # beat was down for 30 s
+    beat().run_once()
+    [task] = tasks_of(schedule)
+    schedule.refresh_from_db()
+    assert schedule.next_run_at > db_now() - timedelta(seconds=1)
+    assert task.scheduled_for > db_now() - timedelta(seconds=2)  # the latest tick, not the first
+    assert schedule.run_count == 1
+
+
+def test_with_catch_up_once_ticks_late_by_less_than_missed_after_are_each_enqueued():
+    schedule = make(cron="", interval=timedelta(seconds=1), catch_up="once")
     start = db_now() - timedelta(seconds=5, milliseconds=500)
     set_next_run(schedule, start)
     beat(missed_after=30).run_once()
@@ -186,7 +197,7 @@ def test_run_now_enqueues_at_once_without_moving_the_schedule():
 
 
 def test_each_enqueued_tick_is_logged_once(caplog):
-    schedule = make(cron="", interval=timedelta(seconds=1))
+    schedule = make(cron="", interval=timedelta(seconds=1), catch_up="once")
     set_next_run(schedule, db_now() - timedelta(seconds=2, milliseconds=500))
     with caplog.at_level(logging.INFO, logger="django_tasks_q.beat"):
         beat().run_once()

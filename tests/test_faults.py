@@ -103,7 +103,7 @@ def test_a_task_that_kills_every_worker_it_lands_on_stops_after_the_lost_cap(sta
 
     for _ in range(6):
         worker = start_worker("--worker-id", "poison-victim", env=FAST)
-        wait_for(lambda: worker.process.poll() is not None or failed(), timeout=30,
+        wait_for(lambda w=worker: w.process.poll() is not None or failed(), timeout=30,
                  message="the worker to be killed, or the task to fail")  # fmt: skip
         if worker.process.poll() is None:  # it recovered the last lost attempt: FAILED
             stop(worker)
@@ -145,8 +145,8 @@ def test_a_task_whose_database_connection_dies_runs_again_with_default_options(s
 @pytest.mark.parametrize("pool", ["processes", "threads"])
 def test_unstorable_outcomes_fail_their_own_task_and_nothing_else(start_worker, pool):
     nasty = [
-        tasks.returns_text.delay("a NUL \x00 inside"),
-        tasks.returns_text.delay("a lone surrogate \ud800 inside"),
+        tasks.returns_unstorable_text.delay("nul"),
+        tasks.returns_unstorable_text.delay("surrogate"),
         tasks.raises.delay("nul"),
         tasks.raises.delay("unprintable"),
         tasks.returns_self_referencing_list.delay(),

@@ -69,7 +69,7 @@ def test_cancel_with_terminate_kills_a_task_that_does_not_stop(start_worker):
     worker = start_worker("--pool", "processes", "--concurrency", "1", env=FAST)
     wait_for(lambda: Execution.objects.filter(key="stubborn").exists(), message="the task to start")
     asked = time.monotonic()
-    assert stubborn.cancel(terminate=True) is True
+    assert stubborn.cancel(terminate=True) == "stop_requested"
     stubborn.wait(timeout=20)
     assert time.monotonic() - asked < 15
     assert stubborn.status == "CANCELLED"

@@ -134,10 +134,10 @@ def test_release_returns_unstarted_tasks_without_counting_the_attempt(qconn):
 def test_cancel_stops_ready_tasks_at_once_and_flags_running_ones(qconn):
     ready = tasks.add.delay(1, 1)
     running = tasks.add.delay(1, 2)
-    assert ready.cancel() is True
+    assert ready.cancel() == "cancelled"
     assert ready.status == TaskStatus.CANCELLED and ready.finished_at is not None
     claim(qconn)
-    assert running.cancel() is True  # asked to stop; it stays RUNNING until its worker sees it
+    assert running.cancel() == "stop_requested"  # asked to stop; it stays RUNNING until its worker sees it
     row = Task.objects.get(pk=running.id)
     assert (row.status, row.cancel_requested_at is not None) == ("RUNNING", True)
     # The holder's heartbeat hands the request over.
@@ -150,7 +150,7 @@ def test_cancel_stops_ready_tasks_at_once_and_flags_running_ones(qconn):
 def test_cancel_after_the_end_changes_nothing():
     handle = tasks.add.delay(1, 1)
     Task.objects.filter(pk=handle.id).update(status="SUCCESSFUL")
-    assert handle.cancel() is False
+    assert handle.cancel() == "already_finished"
     assert Task.objects.get(pk=handle.id).cancel_requested_at is None
 
 

@@ -111,7 +111,7 @@ def test_cancelling_a_running_task_stops_it_cooperatively(start_worker):
     other = tasks.add.delay(2, 2)
     worker = start_worker("--concurrency", "2", env=FAST)
     wait_for(lambda: Execution.objects.filter(key="coop").exists(), message="the task to start")
-    assert handle.cancel() is True
+    assert handle.cancel() == "stop_requested"
     handle.wait(timeout=15)
     assert handle.status == "CANCELLED"
     assert handle.error.type == "django_tasks_q.exceptions.TaskCancelled"

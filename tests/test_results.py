@@ -36,9 +36,10 @@ def test_refresh_sees_changes_made_elsewhere():
 
 def test_cancel_a_task_that_has_not_started():
     handle = tasks.add.apply_async(args=(1, 2), countdown=60)
-    assert handle.cancel() is True
+    assert handle.cancel() == "cancelled"
     assert handle.status == TaskStatus.CANCELLED and handle.is_finished
-    assert handle.cancel() is False  # already cancelled: nothing to do
+    assert handle.cancel() == "already_finished"  # nothing to do
+    assert not handle.cancel()
 
 
 def test_result_and_return_value_before_the_task_ran():

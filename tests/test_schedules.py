@@ -206,13 +206,24 @@ def test_a_tick_that_is_due_is_enqueued_and_the_schedule_moves_on():
     assert decided.missed_from is None
 
 
-def test_late_ticks_within_the_grace_are_all_enqueued():
+def test_catch_up_once_enqueues_each_late_tick_within_the_grace():
     every_second = Interval(timedelta(seconds=1))
     start = utc(2024, 1, 1, 12)
     decided = plan(every_second, next_run_at=start, now=start + timedelta(seconds=4.5),
-                   missed_after=MINUTE, catch_up="skip")  # fmt: skip
+                   missed_after=MINUTE, catch_up="once")  # fmt: skip
     assert decided.ticks == [start + timedelta(seconds=s) for s in range(5)]
     assert decided.next_run_at == start + timedelta(seconds=5)
+
+
+def test_catch_up_skip_enqueues_only_the_latest_of_several_late_ticks():
+    # A beat back from a restart 30 s later: thirty late ticks of a schedule every second.
+    every_second = Interval(timedelta(seconds=1))
+    start = utc(2024, 1, 1, 12)
+    decided = plan(every_second, next_run_at=start, now=start + timedelta(seconds=30.5),
+                   missed_after=MINUTE, catch_up="skip", limit=10)  # fmt: skip
+    assert decided.ticks == [start + timedelta(seconds=30)]
+    assert decided.next_run_at == start + timedelta(seconds=31)
+    assert (decided.missed_from, decided.missed_before) == (start, start + timedelta(seconds=30))
 
 
 def test_catch_up_skip_after_downtime_enqueues_none_of_the_missed_ticks():
@@ -258,7 +269,7 @@ def test_a_long_backlog_is_enqueued_in_bounded_passes():
     every_second = Interval(timedelta(seconds=1))
     start = utc(2024, 1, 1, 12)
     decided = plan(every_second, next_run_at=start, now=start + timedelta(seconds=250),
-                   missed_after=timedelta(hours=1), catch_up="skip", limit=100)  # fmt: skip
+                   missed_after=timedelta(hours=1), catch_up="once", limit=100)  # fmt: skip
     assert len(decided.ticks) == 100
     # Still due: the next pass goes on from here at once.
     assert decided.next_run_at == start + timedelta(seconds=100)

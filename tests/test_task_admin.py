@@ -133,6 +133,38 @@ def test_retry_now_makes_failed_and_cancelled_tasks_ready_and_keeps_their_histor
     assert Task.objects.get(pk=done.pk).status == "SUCCESSFUL"
 
 
+def test_retry_now_skips_tasks_whose_unique_key_is_taken_and_retries_the_rest(operator_client):
+    keyed = Task.objects.create(name=tasks.add.name, status="FAILED", unique_key="report-7")
+    Task.objects.create(name=tasks.add.name, status="READY", unique_key="report-7")  # newer
+    plain = Task.objects.create(name=tasks.add.name, status="FAILED")
+    response = operator_client.post(
+        reverse(CHANGELIST),
+        {"action": "retry_now", "_selected_action": [keyed.pk, plain.pk]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    text = " ".join(str(m) for m in response.context["messages"])
+    assert "1 task will run again now" in text
+    assert "1 task was not retried because another task with the same unique key" in text
+    assert f"{tasks.add.name} #{keyed.pk} (key 'report-7')" in text
+    assert Task.objects.get(pk=plain.pk).status == "READY"
+    assert Task.objects.get(pk=keyed.pk).status == "FAILED"
+
+
+def test_retry_now_of_two_tasks_sharing_a_unique_key_retries_the_newest(operator_client):
+    older = Task.objects.create(name=tasks.add.name, status="FAILED", unique_key="sync-1")
+    newer = Task.objects.create(name=tasks.add.name, status="CANCELLED", unique_key="sync-1")
+    response = operator_client.post(
+        reverse(CHANGELIST),
+        {"action": "retry_now", "_selected_action": [older.pk, newer.pk]},
+        follow=True,
+    )
+    text = " ".join(str(m) for m in response.context["messages"])
+    assert "1 task will run again now" in text and f"#{older.pk} (key 'sync-1')" in text
+    assert Task.objects.get(pk=newer.pk).status == "READY"
+    assert Task.objects.get(pk=older.pk).status == "FAILED"
+
+
 def test_cancel_cancels_ready_tasks_and_asks_running_ones_to_stop(operator_client):
     ready = Task.objects.create(name=tasks.add.name)
     running = Task.objects.create(name=tasks.add.name, status="RUNNING", attempts=1)

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
-from django.db import connections, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.http import HttpRequest
@@ -314,24 +314,69 @@ class TaskAdmin(ReadOnlyPages):
 
     @admin.action(description=_("Retry now (failed or cancelled tasks)"), permissions=["change"])
     def retry_now(self, request: HttpRequest, selected: QuerySet[Task]) -> None:
+        database = selected.db
+        candidates = sorted(
+            selected.filter(status__in=[TaskStatus.FAILED, TaskStatus.CANCELLED]).values_list(
+                "id", "name", "unique_key"
+            ),
+            reverse=True,  # newest first: of several selected tasks sharing a key, it wins
+        )
+        keys = {key for _, _, key in candidates if key}
+        taken = set(
+            Task.objects.using(database)
+            .filter(unique_key__in=keys, status__in=[TaskStatus.READY, TaskStatus.RUNNING])
+            .values_list("unique_key", flat=True)
+        )
         by_name: dict[str, list[int]] = {}
-        for task_id, name in selected.filter(
-            status__in=[TaskStatus.FAILED, TaskStatus.CANCELLED]
-        ).values_list("id", "name"):
+        conflicts: list[tuple[str, int, str]] = []
+        for task_id, name, key in candidates:
+            if key and key in taken:
+                conflicts.append((name, task_id, key))
+                continue
+            if key:
+                taken.add(key)
             by_name.setdefault(name, []).append(task_id)
         retried = 0
-        with transaction.atomic(using=selected.db):
+        with transaction.atomic(using=database):
             for name, ids in by_name.items():
-                retried += len(
-                    queue.retry_now(
-                        ids, more_attempts=_attempts_per_run(name), using=selected.db,
-                        notify=conf.LISTEN_NOTIFY,
-                    )
-                )  # fmt: skip
+                more = _attempts_per_run(name)
+                try:
+                    with transaction.atomic(using=database):
+                        retried += len(self._retry(ids, more, database))
+                except IntegrityError:
+                    # A task with one of these keys was enqueued meanwhile: one at a time.
+                    for task_id in ids:
+                        try:
+                            with transaction.atomic(using=database):
+                                retried += len(self._retry([task_id], more, database))
+                        except IntegrityError:
+                            key = Task.objects.using(database).get(pk=task_id).unique_key
+                            conflicts.append((name, task_id, key or ""))
         self._report(request, retried, len(selected),
                      ngettext("%(n)d task will run again now.",
                               "%(n)d tasks will run again now.", retried),
                      _("only failed or cancelled tasks can be retried"))  # fmt: skip
+        if conflicts:
+            listed = ", ".join(f"{name} #{task_id} (key {key!r})" for name, task_id, key in
+                               sorted(conflicts, key=lambda c: c[1]))  # fmt: skip
+            self.message_user(
+                request,
+                ngettext(
+                    "%(n)d task was not retried because another task with the same unique key "
+                    "is waiting or running: %(tasks)s.",
+                    "%(n)d tasks were not retried because another task with the same unique key "
+                    "is waiting or running: %(tasks)s.",
+                    len(conflicts),
+                )
+                % {"n": len(conflicts), "tasks": listed},
+                messages.WARNING,
+            )
+
+    @staticmethod
+    def _retry(ids: list[int], more_attempts: int, database: str) -> list[int]:
+        return queue.retry_now(
+            ids, more_attempts=more_attempts, using=database, notify=conf.LISTEN_NOTIFY
+        )
 
     @admin.action(description=_("Cancel (ready or running tasks)"), permissions=["change"])
     def cancel_tasks(self, request: HttpRequest, selected: QuerySet[Task]) -> None:

@@ -298,8 +298,9 @@ def sleeps_and_says_who(context, key, seconds):
 
 
 @background_task
-def returns_text(text):
-    return text
+def returns_unstorable_text(kind):
+    """Arguments with such characters are refused at enqueue; a task can still produce them."""
+    return "a NUL \x00 inside" if kind == "nul" else "a lone surrogate " + chr(0xD800)
 
 
 class UnprintableError(Exception):
