@@ -17,8 +17,8 @@
 - **Expired**: no attempt starts after ``expires_at``: the claim cancels such a task instead
   (``exchange`` in ``sql/queue.sql``), recording ``TaskExpired``.
 - **Unknown name**: a worker that does not know a task's name gives it back without counting
-  an attempt, for a worker that does, and fails it only once it has waited
-  ``TASKS_Q["UNKNOWN_TASK_GRACE"]`` seconds since it was enqueued.
+  an attempt (offered again 1 to 3 s later), for a worker that does, and fails it only once
+  it has waited ``TASKS_Q["UNKNOWN_TASK_GRACE"]`` seconds since it was enqueued.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ from django_tasks_q.exceptions import MaxRetriesExceededError, Retry, TaskCancel
 if TYPE_CHECKING:
     from django_tasks_q.tasks import BackgroundTask
 
-# Seconds a task whose name this worker does not know waits before it is offered again.
-UNKNOWN_TASK_RETRY_DELAY = 2.0
 
 READY, FAILED, CANCELLED = "READY", "FAILED", "CANCELLED"
 
@@ -91,6 +89,13 @@ def unknown_task_waited_enough(
     """Whether a task no worker here knows has waited its grace period (both times are the
     database's, so workers on other hosts agree)."""
     return (claimed_at - enqueued_at).total_seconds() >= grace
+
+
+def unknown_task_delay() -> float:
+    """Seconds before a task given back for an unknown name is offered again. Drawn at random:
+    a fixed delay would make the worker that gave it back (which polls on the same rhythm) the
+    first to look again every time, and a worker that knows the task might never get it."""
+    return random.uniform(1.0, 3.0)  # noqa: S311 - spreading claims, not cryptography
 
 
 def should_retry(task: BackgroundTask, exc: BaseException, attempt: int, max_attempts: int) -> bool:

@@ -137,7 +137,9 @@ def test_cancel_stops_ready_tasks_at_once_and_flags_running_ones(qconn):
     assert ready.cancel() == "cancelled"
     assert ready.status == TaskStatus.CANCELLED and ready.finished_at is not None
     claim(qconn)
-    assert running.cancel() == "stop_requested"  # asked to stop; it stays RUNNING until its worker sees it
+    assert (
+        running.cancel() == "stop_requested"
+    )  # asked to stop; it stays RUNNING until its worker sees it
     row = Task.objects.get(pk=running.id)
     assert (row.status, row.cancel_requested_at is not None) == ("RUNNING", True)
     # The holder's heartbeat hands the request over.

@@ -32,7 +32,7 @@ from django_tasks_q.queue import (
     QueueConnection,
     listen_connection,
 )
-from django_tasks_q.retry import UNKNOWN_TASK_RETRY_DELAY, unknown_task_waited_enough
+from django_tasks_q.retry import unknown_task_delay, unknown_task_waited_enough
 from django_tasks_q.worker.heartbeat import Heartbeat
 from django_tasks_q.worker.pool import ProcessPool
 from django_tasks_q.worker.pruner import Pruner
@@ -520,7 +520,7 @@ class Worker:
 
     def _defer_unknown(self, ids: list[int]) -> None:
         """Give back tasks of unknown names without counting an attempt, due again shortly."""
-        self.connection.release(worker_id=self.worker_id, ids=ids, delay=UNKNOWN_TASK_RETRY_DELAY)
+        self.connection.release(worker_id=self.worker_id, ids=ids, delay=unknown_task_delay())
         self._held.difference_update(ids)
         if self.metrics:
             self.metrics.released(ids)
