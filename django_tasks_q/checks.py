@@ -92,6 +92,27 @@ def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                     "E017",
                 )
             )
+    lost = value.get("MAX_LOST_ATTEMPTS", DEFAULTS["MAX_LOST_ATTEMPTS"])
+    if not (isinstance(lost, int) and not isinstance(lost, bool) and lost >= 1):
+        errors.append(
+            _error(
+                f"{SETTING_NAME}['MAX_LOST_ATTEMPTS'] must be a whole number >= 1, got {lost!r}.",
+                "It is how many attempts of a task may be lost (its worker killed, the "
+                "database gone) before the task is FAILED; the default is 3.",
+                "E018",
+            )
+        )
+    unknown_grace = value.get("UNKNOWN_TASK_GRACE", DEFAULTS["UNKNOWN_TASK_GRACE"])
+    if not (_is_number(unknown_grace) and unknown_grace >= 0):
+        errors.append(
+            _error(
+                f"{SETTING_NAME}['UNKNOWN_TASK_GRACE'] must be a number of seconds >= 0, "
+                f"got {unknown_grace!r}.",
+                "It is how long a task whose name a worker does not know waits for a worker "
+                "that knows it before it is FAILED; the default is 600.",
+                "E019",
+            )
+        )
     if "LISTEN_NOTIFY" in value and not isinstance(value["LISTEN_NOTIFY"], bool):
         errors.append(
             _error(

@@ -67,3 +67,23 @@ def test_return_value_of_a_cancelled_task_says_so():
     handle.cancel()
     with pytest.raises(ValueError, match="Task was cancelled"):
         handle.return_value
+
+
+@pytest.mark.django_db
+def test_the_handle_of_a_task_removed_from_the_code_still_reads_its_row():
+    from django_tasks_q import get_result, registry
+    from django_tasks_q.exceptions import UnknownTaskError
+    from django_tasks_q.models import Task
+
+    row = Task.objects.create(
+        name="gone.module.old_task", status="SUCCESSFUL", result={"total": 3}, attempts=1,
+        errors=[{"type": "builtins.ValueError", "message": "first try", "attempt": 1}],
+    )  # fmt: skip
+    handle = get_result(row.pk)
+    assert (handle.status, handle.result, handle.name) == ("SUCCESSFUL", {"total": 3}, row.name)
+    assert handle.errors[0].message == "first try"
+    assert handle.wait(timeout=1) is handle
+    handle.refresh()
+    assert registry.find("gone.module.old_task") is None  # not registered by the handle
+    with pytest.raises(UnknownTaskError, match="no longer in the code"):
+        handle.task.enqueue()

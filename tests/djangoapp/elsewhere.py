@@ -1,0 +1,12 @@
+"""A Django task outside <app>/tasks.py: not autodiscovered, found by its module path."""
+
+from django.tasks import task
+
+
+@task
+def double(x):
+    return 2 * x
+
+
+def not_a_task(x):
+    return x
