@@ -34,10 +34,10 @@ class HeartbeatFilter(admin.SimpleListFilter):
 
 
 class WorkerAdmin(ReadOnlyPages):
-    list_display = ("id", "hostname", "pid", "queues_display", "concurrency", "state",
+    list_display = ("id", "name", "hostname", "pid", "queues_display", "concurrency", "state",
                     "started_at", "heartbeat", "tasks_succeeded", "tasks_failed")  # fmt: skip
     list_filter = ("state", HeartbeatFilter, "hostname")
-    search_fields = ("id", "hostname")
+    search_fields = ("id", "name", "hostname")
     ordering = ("-last_heartbeat_at",)
     readonly_fields = [field.name for field in Worker._meta.fields]
 
