@@ -633,6 +633,7 @@ def _insert_ceiling_rows(database: str, queue_name: str, count: int) -> None:
             kwargs_json=["{}"] * len(chunk),
             run_after=None,
             max_attempts=1,
+            max_lost_attempts=1,
             timeout=None,
             notify=False,
         )

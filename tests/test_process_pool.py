@@ -29,7 +29,8 @@ def test_a_task_that_kills_its_process_fails_after_its_retries(start_worker):
     worker = start_worker("--pool", "processes", "--concurrency", "1")
     handle.wait(timeout=60)
     assert (handle.status, handle.attempts) == ("FAILED", 3)
-    assert {e.type for e in handle.errors} == {"django_tasks_q.exceptions.WorkerLost"}
+    # The task ended its own process: a failure (retry policy applies), not a lost attempt.
+    assert {e.type for e in handle.errors} == {"django_tasks_q.exceptions.ProcessDied"}
     assert "exit status 1" in handle.error.message
     assert Execution.objects.filter(key="crash").count() == 3
     assert tasks.add.delay(1, 1).wait(timeout=30).result == 2  # the worker is fine
@@ -100,19 +101,18 @@ def test_the_soft_time_limit_reaches_tasks_on_every_thread_of_a_child(start_work
     assert worker.wait() == 0
 
 
-def test_a_time_limit_kill_fails_the_other_tasks_of_that_child_as_worker_lost(start_worker):
-    sibling = tasks.runs_long.delay("sibling", 30)
+def test_a_time_limit_kill_loses_the_other_tasks_of_that_child_and_they_run_again(start_worker):
+    sibling = tasks.hangs_once.delay("sibling")  # default options: no retries of its own
     worker = start_worker("--concurrency", "1", "--threads", "2")
     wait_for(lambda: Execution.objects.filter(key="sibling").exists(), message="the sibling")
     overrun = tasks.overruns_its_time_limit.delay("overrun")
     overrun.wait(timeout=30)
     sibling.wait(timeout=30)
     assert overrun.error.type == "django_tasks_q.exceptions.TimeLimitExceeded"
-    assert sibling.status == "FAILED"
-    assert sibling.error.type == "django_tasks_q.exceptions.WorkerLost"
-    assert (
-        f"task {overrun.task.name} #{overrun.id} in it had to be stopped" in sibling.error.message
-    )
+    assert (sibling.status, sibling.result, sibling.attempts) == ("SUCCESSFUL", 2, 2)
+    [lost] = sibling.errors
+    assert lost.type == "django_tasks_q.exceptions.WorkerLost"
+    assert f"task {overrun.task.name} #{overrun.id} in it had to be stopped" in lost.message
     assert tasks.add.delay(1, 2).wait(timeout=30).result == 3
     worker.terminate()
     assert worker.wait() == 0

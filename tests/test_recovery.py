@@ -37,6 +37,7 @@ def test_a_task_that_keeps_losing_its_worker_ends_failed(start_worker):
     row = Task.objects.create(
         name="tests.testapp.tasks.add", args=[1, 2], status="RUNNING", attempts=3,
         max_attempts=3, worker_id="gone-for-good", lease_expires_at="2000-01-01T00:00:00Z",
+        lost_attempts=2, max_lost_attempts=3,
     )  # fmt: skip
     worker = start_worker(env=FAST)
     wait_for(lambda: Task.objects.get(pk=row.pk).status == "FAILED", message="the recovery")
@@ -64,7 +65,8 @@ def test_workers_register_heartbeat_and_say_when_they_stop(start_worker):
     worker = start_worker(
         "--worker-id", "w-visible", "--queues", "a,b", "--concurrency", "3", env=FAST
     )
-    row = wait_for(lambda: Worker.objects.filter(pk="w-visible").first(), message="registration")
+    row = wait_for(lambda: Worker.objects.filter(name="w-visible").first(), message="registration")
+    assert row.id.startswith("w-visible-")
     assert (row.state, row.queues, row.concurrency, row.pid) == (
         "RUNNING",
         ["a", "b"],
@@ -73,7 +75,7 @@ def test_workers_register_heartbeat_and_say_when_they_stop(start_worker):
     )
     first_beat = row.last_heartbeat_at
     wait_for(
-        lambda: Worker.objects.get(pk="w-visible").last_heartbeat_at > first_beat,
+        lambda: Worker.objects.get(pk=row.id).last_heartbeat_at > first_beat,
         message="a heartbeat",
     )
     tasks.add.apply_async(args=(1, 1), queue="a")
@@ -82,7 +84,7 @@ def test_workers_register_heartbeat_and_say_when_they_stop(start_worker):
              message="both tasks to finish")  # fmt: skip
     worker.terminate()
     assert worker.wait() == 0
-    row = Worker.objects.get(pk="w-visible")
+    row = Worker.objects.get(pk=row.id)
     assert (row.state, row.tasks_succeeded, row.tasks_failed) == ("STOPPED", 1, 1)
     assert row.stopped_at is not None
 
@@ -97,7 +99,7 @@ def test_after_the_grace_period_the_worker_exits_and_its_task_is_recovered(start
     worker.terminate()
     assert worker.wait(timeout=15) == 1
     assert time.monotonic() - stopped_at < 10
-    assert "grace period of 1.0s is over, abandoning 1 running tasks" in worker.log()
+    assert "grace period of 1.0s is over, stopping 1 running tasks" in worker.log()
 
     survivor = start_worker("--concurrency", "1", env=FAST)
     handle.wait(timeout=30)

@@ -6,7 +6,7 @@ import time
 import pytest
 from django.db.models import Count
 
-from django_tasks_q.models import Task
+from django_tasks_q.models import Task, Worker
 from tests.conftest import wait_for
 from tests.testapp import tasks
 from tests.testapp.models import Execution
@@ -97,7 +97,9 @@ def test_queues_option_only_takes_those_queues(start_worker):
 def test_worker_id_option_is_recorded_on_tasks(start_worker):
     handle = tasks.add.delay(1, 1)
     assert start_worker("--burst", "--worker-id", "reports-1").wait() == 0
-    assert Task.objects.get(pk=handle.id).worker_id == "reports-1"
+    worker_id = Task.objects.get(pk=handle.id).worker_id
+    assert worker_id.startswith("reports-1-")  # the name, and this process start's own suffix
+    assert Worker.objects.get(pk=worker_id).name == "reports-1"
 
 
 def test_bad_option_values_are_refused(start_worker):
