@@ -272,6 +272,7 @@ class PostgresBackend(BaseTaskBackend):
             worker_ids=worker_ids(errors, row.worker_id, row.attempts),
             attempt_count=row.attempts,
             max_attempts=row.max_attempts,
+            lost_attempts=row.lost_attempts,
             run_after=row.run_after,
             queue=row.queue,
             priority=row.priority,

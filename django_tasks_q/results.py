@@ -45,6 +45,9 @@ class TaskHandle(TaskResult):
 
     attempt_count: int = 0
     max_attempts: int = 1
+    # Attempts lost to the infrastructure (a worker killed, the database gone): they ran again
+    # without spending the task's retries, and count in attempt_count and max_attempts.
+    lost_attempts: int = 0
     run_after: datetime | None = None
     queue: str = ""
     priority: int = 0

@@ -258,7 +258,9 @@ class BackgroundTaskContext(TaskContext):
         """Stop this attempt and run the task again after ``countdown`` seconds (default: the
         task's retry policy). On the last allowed attempt, fail with ``exc`` instead."""
         attempts_allowed = (
-            max_retries + 1 if max_retries is not None else self.task_result.max_attempts
+            max_retries + 1 + getattr(self.task_result, "lost_attempts", 0)
+            if max_retries is not None
+            else self.task_result.max_attempts
         )
         if self.attempt >= attempts_allowed and exc is None:
             raise MaxRetriesExceededError(

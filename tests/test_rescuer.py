@@ -146,3 +146,25 @@ def test_expired_tasks_send_task_finished(signals):
     handle.refresh()
     assert handle.status == "CANCELLED"
     assert signals == [("finished", handle.id, "CANCELLED")]
+
+
+def test_a_lost_attempt_does_not_eat_into_the_tasks_own_retries(connection):
+    handle = tasks.fail_until.delay("lost-then-retry", 3)  # max_retries=3: fails twice
+    [claimed] = connection.claim(worker_id="gone-1", queues=None, limit=1, lease_seconds=60)
+    Task.objects.filter(pk=claimed.id).update(lease_expires_at=timezone.now())
+    rescuer(connection).run_once()
+    run_burst_worker()
+    handle.refresh()
+    assert (handle.status, handle.attempts, handle.lost_attempts) == ("SUCCESSFUL", 4, 1)
+
+
+def test_context_retry_with_max_retries_counts_only_the_tasks_own_attempts(connection):
+    handle = tasks.gives_up_after_one_retry.delay("lost-then-context")
+    [claimed] = connection.claim(worker_id="gone-2", queues=None, limit=1, lease_seconds=60)
+    Task.objects.filter(pk=claimed.id).update(lease_expires_at=timezone.now())
+    rescuer(connection).run_once()
+    run_burst_worker()
+    handle.refresh()
+    # Attempt 1 lost; attempts 2 and 3 are its own: the first retries (max_retries=1), the
+    # second fails for good.
+    assert (handle.status, handle.attempts, handle.lost_attempts) == ("FAILED", 3, 1)

@@ -75,6 +75,7 @@ class Runner:
             worker_ids=worker_ids(errors, holder or self.worker_id, claimed.attempt),
             attempt_count=claimed.attempt,
             max_attempts=claimed.max_attempts,
+            lost_attempts=claimed.lost_attempts,
             run_after=claimed.run_after,
             queue=claimed.queue,
             priority=claimed.priority,

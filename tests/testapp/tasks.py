@@ -76,6 +76,12 @@ def retry_forever_via_context(context):
     context.retry(countdown=0, exc=TransientError("still not ready"))
 
 
+@background_task(max_retries=5, bind=True)
+def gives_up_after_one_retry(context, key):
+    Execution.objects.create(key=key, attempt=context.attempt)
+    context.retry(countdown=0, max_retries=1, exc=TransientError("not yet"))
+
+
 @background_task
 def returns_unserialisable():
     return object()
