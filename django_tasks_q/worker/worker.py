@@ -660,6 +660,17 @@ class Worker:
     def _recover_abandoned(self) -> None:
         """The worker stopped tasks it was running (grace period over, or a second signal): it
         knows they are lost, so they are recovered now rather than when their lease expires."""
+        # Attempts that ended meanwhile are not lost: record them first, as far as possible.
+        while True:
+            try:
+                self._unrecorded.append(self._outcomes.get_nowait())
+            except stdlib_queue.Empty:
+                break
+        if self._unrecorded:
+            try:
+                self.connection.finish(worker_id=self.worker_id, outcomes=self._unrecorded)
+            except psycopg.Error as exc:
+                logger.warning("Worker %s could not record outcomes: %s", self.worker_id, exc)
         abandoned = sorted(self._held - {o.id for o in self._unrecorded})
         reason = (
             f"its grace period of {self.grace_period}s ran out"
