@@ -275,13 +275,14 @@ class QueueConnection:
         queues: Sequence[str] | None = None,
         limit: int = 0,
         lease_seconds: float = 60.0,
+        avoid: Sequence[int] = (),
     ) -> Exchanged:
         """Record ``outcomes`` and claim up to ``limit`` tasks, in one statement and one commit.
 
         Returns the ids whose outcome was recorded (the others' holder had lost the claim), the
         claimed tasks in claim order, and the picked tasks cancelled instead of claimed
         (expired, or cancellation requested: they count towards ``limit``, so a short claim
-        still means the queue is drained).
+        still means the queue is drained). Tasks in ``avoid`` are not claimed.
         """
         params: dict[str, Any] = {
             "worker_id": worker_id,
@@ -295,6 +296,7 @@ class QueueConnection:
             "max_attempts": [o.max_attempts for o in outcomes],
             "retry_delays": [float(o.retry_delay) for o in outcomes],
             "lost": [o.lost for o in outcomes],
+            "avoid": list(avoid),
         }
         if queues:
             statement, params["queues"] = sql("exchange_from_queues"), list(queues)

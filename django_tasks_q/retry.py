@@ -17,8 +17,9 @@
 - **Expired**: no attempt starts after ``expires_at``: the claim cancels such a task instead
   (``exchange`` in ``sql/queue.sql``), recording ``TaskExpired``.
 - **Unknown name**: a worker that does not know a task's name gives it back without counting
-  an attempt (offered again 1 to 3 s later), for a worker that does, and fails it only once
-  it has waited ``TASKS_Q["UNKNOWN_TASK_GRACE"]`` seconds since it was enqueued.
+  an attempt (due again 1 s later; that worker leaves it to the others for 10 s), for a
+  worker that does, and fails it only once it has waited ``TASKS_Q["UNKNOWN_TASK_GRACE"]``
+  seconds since it was enqueued.
 """
 
 from __future__ import annotations
@@ -91,11 +92,11 @@ def unknown_task_waited_enough(
     return (claimed_at - enqueued_at).total_seconds() >= grace
 
 
-def unknown_task_delay() -> float:
-    """Seconds before a task given back for an unknown name is offered again. Drawn at random:
-    a fixed delay would make the worker that gave it back (which polls on the same rhythm) the
-    first to look again every time, and a worker that knows the task might never get it."""
-    return random.uniform(1.0, 3.0)  # noqa: S311 - spreading claims, not cryptography
+# Seconds before a task given back for an unknown name is due again, and how long the
+# worker that gave it back leaves it to the others: otherwise that worker, polling on its own
+# rhythm, could be the first to see it due every time, and a worker that knows it never would.
+UNKNOWN_TASK_DELAY = 1.0
+UNKNOWN_TASK_AVOID = 10.0
 
 
 def should_retry(task: BackgroundTask, exc: BaseException, attempt: int, max_attempts: int) -> bool:

@@ -168,6 +168,7 @@ def explain_exchange(statement: str, **extra) -> str:
             "max_attempts",
             "retry_delays",
             "lost",
+            "avoid",
         )
     }
     params = {"limit": 10, "worker_id": "w", "lease_seconds": 60, **empty, **extra}
@@ -234,3 +235,13 @@ def test_release_unknown_returns_only_tasks_the_worker_does_not_know_it_holds(qc
         "READY",
         0,
     )
+
+
+@pytest.mark.parametrize("queues", [None, ["default"]])
+def test_a_claim_leaves_the_tasks_it_is_told_to_avoid(qconn, queues):
+    avoided, other = tasks.add.delay(1, 1), tasks.add.delay(2, 2)
+    exchanged = qconn.exchange(
+        worker_id="w1", queues=queues, limit=10, lease_seconds=60, avoid=[int(avoided.id)]
+    )
+    assert [str(t.id) for t in exchanged.claimed] == [other.id]
+    assert [str(t.id) for t in claim(qconn, worker_id="w2", queues=queues)] == [avoided.id]

@@ -163,6 +163,8 @@ SELECT 2, {task_columns}
 FROM skipped;
 
 -- name: pick_any_queue
+-- %(avoid)s: ids this worker gave back because it does not know their task, which it must
+-- leave to a worker that does for a while (usually empty).
 -- The MATERIALIZED CTE is an optimisation fence. Postgres first picks and locks ids, walking
 -- the partial ready index in claim order and skipping rows other workers hold, then joins the
 -- UPDATE to exactly those ids. Inlined, the planner may lock rows it then discards. The
@@ -170,7 +172,7 @@ FROM skipped;
 picked AS MATERIALIZED (
     SELECT id, expires_at, cancel_requested_at
     FROM django_tasks_q_task
-    WHERE status = 'READY' AND run_after <= now()
+    WHERE status = 'READY' AND run_after <= now() AND id <> ALL(%(avoid)s::bigint[])
     ORDER BY priority DESC, run_after, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -187,6 +189,7 @@ picked AS MATERIALIZED (
         SELECT id, priority, run_after, expires_at, cancel_requested_at
         FROM django_tasks_q_task
         WHERE status = 'READY' AND queue = wanted.queue AND run_after <= now()
+          AND id <> ALL(%(avoid)s::bigint[])
         ORDER BY priority DESC, run_after, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED

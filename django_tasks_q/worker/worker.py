@@ -32,7 +32,11 @@ from django_tasks_q.queue import (
     QueueConnection,
     listen_connection,
 )
-from django_tasks_q.retry import unknown_task_delay, unknown_task_waited_enough
+from django_tasks_q.retry import (
+    UNKNOWN_TASK_AVOID,
+    UNKNOWN_TASK_DELAY,
+    unknown_task_waited_enough,
+)
 from django_tasks_q.worker.heartbeat import Heartbeat
 from django_tasks_q.worker.pool import ProcessPool
 from django_tasks_q.worker.pruner import Pruner
@@ -191,8 +195,10 @@ class Worker:
         self._mean_round_trip = 0.0
         self._signals_received = 0
         self._abandon = False
-        # Task names this worker does not know, warned about once each.
+        # Task names this worker does not know, warned about once each; ids of such tasks it
+        # gave back, with when it may claim them again (monotonic clock).
         self._unknown_names: set[str] = set()
+        self._avoid_until: dict[int, float] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -410,6 +416,7 @@ class Worker:
                 queues=self.queues,
                 limit=limit,
                 lease_seconds=self.lease_seconds,
+                avoid=self._avoided() if self._avoid_until else (),
             )
         except psycopg.OperationalError:
             raise
@@ -450,7 +457,7 @@ class Worker:
                 if self._knows(task):
                     self.executor.submit(task)
                 else:
-                    deferred.append(task.id)
+                    deferred.append(task)
             if deferred:
                 self._defer_unknown(deferred)
             if len(claimed) + len(skipped) < limit:
@@ -518,12 +525,26 @@ class Worker:
             )  # fmt: skip
         return False
 
-    def _defer_unknown(self, ids: list[int]) -> None:
-        """Give back tasks of unknown names without counting an attempt, due again shortly."""
-        self.connection.release(worker_id=self.worker_id, ids=ids, delay=unknown_task_delay())
+    def _defer_unknown(self, tasks: list[ClaimedTask]) -> None:
+        """Give back tasks of unknown names without counting an attempt, due again shortly,
+        and leave them to other workers for a while (never past their grace period, when this
+        worker is the one to fail them)."""
+        ids = [task.id for task in tasks]
+        self.connection.release(worker_id=self.worker_id, ids=ids, delay=UNKNOWN_TASK_DELAY)
         self._held.difference_update(ids)
         if self.metrics:
             self.metrics.released(ids)
+        now = time.monotonic()
+        for task in tasks:
+            waited = (task.last_attempted_at - task.enqueued_at).total_seconds()
+            left = max(0.0, conf.UNKNOWN_TASK_GRACE - waited)
+            self._avoid_until[task.id] = now + min(UNKNOWN_TASK_AVOID, left + UNKNOWN_TASK_DELAY)
+
+    def _avoided(self) -> list[int]:
+        now = time.monotonic()
+        for task_id in [i for i, until in self._avoid_until.items() if until <= now]:
+            del self._avoid_until[task_id]
+        return list(self._avoid_until)
 
     def _warn_lost(self, outcomes: list[Outcome], updated: set[int]) -> None:
         lost = sorted({o.id for o in outcomes} - updated)
