@@ -11,7 +11,8 @@
 - **Lost**: the attempt ended for a reason that is not the task's: its worker was killed,
   froze past its lease or was restarted, its process-pool child was killed from outside, a
   sibling task made its child be killed, or the database went away under it. It runs again
-  at once without spending the task's retries, until ``max_lost_attempts`` attempts were lost
+  without spending the task's retries (at once; after 1, 2, 4... s when the database went
+  away), until ``max_lost_attempts`` attempts were lost
   (``TASKS_Q["MAX_LOST_ATTEMPTS"]``, 3): then it is FAILED, so a task that kills every worker
   it lands on cannot loop forever.
 - **Expired**: no attempt starts after ``expires_at``: the claim cancels such a task instead
@@ -73,15 +74,23 @@ def after_error(
 
 
 def after_lost(
-    *, max_attempts: int, lost_attempts: int, max_lost_attempts: int, cancel_requested: bool
+    *,
+    max_attempts: int,
+    lost_attempts: int,
+    max_lost_attempts: int,
+    cancel_requested: bool,
+    database: bool = False,
 ) -> Decision:
-    """An attempt was lost; ``lost_attempts`` were lost before it. It runs again at once and
-    is given one more attempt in place of the lost one, unless this loss reaches the cap."""
+    """An attempt was lost; ``lost_attempts`` were lost before it. It is given one more attempt
+    in place of the lost one, unless this loss reaches the cap. It runs again at once, or,
+    lost because the database went away (``database``), after 1, 2, 4... seconds: a database
+    that is restarting must not use up the lost attempts in a moment."""
     if cancel_requested:
         return Decision(CANCELLED, max_attempts)
     if lost_attempts + 1 >= max_lost_attempts:
         return Decision(FAILED, max_attempts)
-    return Decision(READY, max_attempts + 1)
+    delay = min(2.0**lost_attempts, 30.0) if database else 0.0
+    return Decision(READY, max_attempts + 1, delay)
 
 
 def unknown_task_waited_enough(

@@ -313,6 +313,7 @@ class Runner:
             lost_attempts=claimed.lost_attempts,
             max_lost_attempts=claimed.max_lost_attempts,
             cancel_requested=self.is_cancel_requested(claimed.id),
+            database=not isinstance(exc, WorkerLost),
         )
         if decision.status == TaskStatus.CANCELLED:
             return self._cancelled(claimed, handle, exc, duration)
@@ -332,12 +333,13 @@ class Runner:
         lost_count = claimed.lost_attempts + 1
         if decision.status == TaskStatus.READY:
             logger.warning(
-                "Task lost %s #%s attempt %s (%s of %s lost attempts allowed): %s; runs again",
+                "Task lost %s #%s attempt %s (%s of %s lost attempts allowed): %s; runs again "
+                "in %.1fs",
                 claimed.name, claimed.id, claimed.attempt, lost_count,
-                claimed.max_lost_attempts, error["message"],
+                claimed.max_lost_attempts, error["message"], decision.delay,
                 extra=self._extra(claimed, "lost", duration),
             )  # fmt: skip
-            _send(task_retried, sender, task_result=handle, error=exc, delay=0.0)
+            _send(task_retried, sender, task_result=handle, error=exc, delay=decision.delay)
         else:
             logger.error(
                 "Task failed %s #%s: attempt %s was lost, the %sth lost attempt of %s allowed: %s",
@@ -352,6 +354,7 @@ class Runner:
             status=decision.status,
             error=error,
             max_attempts=decision.max_attempts,
+            retry_delay=decision.delay,
             duration=duration,
             lost=True,
         )
@@ -471,9 +474,10 @@ def _discard_broken_connections() -> None:
 
 
 def _database_went_away(exc: BaseException) -> bool:
-    """Whether the task failed because its database connection broke (the server restarted,
-    the connection was terminated): an error of the database driver's connection kind, and a
-    Django connection of this thread that no longer works."""
+    """Whether the task failed because its database went away (the server restarted or is
+    shutting down, the connection was terminated): an error of the database driver's
+    connection kind, raised while connecting or leaving a Django connection of this thread
+    broken. A query cancelled by a timeout or a deadlock is the task's own error."""
     from django.db import InterfaceError, OperationalError
 
     seen: set[int] = set()
@@ -485,13 +489,26 @@ def _database_went_away(exc: BaseException) -> bool:
         cause = cause.__cause__ or cause.__context__
     else:
         return False
-    # psycopg marks a connection broken when the server went away, and only then: a query
-    # cancelled or a deadlock is the task's error, on a connection that still works.
+    if _raised_while_connecting(cause):
+        return True
+    # psycopg marks a connection broken when the server went away, and only then.
     return any(
         conn.connection is not None and (conn.connection.closed or conn.connection.broken)
         for conn in connections.all(initialized_only=True)
     )
 
 
+def _raised_while_connecting(exc: BaseException) -> bool:
+    """Whether ``exc`` came from Django opening a database connection."""
+    traceback = exc.__traceback__
+    while traceback is not None:
+        code = traceback.tb_frame.f_code
+        if code.co_name in _CONNECTING and "django" in code.co_filename:
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+_CONNECTING = frozenset({"ensure_connection", "get_new_connection"})
 WORKER_LOST = f"{WorkerLost.__module__}.{WorkerLost.__qualname__}"
 _CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
