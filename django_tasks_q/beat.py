@@ -1,8 +1,9 @@
 """Beat: enqueues the ticks of due schedules, each exactly once, however many beats run.
 
 Each due schedule is handled in a transaction of its own: its row is locked with
-``SELECT … FOR UPDATE SKIP LOCKED``, the tasks of its due ticks are inserted through the
-backend's ``enqueue`` (the path every task takes: validation, NOTIFY, signals) and
+``SELECT … FOR UPDATE SKIP LOCKED``, the task for its due tick (one per pass, however many
+are due: see :func:`~django_tasks_q.schedules.plan`) is inserted through the backend's
+``enqueue`` (the path every task takes: validation, NOTIFY, signals) and
 ``next_run_at`` moves on, all committed together. A beat that dies mid-way commits nothing;
 another beat skips rows a live one holds. The ORM is used because schedules are models,
 and because enqueue joins the transaction through the same Django connection; the task
@@ -133,7 +134,7 @@ class Beat:
         return True
 
     def _enqueue_due(self, schedule: Schedule, now: datetime) -> list[Enqueued]:
-        """Inside the schedule's transaction: enqueue its due ticks, move it on."""
+        """Inside the schedule's transaction: enqueue what the plan says, move it on."""
         decided = plan(
             schedule.timing(),
             next_run_at=schedule.next_run_at,

@@ -217,7 +217,8 @@ class Worker(models.Model):
 
 
 class CatchUp(models.TextChoices):
-    """What beat does with ticks it missed (older than ``BEAT_MISSED_AFTER``)."""
+    """What a beat pass enqueues when several ticks of a schedule are due, or the only one was
+    missed (older than ``BEAT_MISSED_AFTER``): the latest late tick, or one task for all."""
 
     SKIP = "skip", _("skip them")
     ONCE = "once", _("run once for all of them")

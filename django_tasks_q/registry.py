@@ -24,9 +24,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger("django_tasks_q.worker")
 
 _tasks: dict[str, BackgroundTask] = {}
-# Names an import did not resolve: not imported again on every claim of such a task.
+# Names an import did not resolve, so a worker claiming such tasks does not import again each
+# time. Registered names are looked up first, so a task registered later still wins. Bounded,
+# since the names come from rows, not from the code.
 _not_found: set[str] = set()
-_import_lock = threading.Lock()
+_NOT_FOUND_MAX = 1024
+# Reentrant: a module imported here may itself look a task up while it is being imported.
+_import_lock = threading.RLock()
 
 
 def register(task: BackgroundTask) -> None:
@@ -41,19 +45,22 @@ def register(task: BackgroundTask) -> None:
 
 
 def find(name: str) -> BackgroundTask | None:
-    """The task registered under ``name``, or the task object its module path points to
-    (importing that module), or None."""
+    """The task registered under ``name``, or else the task object at the module path
+    ``name`` (importing its module), or None. Nothing found at the path is ever called."""
     task = _tasks.get(name)
     if task is not None or name in _not_found:
         return task
     with _import_lock:
         task = _tasks.get(name) or _import_task(name)
         if task is None:
+            if len(_not_found) >= _NOT_FOUND_MAX:
+                _not_found.clear()
             _not_found.add(name)
     return task
 
 
 def get(name: str) -> BackgroundTask:
+    """:func:`find`, or ``UnknownTaskError`` saying what to do."""
     task = find(name)
     if task is None:
         raise UnknownTaskError(unknown_task_message(name))
@@ -61,33 +68,41 @@ def get(name: str) -> BackgroundTask:
 
 
 def _import_task(name: str) -> BackgroundTask | None:
-    from django_tasks_q.compat import Task
+    from django_tasks_q.tasks import BackgroundTask, MissingTask
 
     parts = name.split(".")
     if len(parts) < 2 or not all(part.isidentifier() for part in parts):
         return None
+    # The longest prefix that is a module holds the task; the rest are attributes.
     for split in range(len(parts) - 1, 0, -1):
         module_name = ".".join(parts[:split])
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name is not None and not module_name.startswith(exc.name):
-                _warn_broken(module_name, exc)
-                return None
-            continue  # no such module: try the next shorter prefix
+            if _is_this_or_a_parent(exc.name, module_name):
+                continue  # no such module: try the next shorter prefix
+            _warn_broken(module_name, exc)  # it exists, but something it imports does not
+            return None
         except Exception as exc:  # the module exists but fails to import
             _warn_broken(module_name, exc)
             return None
         value: object = module
         for attribute in parts[split:]:
             value = getattr(value, attribute, None)
-        # Only a task object ever runs; a plain function found at the path does not.
-        if isinstance(value, Task) and getattr(value, "name", None) == name:
-            if name not in _tasks and hasattr(value, "max_lost_attempts"):
-                register(value)  # type: ignore[arg-type]
-            return _tasks.get(name, value)  # type: ignore[return-value]
+        # Only a task object of this backend ever runs; a plain function at the path does
+        # not. A stand-in for a removed task is not one.
+        if (
+            isinstance(value, BackgroundTask)
+            and not isinstance(value, MissingTask)
+            and value.name == name
+        ):
+            return _tasks.get(name, value)
         return None
     return None
+
+
+def _is_this_or_a_parent(missing: str | None, module_name: str) -> bool:
+    return missing is not None and (missing == module_name or module_name.startswith(missing + "."))
 
 
 def _warn_broken(module_name: str, exc: BaseException) -> None:
@@ -106,14 +121,17 @@ def unknown_task_message(name: str) -> str:
 
 
 def _close_name(name: str) -> str | None:
-    """A registered name that is a likely typo of ``name``, or the same function moved to
-    another module. Names that merely share a module are not suggested."""
+    """A registered name that is the same function moved to another module, or a likely
+    typo of the function in the same module. Names that merely share a module are unrelated
+    tasks and are not suggested."""
     module, _, function = name.rpartition(".")
-    moved = [known for known in _tasks if known.rpartition(".")[2] == function]
+    known = sorted(_tasks)
+    moved = [other for other in known if other.rpartition(".")[2] == function]
     if moved:
         return moved[0]
-    siblings = {known.rpartition(".")[2]: known for known in _tasks
-                if known.rpartition(".")[0] == module}  # fmt: skip
+    siblings = {
+        other.rpartition(".")[2]: other for other in known if other.rpartition(".")[0] == module
+    }
     close = difflib.get_close_matches(function, list(siblings), n=1, cutoff=0.8)
     return siblings[close[0]] if close else None
 

@@ -29,9 +29,6 @@ from croniter import CroniterBadDateError, CroniterError, croniter
 # Enough for a seconds-field expression to cross a repeated hour (3,600 local ticks that map
 # before the moment asked about), the only case where many candidates are rejected in a row.
 _MAX_CANDIDATES = 10_000
-# Ticks enqueued for one schedule by one beat transaction; the rest follow at once, in the
-# next transaction, so a long backlog never makes one transaction huge.
-MAX_TICKS_PER_PASS = 100
 _CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 
 
@@ -200,12 +197,13 @@ class CatchUp:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """The ticks to enqueue now, in order, and where the schedule goes next."""
+    """What a beat pass enqueues for a due schedule (one tick at most) and where it goes next."""
 
     ticks: list[datetime]
     next_run_at: datetime | None
-    # Ticks from ``missed_from`` up to (not including) ``missed_before`` were missed: older
-    # than ``missed_after`` when beat got to them.
+    # The due ticks from ``missed_from`` up to (not including) ``missed_before`` got no task of
+    # their own: dropped with "skip", folded into the one task with "once". Set only when that
+    # is news worth a warning (several ticks were due, or the only one was missed).
     missed_from: datetime | None = None
     missed_before: datetime | None = None
 
@@ -217,36 +215,43 @@ def plan(
     now: datetime,
     missed_after: timedelta,
     catch_up: str,
-    limit: int = MAX_TICKS_PER_PASS,
 ) -> Plan:
-    """Decide what a due schedule enqueues at ``now``.
+    """Decide what a due schedule enqueues at ``now``: one task at most, however many of its
+    ticks are due, then the schedule goes on from its first tick after ``now``.
 
-    A tick at most ``missed_after`` old is late, not missed. Older ticks were missed (beat
-    was down). ``catch_up="skip"`` enqueues at most one tick per pass: the most recent one
-    due, if it is late rather than missed; every earlier tick counts as missed. ``"once"``
-    enqueues one task for all missed ticks (recorded with the first of them), then each late
-    tick. Either way the schedule then continues from its next tick.
+    A due tick at most ``missed_after`` old is late; an older one was missed (no beat ran).
+    A single late tick is always enqueued. When there are more:
+
+    - ``"skip"`` enqueues the most recent due tick if it is late, nothing if it was missed;
+    - ``"once"`` enqueues one task for all of them, recorded with the first.
     """
+    first = next_run_at
     cutoff = now - missed_after
-    ticks: list[datetime] = []
-    missed_from = missed_before = None
-    tick: datetime | None = next_run_at
+    following = timing.next_after(first, anchor=first)
+    if following is None or following > now:  # one tick due: the usual case
+        if first >= cutoff:
+            return Plan([first], following)
+        return Plan([] if catch_up == CatchUp.SKIP else [first], following, first, following or now)
+    if catch_up == CatchUp.ONCE:
+        after_now = timing.next_after(now, anchor=first)
+        return Plan([first], after_now, first, after_now or now)
+    latest, after_now = _latest_due(timing, first, cutoff, now)
+    if latest is None:
+        return Plan([], after_now, first, after_now or now)
+    return Plan([latest], after_now, first, latest)
+
+
+def _latest_due(
+    timing: Timing, first: datetime, cutoff: datetime, now: datetime
+) -> tuple[datetime | None, datetime | None]:
+    """The latest tick in [cutoff, now] (None if there is none) and the first after ``now``."""
+    tick = first
     if tick < cutoff:
-        missed_from = tick
-        # The first tick at or after the cutoff: nothing in between is enqueued one by one.
-        tick = timing.next_after(cutoff - timedelta(microseconds=1), anchor=tick)
-        missed_before = cutoff
-        if catch_up == CatchUp.ONCE:
-            ticks.append(missed_from)
-    skip = catch_up == CatchUp.SKIP
-    # With "skip" the late ticks are walked to the last one due (they are at most
-    # missed_after old, so few) and only that one is enqueued: a beat back from a restart
-    # never enqueues a backlog, even of a schedule that ticks every second.
-    while tick is not None and tick <= now and (skip or len(ticks) < limit):
-        ticks.append(tick)
+        # Jump over the missed ticks: after a long downtime there may be millions of them.
+        tick = timing.next_after(cutoff - timedelta(microseconds=1), anchor=first)
+    latest = None
+    # One step per late tick: at most one per second of missed_after (60 s by default).
+    while tick is not None and tick <= now:
+        latest = tick
         tick = timing.next_after(tick, anchor=tick)
-    if skip and len(ticks) > 1:
-        missed_from = missed_from or ticks[0]
-        missed_before = ticks[-1]
-        ticks = ticks[-1:]
-    return Plan(ticks, tick, missed_from, missed_before)
+    return latest, tick

@@ -111,25 +111,39 @@ def test_catch_up_once_enqueues_one_task_for_all_ticks_missed_during_downtime():
     assert (schedule.run_count, schedule.last_run_at) == (1, first_missed)
 
 
-def test_after_a_restart_catch_up_skip_enqueues_one_tick_at_most():
-    schedule = make(cron="", interval=timedelta(seconds=1), catch_up="skip")
+EVERY_SECOND = [{"cron": "", "interval": timedelta(seconds=1)}, {"cron": "* * * * * *"}]
+
+
+@pytest.mark.parametrize("timing", EVERY_SECOND, ids=["interval", "cron"])
+def test_after_a_restart_catch_up_skip_enqueues_the_latest_due_tick_only(timing, caplog):
+    schedule = make(**timing, catch_up="skip")
     set_next_run(schedule, db_now() - timedelta(seconds=30))  # beat was down for 30 s
-    beat().run_once()
+    before = db_now()
+    with caplog.at_level(logging.WARNING, logger="django_tasks_q.beat"):
+        beat().run_once()
+    after = db_now()
     [task] = tasks_of(schedule)
     schedule.refresh_from_db()
-    assert schedule.next_run_at > db_now() - timedelta(seconds=1)
-    assert task.scheduled_for > db_now() - timedelta(seconds=2)  # the latest tick, not the first
-    assert schedule.run_count == 1
+    # The latest tick due when the pass ran, and the schedule goes on from the one after it.
+    assert before - timedelta(seconds=1) < task.scheduled_for <= after
+    assert schedule.next_run_at - task.scheduled_for == timedelta(seconds=1)
+    assert schedule.next_run_at > before
+    assert (schedule.run_count, schedule.last_run_at) == (1, task.scheduled_for)
+    assert "'every-minute' missed its ticks" in caplog.text and "'skip': none" in caplog.text
 
 
-def test_with_catch_up_once_ticks_late_by_less_than_missed_after_are_each_enqueued():
-    schedule = make(cron="", interval=timedelta(seconds=1), catch_up="once")
-    start = db_now() - timedelta(seconds=5, milliseconds=500)
-    set_next_run(schedule, start)
-    beat(missed_after=30).run_once()
-    assert [t.scheduled_for for t in tasks_of(schedule)] == [
-        start + timedelta(seconds=s) for s in range(6)
-    ]
+@pytest.mark.parametrize("timing", EVERY_SECOND, ids=["interval", "cron"])
+def test_after_a_restart_catch_up_once_enqueues_one_task_for_the_first_due_tick(timing):
+    schedule = make(**timing, catch_up="once")
+    first = db_now() - timedelta(seconds=30)
+    set_next_run(schedule, first)
+    before = db_now()
+    beat().run_once()
+    [task] = tasks_of(schedule)
+    assert task.scheduled_for == first
+    schedule.refresh_from_db()
+    assert schedule.next_run_at > before
+    assert (schedule.run_count, schedule.last_run_at) == (1, first)
 
 
 def test_a_one_off_runs_once_and_is_then_done():
@@ -197,13 +211,15 @@ def test_run_now_enqueues_at_once_without_moving_the_schedule():
 
 
 def test_each_enqueued_tick_is_logged_once(caplog):
-    schedule = make(cron="", interval=timedelta(seconds=1), catch_up="once")
-    set_next_run(schedule, db_now() - timedelta(seconds=2, milliseconds=500))
+    names = ["first", "second", "third"]
+    for name in names:
+        set_next_run(make(name=name, **HOURLY), db_now() - timedelta(seconds=1))
     with caplog.at_level(logging.INFO, logger="django_tasks_q.beat"):
         beat().run_once()
-    lines = [r.getMessage() for r in caplog.records if "enqueued" in r.getMessage()]
-    assert len(lines) == 3 == len(tasks_of(schedule))
-    assert all(line.startswith("Schedule 'every-minute' enqueued " + NOOP) for line in lines)
+    lines = sorted(r.getMessage() for r in caplog.records if "enqueued" in r.getMessage())
+    assert len(lines) == 3 == Task.objects.count()
+    assert [line.split(" enqueued ")[0] for line in lines] == [f"Schedule {n!r}" for n in names]
+    assert all(f" enqueued {NOOP} #" in line for line in lines)
 
 
 def test_run_returns_soon_after_stop_is_set_from_another_thread():

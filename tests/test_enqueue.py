@@ -257,3 +257,32 @@ def test_soft_timeout_must_leave_room_before_the_hard_one():
         InvalidTask, match=r"soft_timeout \(10s\) must be shorter than timeout \(5s\)"
     ):
         background_task(timeout=5, soft_timeout=10)(task_function)
+
+
+def _self_referencing_list():
+    value = []
+    value.append(value)
+    return value
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        (
+            (_self_referencing_list(), 1),
+            {},
+            r"^argument 0 nests too deeply \(or refers to itself\)",
+        ),
+        (
+            (1,),
+            {"y": {"n": [10**5000]}},
+            r"^keyword argument 'y'\['n'\]\[0\] is an integer with more than \d+ digits",
+        ),
+    ],
+    ids=["self-referencing", "huge-int"],
+)
+def test_arguments_json_cannot_encode_are_refused_naming_them(args, kwargs, message):
+    with transaction.atomic():
+        with pytest.raises(SerializationError, match=message):
+            tasks.add.delay(*args, **kwargs)
+        assert not Task.objects.exists()  # nothing written, and the transaction is usable

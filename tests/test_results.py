@@ -4,7 +4,9 @@ import time
 
 import pytest
 
-from django_tasks_q import TaskResultDoesNotExist, TaskTimeoutError, get_result
+from django_tasks_q import TaskResultDoesNotExist, TaskTimeoutError, get_result, registry
+from django_tasks_q.backend import get_backend
+from django_tasks_q.exceptions import UnknownTaskError
 from django_tasks_q.models import Task, TaskStatus
 from tests.testapp import tasks
 
@@ -69,21 +71,35 @@ def test_return_value_of_a_cancelled_task_says_so():
         handle.return_value
 
 
-@pytest.mark.django_db
 def test_the_handle_of_a_task_removed_from_the_code_still_reads_its_row():
-    from django_tasks_q import get_result, registry
-    from django_tasks_q.exceptions import UnknownTaskError
-    from django_tasks_q.models import Task
-
     row = Task.objects.create(
-        name="gone.module.old_task", status="SUCCESSFUL", result={"total": 3}, attempts=1,
+        name="gone.module.old_task", status="RUNNING", args=[7], kwargs={"retry": True},
+        queue="bulk", priority=5, attempts=2, max_attempts=3,
         errors=[{"type": "builtins.ValueError", "message": "first try", "attempt": 1}],
     )  # fmt: skip
-    handle = get_result(row.pk)
-    assert (handle.status, handle.result, handle.name) == ("SUCCESSFUL", {"total": 3}, row.name)
-    assert handle.errors[0].message == "first try"
-    assert handle.wait(timeout=1) is handle
+    handle = get_backend().get_result(str(row.pk))
+    assert (handle.status, handle.args, handle.kwargs) == ("RUNNING", [7], {"retry": True})
+    assert (handle.task.name, handle.queue, handle.priority) == ("gone.module.old_task", "bulk", 5)
+    assert [error.message for error in handle.errors] == ["first try"]
+
+    Task.objects.filter(pk=row.pk).update(status="SUCCESSFUL", result={"total": 3})
     handle.refresh()
-    assert registry.find("gone.module.old_task") is None  # not registered by the handle
+    assert (handle.status, handle.result) == ("SUCCESSFUL", {"total": 3})
+    assert handle.wait(timeout=1) is handle
+    # The stand-in for the task is not registered: no worker takes the name for a known task.
+    assert "gone.module.old_task" not in registry.all_tasks()
+    assert registry.find("gone.module.old_task") is None
+
+
+def test_a_task_removed_from_the_code_cannot_be_enqueued_from_its_handle():
+    row = Task.objects.create(name="gone.module.old_task", status="FAILED")
+    task = get_result(row.pk).task
+    with pytest.raises(
+        UnknownTaskError, match=r"'gone\.module\.old_task' is no longer in the code"
+    ):
+        task.enqueue()
     with pytest.raises(UnknownTaskError, match="no longer in the code"):
-        handle.task.enqueue()
+        task.apply_async(args=(1,), countdown=5)
+    with pytest.raises(UnknownTaskError, match="no longer in the code"):
+        task()  # nor run here
+    assert not Task.objects.exclude(pk=row.pk).exists()

@@ -9,6 +9,7 @@ from django.db.models import Max, Min
 from django.urls import reverse
 from django.utils import timezone
 
+from django_tasks_q.admin import tasks as task_admin
 from django_tasks_q.models import Task, Worker
 from tests.testapp import tasks
 
@@ -147,6 +148,7 @@ def test_retry_now_skips_tasks_whose_unique_key_is_taken_and_retries_the_rest(op
     assert "1 task will run again now" in text
     assert "1 task was not retried because another task with the same unique key" in text
     assert f"{tasks.add.name} #{keyed.pk} (key 'report-7')" in text
+    assert "left alone" not in text  # it is failed: not retried for its key, not its state
     assert Task.objects.get(pk=plain.pk).status == "READY"
     assert Task.objects.get(pk=keyed.pk).status == "FAILED"
 
@@ -163,6 +165,36 @@ def test_retry_now_of_two_tasks_sharing_a_unique_key_retries_the_newest(operator
     assert "1 task will run again now" in text and f"#{older.pk} (key 'sync-1')" in text
     assert Task.objects.get(pk=newer.pk).status == "READY"
     assert Task.objects.get(pk=older.pk).status == "FAILED"
+
+
+def test_retry_now_reports_a_key_taken_after_its_check_and_retries_the_rest(
+    operator_client, monkeypatch
+):
+    keyed = failed_row(unique_key="report-7")
+    plain = failed_row()
+    check = task_admin._keys_held
+
+    def check_then_lose_the_race(database, keys):
+        held = check(database, keys)
+        # Another process enqueues a task with the key just after the admin looked.
+        Task.objects.create(name=tasks.add.name, unique_key="report-7")
+        return held
+
+    monkeypatch.setattr(task_admin, "_keys_held", check_then_lose_the_race)
+    response = operator_client.post(
+        reverse(CHANGELIST),
+        {"action": "retry_now", "_selected_action": [keyed.pk, plain.pk]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    text = " ".join(str(m) for m in response.context["messages"])
+    assert "1 task will run again now" in text
+    assert (
+        "1 task was not retried because another task with the same unique key is waiting or "
+        f"running: {tasks.add.name} #{keyed.pk} (key 'report-7')."
+    ) in text
+    assert Task.objects.get(pk=plain.pk).status == "READY"
+    assert Task.objects.get(pk=keyed.pk).status == "FAILED"
 
 
 def test_cancel_cancels_ready_tasks_and_asks_running_ones_to_stop(operator_client):

@@ -315,26 +315,25 @@ class TaskAdmin(ReadOnlyPages):
     @admin.action(description=_("Retry now (failed or cancelled tasks)"), permissions=["change"])
     def retry_now(self, request: HttpRequest, selected: QuerySet[Task]) -> None:
         database = selected.db
-        candidates = sorted(
-            selected.filter(status__in=[TaskStatus.FAILED, TaskStatus.CANCELLED]).values_list(
-                "id", "name", "unique_key"
-            ),
-            reverse=True,  # newest first: of several selected tasks sharing a key, it wins
+        # Newest first: of several selected tasks sharing a unique key, the newest is retried.
+        candidates = list(
+            selected.filter(status__in=[TaskStatus.FAILED, TaskStatus.CANCELLED])
+            .order_by("-id")
+            .values_list("id", "name", "unique_key")
         )
-        keys = {key for _, _, key in candidates if key}
-        taken = set(
-            Task.objects.using(database)
-            .filter(unique_key__in=keys, status__in=[TaskStatus.READY, TaskStatus.RUNNING])
-            .values_list("unique_key", flat=True)
-        )
+        keys = {task_id: key for task_id, _, key in candidates if key is not None}
+        # A task whose key a READY or RUNNING task holds cannot be READY too (the index
+        # tasks_q_unique_key_active); one such row would make the database refuse the whole
+        # update, so they are left out beforehand and named.
+        held = _keys_held(database, set(keys.values()))
         by_name: dict[str, list[int]] = {}
         conflicts: list[tuple[str, int, str]] = []
         for task_id, name, key in candidates:
-            if key and key in taken:
+            if key in held:
                 conflicts.append((name, task_id, key))
                 continue
-            if key:
-                taken.add(key)
+            if key is not None:
+                held.add(key)
             by_name.setdefault(name, []).append(task_id)
         retried = 0
         with transaction.atomic(using=database):
@@ -344,15 +343,16 @@ class TaskAdmin(ReadOnlyPages):
                     with transaction.atomic(using=database):
                         retried += len(self._retry(ids, more, database))
                 except IntegrityError:
-                    # A task with one of these keys was enqueued meanwhile: one at a time.
+                    # A task with one of these keys was enqueued since the check: one at a
+                    # time, so only the tasks whose key was taken stay behind.
                     for task_id in ids:
                         try:
                             with transaction.atomic(using=database):
                                 retried += len(self._retry([task_id], more, database))
                         except IntegrityError:
-                            key = Task.objects.using(database).get(pk=task_id).unique_key
-                            conflicts.append((name, task_id, key or ""))
-        self._report(request, retried, len(selected),
+                            conflicts.append((name, task_id, keys.get(task_id, "")))
+        # The tasks left out for their key are reported below, not as "left alone".
+        self._report(request, retried, len(selected) - len(conflicts),
                      ngettext("%(n)d task will run again now.",
                               "%(n)d tasks will run again now.", retried),
                      _("only failed or cancelled tasks can be retried"))  # fmt: skip
@@ -435,6 +435,17 @@ class TaskAdmin(ReadOnlyPages):
                 "reason": skipped_reason,
             }
         self.message_user(request, text, messages.SUCCESS if changed else messages.WARNING)
+
+
+def _keys_held(database: str, keys: set[str]) -> set[str]:
+    """Those of ``keys`` that a READY or RUNNING task holds."""
+    if not keys:
+        return set()
+    return set(
+        Task.objects.using(database)
+        .filter(unique_key__in=keys, status__in=[TaskStatus.READY, TaskStatus.RUNNING])
+        .values_list("unique_key", flat=True)
+    )
 
 
 def _attempts_per_run(name: str) -> int:
