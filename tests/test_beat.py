@@ -42,8 +42,10 @@ def tasks_of(schedule):
 
 
 def test_a_due_tick_is_enqueued_with_its_schedule_tick_and_overrides():
+    # Hourly, so that no second tick can be due beside this one, whatever the clock says.
     schedule = make(args=[1, "two"], kwargs={"k": 3}, queue="reports", priority=7,
-                    expires_after=timedelta(minutes=5))  # fmt: skip
+                    expires_after=timedelta(minutes=5), cron="",
+                    interval=timedelta(hours=1))  # fmt: skip
     tick = db_now() - timedelta(seconds=2)
     set_next_run(schedule, tick)
 
@@ -58,7 +60,7 @@ def test_a_due_tick_is_enqueued_with_its_schedule_tick_and_overrides():
     schedule.refresh_from_db()
     assert (schedule.last_run_at, schedule.run_count) == (tick, 1)
     assert schedule.next_run_at > db_now()
-    # It sleeps until the next minute, no longer.
+    # It sleeps until the next tick, no longer.
     assert 0 < wait <= (schedule.next_run_at - db_now()).total_seconds() + 1
 
 
