@@ -30,7 +30,7 @@ from django_tasks_q.exceptions import (
 from django_tasks_q.models import TaskStatus
 from django_tasks_q.queue import ClaimedTask, Outcome
 from django_tasks_q.results import TaskFailure, TaskHandle, worker_ids
-from django_tasks_q.retry import after_error, after_lost
+from django_tasks_q.retry import Decision, after_error, after_lost
 from django_tasks_q.serialization import result_to_json
 from django_tasks_q.signals import task_finished, task_retried, task_started
 from django_tasks_q.tasks import BackgroundTask, BackgroundTaskContext
@@ -268,36 +268,21 @@ class Runner:
             return self._cancelled(claimed, handle, exc, duration)
         recorded = exc.exc or exc if isinstance(exc, Retry) else exc
         error = error_entry(recorded, attempt=claimed.attempt, worker_id=self.worker_id)
-        object.__setattr__(handle, "errors", [*handle.errors, TaskFailure.from_json(error)])
-        object.__setattr__(handle, "max_attempts", decision.max_attempts)
-        sender = type(self.backend)
         if decision.status == TaskStatus.READY:
-            object.__setattr__(handle, "status", TaskStatus.READY)
             logger.warning(
                 "Task retrying %s #%s attempt %s/%s in %.3fs: %s: %s (next try in %.1fs)",
                 claimed.name, claimed.id, claimed.attempt, decision.max_attempts, duration,
                 error["type"], error["message"], decision.delay,
                 extra=self._extra(claimed, "retrying", duration),
             )  # fmt: skip
-            _send(task_retried, sender, task_result=handle, error=recorded, delay=decision.delay)
         else:
-            object.__setattr__(handle, "status", TaskStatus.FAILED)
             logger.error(
                 "Task failed %s #%s attempt %s/%s in %.3fs: %s: %s",
                 claimed.name, claimed.id, claimed.attempt, decision.max_attempts, duration,
                 error["type"], error["message"],
                 extra=self._extra(claimed, "failed", duration),
             )  # fmt: skip
-            _send(task_finished, sender, task_result=handle)
-        return Outcome(
-            id=claimed.id,
-            attempt=claimed.attempt,
-            status=decision.status,
-            error=error,
-            max_attempts=decision.max_attempts,
-            retry_delay=decision.delay,
-            duration=duration,
-        )
+        return self._concluded(claimed, handle, decision, error, duration, raised=recorded)
 
     def _lost(
         self,
@@ -326,10 +311,6 @@ class Runner:
                 f"{error['message']})"
             )
             error["type"] = WORKER_LOST
-        object.__setattr__(handle, "errors", [*handle.errors, TaskFailure.from_json(error)])
-        object.__setattr__(handle, "max_attempts", decision.max_attempts)
-        object.__setattr__(handle, "status", decision.status)
-        sender = type(self.backend)
         lost_count = claimed.lost_attempts + 1
         if decision.status == TaskStatus.READY:
             logger.warning(
@@ -339,7 +320,6 @@ class Runner:
                 claimed.max_lost_attempts, error["message"], decision.delay,
                 extra=self._extra(claimed, "lost", duration),
             )  # fmt: skip
-            _send(task_retried, sender, task_result=handle, error=exc, delay=decision.delay)
         else:
             logger.error(
                 "Task failed %s #%s: attempt %s was lost, the %sth lost attempt of %s allowed: %s",
@@ -347,6 +327,29 @@ class Runner:
                 claimed.max_lost_attempts, error["message"],
                 extra=self._extra(claimed, "failed", duration),
             )  # fmt: skip
+        return self._concluded(claimed, handle, decision, error, duration, raised=exc, lost=True)
+
+    def _concluded(
+        self,
+        claimed: ClaimedTask,
+        handle: TaskHandle,
+        decision: Decision,
+        error: dict[str, Any],
+        duration: float,
+        *,
+        raised: BaseException,
+        lost: bool = False,
+    ) -> Outcome:
+        """The handle, signal and outcome of an attempt that did not succeed and was not
+        cancelled: another attempt follows (``task_retried``) or the task is FAILED
+        (``task_finished``)."""
+        object.__setattr__(handle, "errors", [*handle.errors, TaskFailure.from_json(error)])
+        object.__setattr__(handle, "max_attempts", decision.max_attempts)
+        object.__setattr__(handle, "status", decision.status)
+        sender = type(self.backend)
+        if decision.status == TaskStatus.READY:
+            _send(task_retried, sender, task_result=handle, error=raised, delay=decision.delay)
+        else:
             _send(task_finished, sender, task_result=handle)
         return Outcome(
             id=claimed.id,
@@ -356,7 +359,7 @@ class Runner:
             max_attempts=decision.max_attempts,
             retry_delay=decision.delay,
             duration=duration,
-            lost=True,
+            lost=lost,
         )
 
     def _cancelled(
