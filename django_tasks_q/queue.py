@@ -229,10 +229,6 @@ class Exchanged(NamedTuple):
     # Picked but cancelled instead of claimed (expired, or cancellation requested).
     skipped: list[ClaimedTask]
 
-    @property
-    def expired(self) -> int:
-        return len(self.skipped)
-
 
 def connection_params(using: str, application_name: str | None = None) -> dict[str, Any]:
     """psycopg connect() arguments for a Django database alias, with psycopg's own adapters."""

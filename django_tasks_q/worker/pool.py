@@ -171,6 +171,7 @@ class ProcessPool:
         max_memory_per_child: float | None = None,
         cancel_requested: Callable[[int], bool] = lambda task_id: False,
         terminate_requested: Callable[[int], bool] = lambda task_id: False,
+        any_cancel_requested: Callable[[], bool] = lambda: False,
     ) -> None:
         self.worker_id = worker_id
         self.backend_alias = backend_alias
@@ -187,6 +188,9 @@ class ProcessPool:
         self.max_memory_per_child = max_memory_per_child
         self.cancel_requested = cancel_requested
         self.terminate_requested = terminate_requested
+        # Whether any request is pending at all: tasks not yet running are only looked over
+        # then, so the dispatcher's loop costs nothing extra when nobody cancels.
+        self.any_cancel_requested = any_cancel_requested
         self.children: list[Child] = []
         self._retired: list[Child] = []
         self._pending: deque[ClaimedTask] = deque()
@@ -274,7 +278,11 @@ class ProcessPool:
     def _assign(self) -> None:
         """Send pending tasks to free threads, the least busy child first; then, if tasks are
         still pending, queue them in children so none waits for the pipe between tasks."""
-        if self._pending and any(self.cancel_requested(job.id) for job in self._pending):
+        if (
+            self._pending
+            and self.any_cancel_requested()
+            and any(self.cancel_requested(job.id) for job in self._pending)
+        ):
             with self._lock:
                 cancelled = [job for job in self._pending if self.cancel_requested(job.id)]
                 self._pending = deque(j for j in self._pending if not self.cancel_requested(j.id))
@@ -367,8 +375,9 @@ class ProcessPool:
 
     def _enforce_limits(self) -> None:
         now = time.monotonic()
+        looking = self.any_cancel_requested()
         for child in list(self.children):
-            for job in child.queued:  # the child checks before it starts one
+            for job in child.queued if looking else ():  # the child checks before it starts one
                 if job.id not in child.cancel_sent and self.cancel_requested(job.id):
                     child.request_cancel(job.id)
             for running in list(child.running.values()):

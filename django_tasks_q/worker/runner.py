@@ -252,16 +252,13 @@ class Runner:
         *,
         retry: bool = True,
     ) -> Outcome:
-        cancel_requested = self.is_cancel_requested(claimed.id)
-        if isinstance(exc, TaskCancelled) or (cancel_requested and not isinstance(exc, Retry)):
-            return self._cancelled(claimed, handle, exc, duration)
         decision = after_error(
             task,
             exc,
             attempt=claimed.attempt,
             max_attempts=claimed.max_attempts,
             lost_attempts=claimed.lost_attempts,
-            cancel_requested=cancel_requested,
+            cancel_requested=self.is_cancel_requested(claimed.id),
             retry=retry,
         )
         if decision.status == TaskStatus.CANCELLED:

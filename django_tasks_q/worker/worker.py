@@ -391,11 +391,7 @@ class Worker:
         """Record finished outcomes and claim more, in one round trip. Returns whether it did
         anything."""
         gave_back = self._release_given_back()
-        while True:
-            try:
-                self._unrecorded.append(self._outcomes.get_nowait())
-            except stdlib_queue.Empty:
-                break
+        self._take_delivered()
         limit = self._claim_limit()
         if not self._unrecorded and not limit:
             return gave_back
@@ -463,6 +459,14 @@ class Worker:
             if len(claimed) + len(skipped) < limit:
                 self._maybe_ready = False  # drained: wait for a notification or the next poll
         return True
+
+    def _take_delivered(self) -> None:
+        """Move outcomes the pool delivered into those waiting to be recorded."""
+        while True:
+            try:
+                self._unrecorded.append(self._outcomes.get_nowait())
+            except stdlib_queue.Empty:
+                return
 
     def _record_one_by_one(self, outcomes: list[Outcome], failure: psycopg.Error) -> set[int]:
         """Record ``outcomes`` one per statement after a batch failed with ``failure``; each
@@ -578,6 +582,7 @@ class Worker:
             max_memory_per_child=self.max_memory_per_child,
             cancel_requested=self._cancel_requested.__contains__,
             terminate_requested=self._terminate_requested.__contains__,
+            any_cancel_requested=lambda: bool(self._cancel_requested),
         )
 
     def _deliver(self, outcome: Outcome) -> None:
@@ -682,11 +687,7 @@ class Worker:
         """The worker stopped tasks it was running (grace period over, or a second signal): it
         knows they are lost, so they are recovered now rather than when their lease expires."""
         # Attempts that ended meanwhile are not lost: record them first, as far as possible.
-        while True:
-            try:
-                self._unrecorded.append(self._outcomes.get_nowait())
-            except stdlib_queue.Empty:
-                break
+        self._take_delivered()
         if self._unrecorded:
             try:
                 self.connection.finish(worker_id=self.worker_id, outcomes=self._unrecorded)
