@@ -25,7 +25,7 @@ import psycopg
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 from django.db.models.functions import Now
 
-from django_tasks_q import declarations, queue, registry
+from django_tasks_q import queue, registry, schedule_sync
 from django_tasks_q.backend import PostgresBackend
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.models import Schedule
@@ -231,7 +231,7 @@ class Beat:
         """Sync declared schedules; True once done. A failure other than a lost database is
         logged and left behind: the schedules already in the table must still run."""
         try:
-            declarations.sync(self.using)
+            schedule_sync.sync(self.using)
         except Exception as exc:
             if _is_connection_error(exc):
                 raise

@@ -1,33 +1,25 @@
-"""Schedules declared in code, and their sync into the Schedule table.
+"""Schedules declared in code, read and checked.
 
 Two ways to declare one: ``@background_task(schedule=...)`` on the task, and entries of
-``TASKS_Q["SCHEDULES"]``. Beat syncs them when it starts: rows it creates are marked as owned
-by code, their code-owned fields follow the declarations, and rows owned by code that are no
-longer declared are deleted. Whether a schedule is enabled stays the operator's choice after
-the row exists.
+``TASKS_Q["SCHEDULES"]``. This module only reads them (it sits below the models, so a task can
+check its ``schedule=`` at import); :mod:`django_tasks_q.schedule_sync` writes them to the
+Schedule table when beat starts.
 """
 
 from __future__ import annotations
 
 import difflib
-import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings as django_settings
-from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
-from django_tasks_q import queue, registry
+from django_tasks_q import registry
 from django_tasks_q.conf import SETTING_NAME
-from django_tasks_q.conf import settings as conf
 from django_tasks_q.schedules import ScheduleError, check_cron, check_interval, get_zone
-
-logger = logging.getLogger("django_tasks_q.beat")
 
 KEYS = ("name", "task", "cron", "interval", "run_at", "timezone", "args", "kwargs", "queue",
         "priority", "expires_after", "catch_up", "enabled")  # fmt: skip
@@ -196,82 +188,3 @@ def declared() -> Declarations:
             if name:
                 found.names_of_problems.add(name)
     return found
-
-
-@dataclass
-class SyncResult:
-    created: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    # Declarations left out of the table, with why.
-    invalid: dict[str, str] = field(default_factory=dict)
-
-
-def sync(using: str | None = None) -> SyncResult:
-    """Make the table match the declarations in code. Beat calls it when it starts."""
-    from django_tasks_q.models import Schedule, ScheduleSource
-
-    using = using or conf.DATABASE
-    found = declared()
-    result = SyncResult(invalid=dict(found.problems))
-    for problem in found.problems.values():
-        logger.error("Schedule declaration skipped: %s", problem)
-    declarations = found.valid
-    names = [fields["name"] for fields in declarations]
-    with transaction.atomic(using=using):
-        queue.lock_schedule_sync(using)
-        rows = {
-            row.name: row
-            for row in Schedule.objects.using(using)
-            .select_for_update()
-            .filter(Q(source=ScheduleSource.CODE) | Q(name__in=names))
-        }
-        # Rows of declarations that cannot be read stay as they are until the code is fixed.
-        seen: set[str] = set(found.names_of_problems)
-        for fields in declarations:
-            name = fields["name"]
-            if name in seen:
-                result.invalid[name] = f"Two schedules in code are named {name!r}."
-                logger.error("Schedule %r is declared twice in code; the first one wins", name)
-                continue
-            seen.add(name)
-            _sync_one(rows.get(name), fields, using, result)
-        for name, row in rows.items():
-            if row.source == ScheduleSource.CODE and name not in seen:
-                row.delete(using=using)
-                result.deleted.append(name)
-                logger.info("Schedule %r is no longer declared in code: deleted", name)
-    return result
-
-
-def _sync_one(row: Any, fields: dict[str, Any], using: str, result: SyncResult) -> None:
-    from django_tasks_q.models import Schedule, ScheduleSource
-
-    name = fields["name"]
-    code_fields = {key: fields[key] for key in Schedule.CODE_FIELDS}
-    if row is None:
-        row = Schedule(name=name, source=ScheduleSource.CODE, enabled=fields["enabled"])
-        created = True
-    else:
-        unchanged = all(getattr(row, key) == value for key, value in code_fields.items())
-        if unchanged and row.source == ScheduleSource.CODE:
-            return
-        if row.source != ScheduleSource.CODE:
-            logger.warning(
-                "Schedule %r was created in the admin and is now declared in code: code owns it",
-                name,
-            )
-            row.source = ScheduleSource.CODE
-        created = False
-    for key, value in code_fields.items():
-        setattr(row, key, value)
-    try:
-        row.full_clean()
-    except ValidationError as exc:
-        problem = "; ".join(exc.messages)
-        result.invalid[name] = problem
-        logger.error("Schedule %r declared in code is invalid, table unchanged: %s", name, problem)
-        return
-    row.save(using=using)
-    (result.created if created else result.updated).append(name)
-    logger.info("Schedule %r %s from code", name, "created" if created else "updated")

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.test import override_settings
 
-from django_tasks_q import background_task, declarations
+from django_tasks_q import background_task, schedule_sync
 from django_tasks_q.exceptions import InvalidTask
 from django_tasks_q.models import Schedule
 
@@ -24,7 +24,7 @@ def entry(**fields):
 
 
 def test_a_decorator_schedule_becomes_a_row_owned_by_code():
-    result = declarations.sync()
+    result = schedule_sync.sync()
     assert "testapp.new_year" in result.created
     row = Schedule.objects.get(name="testapp.new_year")
     assert (row.task, row.cron, row.timezone, row.source, row.enabled) == (
@@ -35,9 +35,9 @@ def test_a_decorator_schedule_becomes_a_row_owned_by_code():
 
 def test_settings_schedules_are_created_then_left_alone_when_unchanged():
     with declare(entry(args=[1], interval=None, timezone="Europe/Paris", catch_up="once")):
-        assert "reports" in declarations.sync().created
+        assert "reports" in schedule_sync.sync().created
         first = Schedule.objects.get(name="reports")
-        again = declarations.sync()
+        again = schedule_sync.sync()
     assert again.created == again.updated == again.deleted == []
     assert Schedule.objects.get(name="reports").next_run_at == first.next_run_at
     assert (first.args, first.catch_up, first.source) == ([1], "once", "code")
@@ -46,30 +46,30 @@ def test_settings_schedules_are_created_then_left_alone_when_unchanged():
 def test_an_interval_may_be_a_timedelta_or_seconds():
     with declare(entry(name="a", cron="", interval=90), entry(name="b", cron="",
                                                             interval=timedelta(minutes=2))):  # fmt: skip
-        declarations.sync()
+        schedule_sync.sync()
     assert Schedule.objects.get(name="a").interval == timedelta(seconds=90)
     assert Schedule.objects.get(name="b").interval == timedelta(minutes=2)
 
 
 def test_a_changed_declaration_updates_the_row_and_keeps_the_operators_enabled_switch():
     with declare(entry()):
-        declarations.sync()
+        schedule_sync.sync()
     row = Schedule.objects.get(name="reports")
     row.enabled = False  # paused in the admin
     row.save()
     with declare(entry(cron="30 4 * * *", kwargs={"full": True})):
-        assert declarations.sync().updated == ["reports"]
+        assert schedule_sync.sync().updated == ["reports"]
     row = Schedule.objects.get(name="reports")
     assert (row.cron, row.kwargs, row.enabled) == ("30 4 * * *", {"full": True}, False)
 
 
 def test_rows_owned_by_code_that_are_no_longer_declared_are_deleted():
     with declare(entry(), entry(name="gone")):
-        declarations.sync()
+        schedule_sync.sync()
     admin_row = Schedule(name="made-in-admin", task=NOOP, cron="* * * * *")
     admin_row.save()
     with declare(entry()):
-        assert declarations.sync().deleted == ["gone"]
+        assert schedule_sync.sync().deleted == ["gone"]
     assert set(Schedule.objects.values_list("name", flat=True)) == {
         "reports", "made-in-admin", "testapp.new_year"
     }  # fmt: skip
@@ -78,7 +78,7 @@ def test_rows_owned_by_code_that_are_no_longer_declared_are_deleted():
 def test_an_admin_row_with_a_declared_name_is_taken_over_by_code(caplog):
     Schedule(name="reports", task=NOOP, cron="* * * * *").save()
     with declare(entry()), caplog.at_level(logging.WARNING, logger="django_tasks_q.beat"):
-        declarations.sync()
+        schedule_sync.sync()
     row = Schedule.objects.get(name="reports")
     assert (row.source, row.cron) == ("code", "0 3 * * *")
     assert "created in the admin and is now declared in code" in caplog.text
@@ -86,7 +86,7 @@ def test_an_admin_row_with_a_declared_name_is_taken_over_by_code(caplog):
 
 def test_an_invalid_declaration_is_logged_and_saves_nothing(caplog):
     with declare(entry(cron="0 3 * *"), entry(name="ok")), caplog.at_level(logging.ERROR):
-        result = declarations.sync()
+        result = schedule_sync.sync()
     assert "has 4 fields" in result.invalid["reports"]
     assert list(Schedule.objects.filter(source="code").values_list("name", flat=True).order_by(
         "name")) == ["ok", "testapp.new_year"]  # fmt: skip
@@ -95,21 +95,21 @@ def test_an_invalid_declaration_is_logged_and_saves_nothing(caplog):
 
 def test_a_declaration_turned_invalid_leaves_its_row_as_it_was():
     with declare(entry()):
-        declarations.sync()
+        schedule_sync.sync()
     with declare(entry(task="tests.testapp.tasks.renamed_away")):
-        result = declarations.sync()
+        result = schedule_sync.sync()
     assert "No task named 'tests.testapp.tasks.renamed_away'" in result.invalid["reports"]
     assert Schedule.objects.get(name="reports").task == NOOP
     # A malformed one (unknown key) keeps its row too, rather than counting as removed.
     with declare(entry(crn="0 3 * * *")):
-        result = declarations.sync()
+        result = schedule_sync.sync()
     assert "unknown key 'crn'; did you mean 'cron'?" in next(iter(result.invalid.values()))
     assert Schedule.objects.filter(name="reports").exists()
 
 
 def test_two_declarations_with_one_name_keep_the_first():
     with declare(entry(), entry(cron="0 4 * * *")):
-        result = declarations.sync()
+        result = schedule_sync.sync()
     assert result.invalid == {"reports": "Two schedules in code are named 'reports'."}
     assert Schedule.objects.get(name="reports").cron == "0 3 * * *"
 
