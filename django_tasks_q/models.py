@@ -12,7 +12,7 @@ from django.db import models, router, transaction
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
-from django_tasks_q import queue
+from django_tasks_q import queue, registry
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.exceptions import InvalidTask, UnknownTaskError
 from django_tasks_q.querysets import TaskQuerySet
@@ -443,9 +443,6 @@ class Schedule(models.Model):
                 add(field, str(exc))
 
     def _clean_task(self, add: Callable[[str, str], None], *, check_backend: bool) -> None:
-        from django_tasks_q import registry
-        from django_tasks_q.backend import PostgresBackend
-
         try:
             task = registry.get(self.task)
         except UnknownTaskError as exc:
@@ -454,14 +451,13 @@ class Schedule(models.Model):
         if not check_backend:
             return
         try:
-            backend = task.get_backend()
-        except Exception:
-            return  # a TASKS setting that does not load is system check E009's to report
-        try:
-            if isinstance(backend, PostgresBackend):
-                backend.validate_task(self.task_with_overrides(task))
+            # A task checks itself against its backend when it is made (Django's Task does),
+            # so making it with this schedule's queue and priority is the check.
+            self.task_with_overrides(task)
         except InvalidTask as exc:
             add(NON_FIELD_ERRORS, str(exc))
+        except Exception:
+            return  # a TASKS setting that does not load is system check E009's to report
 
     def task_with_overrides(self, task: BackgroundTask) -> BackgroundTask:
         """``task`` with this schedule's queue and priority, where it sets them."""

@@ -68,8 +68,9 @@ def get(name: str) -> BackgroundTask:
 
 
 def _import_task(name: str) -> BackgroundTask | None:
-    from django_tasks_q.tasks import BackgroundTask, MissingTask
-
+    """Import the module that ``name`` points into, then look the name up again: declaring
+    a task registers it, so only a task object ever comes back, never what else the path
+    reaches (a plain function, a stand-in for a removed task)."""
     parts = name.split(".")
     if len(parts) < 2 or not all(part.isidentifier() for part in parts):
         return None
@@ -77,7 +78,7 @@ def _import_task(name: str) -> BackgroundTask | None:
     for split in range(len(parts) - 1, 0, -1):
         module_name = ".".join(parts[:split])
         try:
-            module = importlib.import_module(module_name)
+            importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if _is_this_or_a_parent(exc.name, module_name):
                 continue  # no such module: try the next shorter prefix
@@ -86,18 +87,7 @@ def _import_task(name: str) -> BackgroundTask | None:
         except Exception as exc:  # the module exists but fails to import
             _warn_broken(module_name, exc)
             return None
-        value: object = module
-        for attribute in parts[split:]:
-            value = getattr(value, attribute, None)
-        # Only a task object of this backend ever runs; a plain function at the path does
-        # not. A stand-in for a removed task is not one.
-        if (
-            isinstance(value, BackgroundTask)
-            and not isinstance(value, MissingTask)
-            and value.name == name
-        ):
-            return _tasks.get(name, value)
-        return None
+        return _tasks.get(name)
     return None
 
 

@@ -19,6 +19,7 @@ from django_tasks_q.compat import (
     Task,
     TaskContext,
 )
+from django_tasks_q.declarations import DeclarationError, from_decorator
 from django_tasks_q.exceptions import (
     MaxRetriesExceededError,
     Retry,
@@ -408,8 +409,6 @@ def _validate_options(task: BackgroundTask) -> None:
     if len(task.name) > 255:
         raise InvalidTask(f"{where}: the task name must be at most 255 characters.")
     if task.schedule is not None:
-        from django_tasks_q.declarations import DeclarationError, from_decorator
-
         try:
             from_decorator(task.schedule, task.name)
         except DeclarationError as exc:
