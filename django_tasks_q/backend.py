@@ -33,7 +33,7 @@ from django_tasks_q.conf import settings as conf
 from django_tasks_q.exceptions import UnknownTaskError
 from django_tasks_q.models import Cancellation, TaskStatus
 from django_tasks_q.models import Task as TaskRow
-from django_tasks_q.results import TaskFailure, TaskHandle, worker_ids
+from django_tasks_q.results import TaskHandle
 from django_tasks_q.serialization import check_arguments, dumps
 from django_tasks_q.tasks import BackgroundTask, MissingTask
 
@@ -219,24 +219,16 @@ class PostgresBackend(BaseTaskBackend):
         }
 
     def _new_handle(self, task: Task, row: queue.Enqueued, args: list, kwargs: dict) -> TaskHandle:
-        return TaskHandle(
-            task=task,
-            id=str(row.id),
+        return TaskHandle.build(
+            task,
+            backend=self.alias,
+            id=row.id,
             status=TaskStatus.READY,
-            enqueued_at=row.enqueued_at,
-            started_at=None,
-            finished_at=None,
-            last_attempted_at=None,
             args=args,
             kwargs=kwargs,
-            backend=self.alias,
-            errors=[],
-            worker_ids=[],
-            attempt_count=0,
             max_attempts=getattr(task, "max_attempts", 1),
+            enqueued_at=row.enqueued_at,
             run_after=row.run_after,
-            queue=task.queue_name,
-            priority=task.priority,
         )
 
     def get_result(self, result_id: str | int) -> TaskHandle:
@@ -256,27 +248,26 @@ class PostgresBackend(BaseTaskBackend):
             )
         elif task.queue_name != row.queue or task.priority != row.priority:
             task = task.using(queue_name=row.queue, priority=row.priority)
-        errors = [TaskFailure.from_json(error) for error in row.errors]
-        return TaskHandle(
-            task=task,
-            id=str(row.pk),
+        return TaskHandle.build(
+            task,
+            backend=self.alias,
+            id=row.pk,
             status=TaskStatus(row.status),
+            args=row.args,
+            kwargs=row.kwargs,
+            stored_errors=row.errors,
+            holder=row.worker_id,
+            attempt_count=row.attempts,
+            max_attempts=row.max_attempts,
+            lost_attempts=row.lost_attempts,
             enqueued_at=row.enqueued_at,
             started_at=row.started_at,
             finished_at=row.finished_at,
             last_attempted_at=row.last_attempted_at,
-            args=row.args,
-            kwargs=row.kwargs,
-            backend=self.alias,
-            errors=errors,
-            worker_ids=worker_ids(errors, row.worker_id, row.attempts),
-            attempt_count=row.attempts,
-            max_attempts=row.max_attempts,
-            lost_attempts=row.lost_attempts,
             run_after=row.run_after,
             queue=row.queue,
             priority=row.priority,
-            _result_json=row.result,
+            result_json=row.result,
         )
 
     def cancel(self, result_id: str | int, *, terminate: bool = False) -> Cancellation:

@@ -8,9 +8,12 @@ are replaced by U+FFFD (and the entry says so), and very long texts are cut.
 
 from __future__ import annotations
 
+import json
 import re
 import traceback as traceback_module
 from typing import Any
+
+from django_tasks_q.exceptions import TaskCancelled, TaskExpired
 
 # Characters jsonb cannot hold: NUL, and UTF-16 surrogates (only valid in pairs, which a
 # Python str never holds as such).
@@ -70,6 +73,28 @@ def described_entry(
     if any_replaced:
         entry["replaced"] = REPLACED_NOTE
     return entry
+
+
+NOT_STARTED_CANCELLED = "cancelled before it started"
+NOT_STARTED_EXPIRED = "not started before it expired at"  # the statement adds the time
+
+
+def sql_entries() -> dict[str, str]:
+    """Entries the queue's statements write themselves (a claim that cancels a task instead of
+    starting it, a release that does), as SQL jsonb literals. The statement adds the attempt,
+    the worker id and the time, which only it knows; the rest is defined here, once."""
+    entries = {
+        "cancelled_entry": (TaskCancelled, NOT_STARTED_CANCELLED),
+        "expired_entry": (TaskExpired, NOT_STARTED_EXPIRED),
+    }
+    literals = {}
+    for name, (kind, message) in entries.items():
+        entry = described_entry(
+            type_path=_type_path(kind), message=message, attempt=0, worker_id=""
+        )
+        del entry["attempt"], entry["worker_id"]
+        literals[name] = "'{}'::jsonb".format(json.dumps(entry).replace("'", "''"))
+    return literals
 
 
 def _text(value: object) -> str:

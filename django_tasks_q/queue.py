@@ -20,6 +20,8 @@ import psycopg
 from django.db import connections
 from psycopg.types.json import Jsonb
 
+from django_tasks_q.errors import sql_entries
+
 NOTIFY_CHANNEL = "django_tasks_q"
 # Separate from the tasks' channel: beats are not woken by every enqueue, nor workers by edits.
 SCHEDULES_CHANNEL = "django_tasks_q_schedules"
@@ -27,19 +29,28 @@ SCHEDULES_CHANNEL = "django_tasks_q_schedules"
 CANCEL_CHANNEL = "django_tasks_q_cancel"
 
 
-@cache
-def statements() -> dict[str, str]:
-    text = resources.files("django_tasks_q").joinpath("sql/queue.sql").read_text()
+def load_statements(package: str, resource: str) -> dict[str, str]:
+    """The statements of a ``.sql`` file shipped in ``package``, by their ``-- name:`` header."""
+    text = resources.files(package).joinpath(resource).read_text()
     found: dict[str, str] = {}
     for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
         name, _, body = block.partition("\n")
         # Comments go: a placeholder written inside one would still count as a parameter.
         code = "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
         found[name.strip()] = code.strip().rstrip(";")
+    return found
+
+
+@cache
+def statements() -> dict[str, str]:
+    found = load_statements("django_tasks_q", "sql/queue.sql")
     columns = ", ".join(TASK_COLUMNS)
     nulls = ", ".join(["NULL"] * (len(TASK_COLUMNS) - 1))
+    fills = {"task_columns": columns, "null_task_columns": nulls, **sql_entries()}
     for name, code in found.items():
-        found[name] = code.replace("{task_columns}", columns).replace("{null_task_columns}", nulls)
+        for key, value in fills.items():
+            code = code.replace(f"{{{key}}}", value)
+        found[name] = code
     # One exchange statement, two ways of picking what to claim (see the file).
     template = found.pop("exchange")
     found["exchange"] = template.replace("{picked}", found.pop("pick_any_queue"))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
 
-from django_tasks_q.compat import TaskError, TaskResult
+from django_tasks_q.compat import Task, TaskError, TaskResult
 from django_tasks_q.exceptions import TaskTimeoutError
 from django_tasks_q.models import FINISHED_STATUSES, Cancellation, TaskStatus
 
@@ -57,6 +58,57 @@ class TaskHandle(TaskResult):
         # Arguments and results were checked as strict JSON on the way in; skip Django's
         # normalisation pass.
         object.__setattr__(self, "_return_value", self._result_json)
+
+    @classmethod
+    def build(
+        cls,
+        task: Task,
+        *,
+        backend: str,
+        id: int | str,
+        status: TaskStatus,
+        args: list,
+        kwargs: dict,
+        stored_errors: Sequence[dict[str, Any]] = (),
+        holder: str = "",
+        attempt_count: int = 0,
+        max_attempts: int = 1,
+        lost_attempts: int = 0,
+        enqueued_at: datetime | None = None,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        last_attempted_at: datetime | None = None,
+        run_after: datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        result_json: Any = None,
+    ) -> TaskHandle:
+        """The handle of a task in a given state: every handle is made here.
+
+        ``stored_errors`` are the row's error entries; ``holder`` the worker id holding the
+        current attempt. ``queue`` and ``priority`` default to the task's."""
+        errors = [TaskFailure.from_json(error) for error in stored_errors]
+        return cls(
+            task=task,
+            id=str(id),
+            status=status,
+            enqueued_at=enqueued_at,
+            started_at=started_at,
+            finished_at=finished_at,
+            last_attempted_at=last_attempted_at,
+            args=args,
+            kwargs=kwargs,
+            backend=backend,
+            errors=errors,
+            worker_ids=worker_ids(errors, holder, attempt_count),
+            attempt_count=attempt_count,
+            max_attempts=max_attempts,
+            lost_attempts=lost_attempts,
+            run_after=run_after,
+            queue=task.queue_name if queue is None else queue,
+            priority=task.priority if priority is None else priority,
+            _result_json=result_json,
+        )
 
     @property
     def attempts(self) -> int:

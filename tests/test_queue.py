@@ -149,6 +149,47 @@ def test_cancel_stops_ready_tasks_at_once_and_flags_running_ones(qconn):
     assert (requested, terminate) == ([int(running.id)], [])
 
 
+ENTRY_KEYS = {"attempt", "worker_id", "type", "message", "traceback", "at"}
+
+
+def test_a_task_cancelled_while_claimed_is_released_as_cancelled_with_its_entry(qconn):
+    handle = tasks.add.delay(1, 2)
+    claim(qconn, worker_id="w1")
+    assert handle.cancel() == "stop_requested"
+    assert qconn.release(worker_id="w1", ids=[int(handle.id)]) == 1
+    row = Task.objects.get(pk=handle.id)
+    [entry] = row.errors
+    assert row.status == "CANCELLED" and set(entry) == ENTRY_KEYS
+    assert (entry["type"], entry["message"]) == (
+        "django_tasks_q.exceptions.TaskCancelled",
+        "cancelled before it started",
+    )
+    assert (entry["attempt"], entry["worker_id"], entry["traceback"]) == (1, "w1", "")
+
+
+def test_a_claim_cancels_expired_and_cancel_requested_tasks_with_their_entries(qconn):
+    expired = tasks.add.apply_async(args=(1, 1), expires=timezone.now() + timedelta(seconds=30))
+    requested = tasks.add.delay(1, 2)
+    Task.objects.filter(pk=expired.id).update(expires_at=timezone.now() - timedelta(seconds=1))
+    Task.objects.filter(pk=requested.id).update(cancel_requested_at=timezone.now())
+    exchanged = qconn.exchange(worker_id="w1", outcomes=[], limit=10, lease_seconds=60)
+    assert exchanged.claimed == []
+    assert sorted(task.id for task in exchanged.skipped) == sorted(
+        [int(expired.id), int(requested.id)]
+    )
+    rows = {row.pk: row for row in Task.objects.filter(pk__in=[expired.id, requested.id])}
+    [gone] = rows[int(expired.id)].errors
+    [stopped] = rows[int(requested.id)].errors
+    assert set(gone) == set(stopped) == ENTRY_KEYS
+    assert gone["type"] == "django_tasks_q.exceptions.TaskExpired"
+    assert gone["message"].startswith("not started before it expired at 20")
+    assert (stopped["type"], stopped["message"]) == (
+        "django_tasks_q.exceptions.TaskCancelled",
+        "cancelled before it started",
+    )
+    assert all(row.status == "CANCELLED" for row in rows.values())
+
+
 def test_cancel_after_the_end_changes_nothing():
     handle = tasks.add.delay(1, 1)
     Task.objects.filter(pk=handle.id).update(status="SUCCESSFUL")

@@ -1,5 +1,8 @@
 -- Every statement the queue runs. Loaded once by django_tasks_q.queue, by name.
 -- Time comparisons use the database clock (now()): workers on many hosts must agree.
+-- Filled in when the file is loaded: {task_columns} (the columns a worker reads of a claimed
+-- task, named in ClaimedTask), and {cancelled_entry} / {expired_entry}, the error entries a
+-- statement writes itself, defined in django_tasks_q.errors.
 
 -- name: enqueue
 -- One row; the NOTIFY is part of the same transaction, so it is delivered only if the
@@ -119,20 +122,12 @@ skipped AS (
     SET status = 'CANCELLED',
         finished_at = now(),
         errors = task.errors || jsonb_build_array(CASE
-            WHEN picked.cancel_requested_at IS NOT NULL THEN jsonb_build_object(
-                'attempt', task.attempts,
-                'worker_id', '',
-                'type', 'django_tasks_q.exceptions.TaskCancelled',
-                'message', 'cancelled before it started',
-                'traceback', '',
-                'at', now())
-            ELSE jsonb_build_object(
-                'attempt', task.attempts,
-                'worker_id', '',
-                'type', 'django_tasks_q.exceptions.TaskExpired',
-                'message', format('not started before it expired at %%s', task.expires_at),
-                'traceback', '',
-                'at', now())
+            WHEN picked.cancel_requested_at IS NOT NULL
+                THEN {cancelled_entry} || jsonb_build_object(
+                    'attempt', task.attempts, 'worker_id', '', 'at', now())
+            ELSE {expired_entry} || jsonb_build_object(
+                'attempt', task.attempts, 'worker_id', '', 'at', now(),
+                'message', ({expired_entry} ->> 'message') || ' ' || task.expires_at)
         END)
     FROM picked
     WHERE task.id = picked.id
@@ -219,13 +214,8 @@ SET status = CASE WHEN cancel_requested_at IS NULL THEN 'READY' ELSE 'CANCELLED'
     finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END,
     errors = CASE
         WHEN cancel_requested_at IS NULL THEN errors
-        ELSE errors || jsonb_build_array(jsonb_build_object(
-            'attempt', attempts,
-            'worker_id', worker_id,
-            'type', 'django_tasks_q.exceptions.TaskCancelled',
-            'message', 'cancelled before it started',
-            'traceback', '',
-            'at', now()))
+        ELSE errors || jsonb_build_array({cancelled_entry} || jsonb_build_object(
+            'attempt', attempts, 'worker_id', worker_id, 'at', now()))
     END,
     lease_expires_at = NULL
 WHERE status = 'RUNNING'

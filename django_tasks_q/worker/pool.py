@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
+from django_tasks_q.errors import NOT_STARTED_CANCELLED
 from django_tasks_q.exceptions import ProcessDied, TaskCancelled, TimeLimitExceeded, WorkerLost
 from django_tasks_q.queue import ClaimedTask, Outcome
 from django_tasks_q.worker.child import ChildReport, Ready, Returned, child_main
@@ -289,7 +290,7 @@ class ProcessPool:
             for job in cancelled:  # never sent, so never started
                 self.deliver(
                     self.runner.cancelled_outside(
-                        job, TaskCancelled("cancelled before it started"), 0.0, started=False
+                        job, TaskCancelled(NOT_STARTED_CANCELLED), 0.0, started=False
                     )
                 )
         for room in (Child.free.fget, lambda c: c.room(self.max_tasks_per_child)):

@@ -19,7 +19,7 @@ from django.dispatch import Signal
 from django_tasks_q import registry
 from django_tasks_q.backend import PostgresBackend
 from django_tasks_q.conf import settings as conf
-from django_tasks_q.errors import error_entry
+from django_tasks_q.errors import NOT_STARTED_CANCELLED, error_entry
 from django_tasks_q.exceptions import (
     Retry,
     SoftTimeLimitExceeded,
@@ -29,7 +29,7 @@ from django_tasks_q.exceptions import (
 )
 from django_tasks_q.models import TaskStatus
 from django_tasks_q.queue import ClaimedTask, Outcome
-from django_tasks_q.results import TaskFailure, TaskHandle, worker_ids
+from django_tasks_q.results import TaskFailure, TaskHandle
 from django_tasks_q.retry import Decision, after_error, after_lost
 from django_tasks_q.serialization import result_to_json
 from django_tasks_q.signals import task_finished, task_retried, task_started
@@ -59,23 +59,21 @@ class Runner:
     def handle_for(
         self, task: BackgroundTask, claimed: ClaimedTask, holder: str | None = None
     ) -> TaskHandle:
-        errors = [TaskFailure.from_json(error) for error in claimed.errors]
-        return TaskHandle(
-            task=task,
-            id=str(claimed.id),
+        return TaskHandle.build(
+            task,
+            backend=self.backend.alias,
+            id=claimed.id,
             status=TaskStatus.RUNNING,
-            enqueued_at=claimed.enqueued_at,
-            started_at=claimed.started_at,
-            finished_at=None,
-            last_attempted_at=claimed.last_attempted_at,
             args=claimed.args,
             kwargs=claimed.kwargs,
-            backend=self.backend.alias,
-            errors=errors,
-            worker_ids=worker_ids(errors, holder or self.worker_id, claimed.attempt),
+            stored_errors=claimed.errors,
+            holder=holder or self.worker_id,
             attempt_count=claimed.attempt,
             max_attempts=claimed.max_attempts,
             lost_attempts=claimed.lost_attempts,
+            enqueued_at=claimed.enqueued_at,
+            started_at=claimed.started_at,
+            last_attempted_at=claimed.last_attempted_at,
             run_after=claimed.run_after,
             queue=claimed.queue,
             priority=claimed.priority,
@@ -91,7 +89,7 @@ class Runner:
     def _run(self, claimed: ClaimedTask) -> Outcome:
         if self.is_cancel_requested(claimed.id):
             return self.cancelled_outside(
-                claimed, TaskCancelled("cancelled before it started"), 0.0, started=False
+                claimed, TaskCancelled(NOT_STARTED_CANCELLED), 0.0, started=False
             )
         task = registry.find(claimed.name)
         if task is None:
