@@ -211,7 +211,7 @@ def _run_one(job: ClaimedTask, runner: Runner, on_main_thread: bool) -> Outcome:
     except SoftTimeLimitExceeded as exc:
         # The limit fired after the task returned but before it was disarmed: the attempt
         # did overrun its soft limit, so record it as that failure.
-        outcome = outcome or runner.failed_outside(job, exc, soft_timeout or 0.0)
+        outcome = outcome or runner.ended_outside(job, exc, soft_timeout or 0.0)
     except BaseException as exc:
         outcome = outcome or runner.crashed(job, exc)
     finally:

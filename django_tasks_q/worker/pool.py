@@ -289,9 +289,7 @@ class ProcessPool:
                 self._pending = deque(j for j in self._pending if not self.cancel_requested(j.id))
             for job in cancelled:  # never sent, so never started
                 self.deliver(
-                    self.runner.cancelled_outside(
-                        job, TaskCancelled(NOT_STARTED_CANCELLED), 0.0, started=False
-                    )
+                    self.runner.ended_outside(job, TaskCancelled(NOT_STARTED_CANCELLED), 0.0)
                 )
         for room in (Child.free.fget, lambda c: c.room(self.max_tasks_per_child)):
             while self._pending:
@@ -418,12 +416,10 @@ class ProcessPool:
         for running in child.running.values():
             job = running.job
             duration = now - running.started
-            if job.id == culprit.id and isinstance(reason, TaskCancelled):
-                outcome = self.runner.cancelled_outside(job, reason, duration)
-            elif job.id == culprit.id:
-                outcome = self.runner.failed_outside(job, reason, duration)
+            if job.id == culprit.id:
+                outcome = self.runner.ended_outside(job, reason, duration)
             else:  # another thread of the same child ran into the kill: not its doing
-                outcome = self.runner.lost_outside(
+                outcome = self.runner.ended_outside(
                     job,
                     WorkerLost(
                         f"The process running task {job.name} #{job.id} was killed because "
@@ -468,7 +464,7 @@ class ProcessPool:
             if killed_from_outside:
                 # The out-of-memory killer or an operator: nothing the task did, as far as we
                 # can tell, so the attempt is lost and runs again (up to the lost cap).
-                outcome = self.runner.lost_outside(
+                outcome = self.runner.ended_outside(
                     job,
                     WorkerLost(
                         f"The process running task {job.name} #{job.id} was {description} "
@@ -477,7 +473,7 @@ class ProcessPool:
                     duration,
                 )
             else:
-                outcome = self.runner.failed_outside(
+                outcome = self.runner.ended_outside(
                     job,
                     ProcessDied(
                         f"The process running task {job.name} #{job.id} died ({description}) "

@@ -88,9 +88,7 @@ class Runner:
 
     def _run(self, claimed: ClaimedTask) -> Outcome:
         if self.is_cancel_requested(claimed.id):
-            return self.cancelled_outside(
-                claimed, TaskCancelled(NOT_STARTED_CANCELLED), 0.0, started=False
-            )
+            return self.ended_outside(claimed, TaskCancelled(NOT_STARTED_CANCELLED), 0.0)
         task = registry.find(claimed.name)
         if task is None:
             return self._unknown(claimed)
@@ -146,33 +144,26 @@ class Runner:
             duration=duration,
         )
 
-    def failed_outside(self, claimed: ClaimedTask, exc: BaseException, duration: float) -> Outcome:
-        """The outcome of an attempt that ended outside the task function by the task's own
-        doing: its process was killed at the time limit, or exited or crashed under it. The
-        task's retry policy applies."""
-        task = registry.find(claimed.name)
-        if task is None:
-            return self._failed_for_good(claimed, exc, duration)
-        return self._failure(task, claimed, self.handle_for(task, claimed), exc, duration)
+    def ended_outside(self, claimed: ClaimedTask, exc: BaseException, duration: float) -> Outcome:
+        """The outcome of an attempt that ended outside the task function, told by ``exc``:
 
-    def lost_outside(self, claimed: ClaimedTask, exc: WorkerLost, duration: float) -> Outcome:
-        """The outcome of an attempt lost through no fault of the task: its process was killed
-        from outside, or because another task in it had to be stopped."""
+        - ``WorkerLost``: lost through no fault of the task (its process was killed from
+          outside, or because another task in it had to be stopped); it runs again.
+        - ``TaskCancelled``: stopped on a cancellation (its process killed on
+          ``cancel(terminate=True)``, or cancelled before it was started).
+        - anything else: the task's own doing (killed at the time limit, its process exited
+          or crashed); the task's retry policy applies.
+        """
+        status = TaskStatus.CANCELLED if isinstance(exc, TaskCancelled) else TaskStatus.FAILED
         task = registry.find(claimed.name)
         if task is None:
-            return self._failed_for_good(claimed, exc, duration)
-        return self._lost(task, claimed, self.handle_for(task, claimed), exc, duration)
-
-    def cancelled_outside(
-        self, claimed: ClaimedTask, exc: TaskCancelled, duration: float, *, started: bool = True
-    ) -> Outcome:
-        """The outcome of an attempt stopped on a cancellation outside the task function: its
-        process was killed on ``cancel(terminate=True)``, or it was cancelled before it
-        started (``started=False``)."""
-        task = registry.find(claimed.name)
-        if task is None:
-            return self._failed_for_good(claimed, exc, duration, status=TaskStatus.CANCELLED)
-        return self._cancelled(claimed, self.handle_for(task, claimed), exc, duration)
+            return self._failed_for_good(claimed, exc, duration, status=status)
+        handle = self.handle_for(task, claimed)
+        if isinstance(exc, WorkerLost):
+            return self._lost(task, claimed, handle, exc, duration)
+        if isinstance(exc, TaskCancelled):
+            return self._cancelled(claimed, handle, exc, duration)
+        return self._failure(task, claimed, handle, exc, duration)
 
     def crashed(self, claimed: ClaimedTask, exc: BaseException) -> Outcome:
         """The last resort when describing an attempt failed: FAILED with what is known, and no
