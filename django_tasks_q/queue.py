@@ -52,9 +52,11 @@ def statements() -> dict[str, str]:
             code = code.replace(f"{{{key}}}", value)
         found[name] = code
     # One exchange statement, two ways of picking what to claim (see the file).
-    template = found.pop("exchange")
-    found["exchange"] = template.replace("{picked}", found.pop("pick_any_queue"))
-    found["exchange_from_queues"] = template.replace("{picked}", found.pop("pick_from_queues"))
+    template = found.pop("finish_and_claim")
+    found["finish_and_claim"] = template.replace("{picked}", found.pop("pick_any_queue"))
+    found["finish_and_claim_from_queues"] = template.replace(
+        "{picked}", found.pop("pick_from_queues")
+    )
     return found
 
 
@@ -306,9 +308,9 @@ class QueueConnection:
             "avoid": list(avoid),
         }
         if queues:
-            statement, params["queues"] = sql("exchange_from_queues"), list(queues)
+            statement, params["queues"] = sql("finish_and_claim_from_queues"), list(queues)
         else:
-            statement = sql("exchange")
+            statement = sql("finish_and_claim")
         finished: set[int] = set()
         claimed: list[ClaimedTask] = []
         skipped: list[ClaimedTask] = []

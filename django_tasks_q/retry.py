@@ -16,7 +16,7 @@
   (``TASKS_Q["MAX_LOST_ATTEMPTS"]``, 3): then it is FAILED, so a task that kills every worker
   it lands on cannot loop forever.
 - **Expired**: no attempt starts after ``expires_at``: the claim cancels such a task instead
-  (``exchange`` in ``sql/queue.sql``), recording ``TaskExpired``.
+  (``finish_and_claim`` in ``sql/queue.sql``), recording ``TaskExpired``.
 - **Unknown name**: a worker that does not know a task's name gives it back without counting
   an attempt (due again 1 s later; that worker leaves it to the others for 10 s), for a
   worker that does, and fails it only once it has waited ``TASKS_Q["UNKNOWN_TASK_GRACE"]``

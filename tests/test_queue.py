@@ -229,13 +229,13 @@ def backlog():
 
 
 def test_claim_walks_the_partial_ready_index(backlog):
-    plan = explain_exchange("exchange")
+    plan = explain_exchange("finish_and_claim")
     assert "Index Scan using tasks_q_ready_idx" in plan, plan
     assert "Seq Scan on django_tasks_q_task" not in plan, plan
 
 
 def test_claim_from_a_small_queue_does_not_walk_the_big_backlog(backlog):
-    plan = explain_exchange("exchange_from_queues", queues=["rare"])
+    plan = explain_exchange("finish_and_claim_from_queues", queues=["rare"])
     assert "Index Scan using tasks_q_ready_queue_idx" in plan, plan
     assert "Seq Scan on django_tasks_q_task" not in plan, plan
 

@@ -58,7 +58,7 @@ notified AS (
 SELECT array_agg(id ORDER BY id), min(run_after), min(enqueued_at), (SELECT count(*) FROM notified)
 FROM inserted;
 
--- name: exchange
+-- name: finish_and_claim
 -- The worker's hot path, one statement and one commit: record the outcomes of finished
 -- attempts, then claim up to %(limit)s ready tasks from every queue. Empty outcome arrays and
 -- a limit of 0 are fine. Returns one row per recorded outcome (kind 0, its id), one per
@@ -71,9 +71,9 @@ FROM inserted;
 -- asks for another attempt (READY) of a task whose cancellation was requested meanwhile ends
 -- it CANCELLED instead: cancel means no further attempt, whatever the worker knew. A lost
 -- attempt (lost = true) is counted apart from the task's own attempts.
--- {picked} is filled in when the file is loaded: pick_any_queue for `exchange`,
--- pick_from_queues for `exchange_from_queues` (the same statement for a worker started with
--- --queues).
+-- {picked} is filled in when the file is loaded: pick_any_queue for `finish_and_claim`,
+-- pick_from_queues for `finish_and_claim_from_queues` (the same statement for a worker
+-- started with --queues).
 WITH outcome AS (
     SELECT *
     FROM unnest(
