@@ -8,7 +8,6 @@ class TasksQConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        import django_tasks_q.bench  # noqa: F401 - registers taskbench's no-op task
         from django_tasks_q import checks  # noqa: F401 - registers the system checks
 
         # Registers every <app>/tasks.py, so a worker knows all tasks by name.

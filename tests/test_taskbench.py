@@ -2,12 +2,20 @@
 
 import io
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
 
+from django_tasks_q.bench import queries
+from django_tasks_q.bench.options import BenchError
 from django_tasks_q.models import Task
-from tests.conftest import database_url_for_subprocess
+from django_tasks_q.queue import load_statements
+from tests.conftest import ROOT, database_url_for_subprocess
 
 
 @pytest.mark.django_db(transaction=True)
@@ -25,3 +33,40 @@ def test_taskbench_reports_verified_rates_and_cleans_up(monkeypatch):
     assert results["latency_samples"] == 5
     assert 0 < results["latency_p50_ms"] <= results["latency_p99_ms"]
     assert not Task.objects.filter(queue="taskbench").exists()
+
+
+def test_the_benchmark_is_not_imported_at_start_up_yet_its_task_is_found_by_name():
+    # A fresh process: in this one, the test above may have imported the benchmark already.
+    script = (
+        "import sys, django; django.setup()\n"
+        "from django_tasks_q import registry\n"
+        "print([m for m in sys.modules if m.startswith('django_tasks_q.bench')])\n"
+        "task = registry.find('django_tasks_q.bench.tasks.noop')\n"
+        "print(task.name, task.func(7))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == ["[]", "django_tasks_q.bench.tasks.noop 7"]
+
+
+def test_every_statement_the_benchmark_runs_is_in_its_sql_file():
+    source = Path(queries.__file__).read_text()
+    used = set(re.findall(r'\bsql\("(\w+)"\)', source))
+    assert used and used == set(load_statements("django_tasks_q.bench", "queries.sql"))
+
+
+@pytest.mark.django_db
+def test_taskbench_refuses_a_queue_holding_other_tasks():
+    Task.objects.create(name="tests.testapp.tasks.add", queue="taskbench", args=[1, 2])
+    with pytest.raises(BenchError, match="1 task\\(s\\) that the benchmark did not create"):
+        queries.refuse_foreign_rows("default", "taskbench")
+
+
+@pytest.mark.django_db
+def test_taskbench_reports_no_rate_when_its_tasks_did_not_all_succeed():
+    Task.objects.create(name=queries.NOOP_NAME, queue="taskbench", args=[1])
+    with pytest.raises(BenchError, match=r"Only 0 of 1 .* \(by status: READY 1\)"):
+        queries.verify("default", "taskbench", queries.NOOP_NAME, 1)

@@ -2,7 +2,9 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from django_tasks_q import bench
+from django_tasks_q.bench.benchmark import run
+from django_tasks_q.bench.options import BenchError, BenchOptions
+from django_tasks_q.bench.report import summary
 from django_tasks_q.conf import settings as conf
 
 
@@ -14,7 +16,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        defaults = bench.BenchOptions()
+        defaults = BenchOptions()
         parser.add_argument(
             "--tasks", type=int, default=defaults.tasks,
             help=f"Tasks to enqueue in bulk and drain (default: {defaults.tasks}).",
@@ -65,7 +67,7 @@ class Command(BaseCommand):
         )  # fmt: skip
 
     def handle(self, *args, **options):
-        bench_options = bench.BenchOptions(
+        bench_options = BenchOptions(
             tasks=options["tasks"],
             workers=options["workers"],
             concurrency=options["concurrency"],
@@ -84,8 +86,8 @@ class Command(BaseCommand):
         else:
             report = self.stdout.write
         try:
-            results = bench.run(bench_options, report)
-        except bench.BenchError as exc:
+            results = run(bench_options, report)
+        except BenchError as exc:
             raise CommandError(str(exc)) from None
         except KeyboardInterrupt:
             raise CommandError(
@@ -94,4 +96,4 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps(results.as_json()))
         else:
-            self.stdout.write(bench.summary(results))
+            self.stdout.write(summary(results))

@@ -1,0 +1,143 @@
+"""The order of taskbench's phases and the line each one reports: :func:`run`."""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+
+from django_tasks_q.bench import phases, queries
+from django_tasks_q.bench.options import BenchOptions
+from django_tasks_q.bench.report import (
+    LABEL_WIDTH,
+    Report,
+    Results,
+    header,
+    megabytes,
+    phase_line,
+)
+from django_tasks_q.bench.tasks import noop
+from django_tasks_q.bench.workers import (
+    peak_memory_mb,
+    running_workers,
+    signals_interrupt,
+    stop_workers,
+)
+from django_tasks_q.conf import settings as conf
+from django_tasks_q.tasks import BackgroundTask
+
+MIN_SINGLE_ENQUEUES = 1000
+
+
+def run(options: BenchOptions, report: Report) -> Results:
+    """Run every phase in order, reporting one line per phase. Raises ``BenchError``."""
+    options = options.resolved()
+    database = queries.database_alias()
+    live_rows, dead_rows = queries.table_rows(database)
+    results = Results(
+        version=_package_version(),
+        postgres=queries.server_setting(database, "server_version"),
+        cpus=os.cpu_count() or 1,
+        tasks=options.tasks,
+        workers=options.workers,
+        concurrency=options.concurrency,
+        pool=options.pool,
+        batch_size=options.batch_size,
+        listen_notify=conf.LISTEN_NOTIFY,
+        queue=options.queue,
+        autovacuum=queries.server_setting(database, "autovacuum") == "on",
+        table_live_rows=live_rows,
+        table_dead_rows=dead_rows,
+    )
+    report(header(results))
+    queries.refuse_foreign_rows(database, options.queue)
+    task = noop.using(queue_name=options.queue)
+    with signals_interrupt():
+        queries.delete_bench_rows(database, options.queue)
+        try:
+            _run_phases(options, database, task, results, report)
+        finally:
+            if not options.keep:
+                queries.delete_bench_rows(database, options.queue, report=report)
+    return results
+
+
+def _run_phases(
+    options: BenchOptions, database: str, task: BackgroundTask, results: Results, report: Report
+) -> None:
+    _enqueue_phases(options, task, results, report)
+    _worker_phases(options, database, task, results, report)
+    if options.skip_ceiling:
+        report(f"{'6. SQL ceiling':<{LABEL_WIDTH}}skipped (--skip-ceiling)")
+        return
+    rows, seconds = phases.sql_ceiling(database, options)
+    results.ceiling_per_s = rows / seconds
+    results.drain_vs_ceiling_pct = 100 * results.drain_per_s / results.ceiling_per_s
+    report(phase_line(f"6. SQL ceiling, {options.workers} connections", rows, seconds, "rows"))
+    report(f"{'   drain / ceiling':<{LABEL_WIDTH}}{results.drain_vs_ceiling_pct:>8.0f}%")
+
+
+def _enqueue_phases(
+    options: BenchOptions, task: BackgroundTask, results: Results, report: Report
+) -> None:
+    singles = max(options.tasks // 10, min(MIN_SINGLE_ENQUEUES, options.tasks))
+    elapsed = phases.enqueue_one_by_one(task, singles)
+    results.enqueue_single_tasks = singles
+    results.enqueue_single_per_s = singles / elapsed
+    report(phase_line("1. enqueue, one commit each", singles, elapsed, "tasks"))
+
+    # Commits from many web processes at once share WAL flushes (group commit): the rate a
+    # site sees under load, beyond one connection's commit latency.
+    threads = options.enqueue_threads
+    elapsed = phases.enqueue_concurrently(task, range(singles, 2 * singles), threads)
+    results.enqueue_threads = threads
+    results.enqueue_concurrent_per_s = singles / elapsed
+    report(phase_line(f"   the same from {threads} threads", singles, elapsed, "tasks"))
+    results.enqueue_single_tasks = 2 * singles
+
+    elapsed = phases.enqueue_in_bulk(task, range(2 * singles, 2 * singles + options.tasks))
+    results.enqueue_bulk_per_s = options.tasks / elapsed
+    label = f"2. enqueue_many, {phases.BULK_CHUNK} a call"
+    report(phase_line(label, options.tasks, elapsed, "tasks"))
+
+
+def _worker_phases(
+    options: BenchOptions, database: str, task: BackgroundTask, results: Results, report: Report
+) -> None:
+    # No other worker may have touched the backlog. Ours start only now, so that they face
+    # all of it from their first claim.
+    queries.refuse_foreign_workers(database, options.queue)
+    with running_workers(options) as workers:
+        expected = results.enqueue_single_tasks + options.tasks
+        drained, seconds = phases.drain(database, options.queue, workers, expected)
+        results.drain_tasks, results.drain_seconds = drained, seconds
+        results.drain_per_s = drained / seconds
+        slots = "threads" if options.pool == "threads" else "processes"
+        label = f"3. drain, {options.workers} workers x {options.concurrency} {slots}"
+        report(phase_line(label, drained, seconds, "tasks") + "  (results verified)")
+
+        if options.latency_samples:
+            latencies = phases.measure_latency(database, task, workers, options.latency_samples)
+            p50, p95, p99 = (phases.percentile(latencies, q) for q in (50, 95, 99))
+            results.latency_samples = len(latencies)
+            results.latency_p50_ms, results.latency_p95_ms, results.latency_p99_ms = p50, p95, p99
+            report(
+                f"{'4. latency, idle workers':<{LABEL_WIDTH}}{len(latencies):>8,} tasks   "
+                f"p50 {p50:.1f} ms  p95 {p95:.1f} ms  p99 {p99:.1f} ms"
+            )
+        else:
+            report(f"{'4. latency, idle workers':<{LABEL_WIDTH}}skipped (--latency-samples 0)")
+
+        # Read before stopping: the peak is gone with the process.
+        results.worker_peak_mb = peak_memory_mb(workers)
+        stop_workers(workers)
+        report(
+            f"{'5. peak worker memory':<{LABEL_WIDTH}}{megabytes(results.worker_peak_mb)} "
+            f"(largest VmHWM of {len(workers)} workers, children included); all exited cleanly"
+        )
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("django-tasks-q")
+    except metadata.PackageNotFoundError:
+        return "dev"

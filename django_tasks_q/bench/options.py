@@ -1,0 +1,56 @@
+"""What a taskbench run is asked to do, and the one error it raises."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+from django_tasks_q.conf import settings as conf
+
+
+class BenchError(Exception):
+    """The benchmark cannot run or its results cannot be trusted."""
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    tasks: int = 20_000
+    workers: int | None = None  # None: os.cpu_count()
+    concurrency: int | None = None  # None: TASKS_Q["CONCURRENCY"]
+    batch_size: int | None = None  # None: TASKS_Q["BATCH_SIZE"]
+    queue: str = "taskbench"
+    latency_samples: int = 200
+    enqueue_threads: int = 8
+    pool: str = "processes"
+    skip_ceiling: bool = False
+    keep: bool = False
+
+    def resolved(self) -> BenchOptions:
+        """These options with every default filled in, validated."""
+        resolved = replace(
+            self,
+            workers=self.workers or os.cpu_count() or 1,
+            concurrency=self.concurrency or conf.CONCURRENCY,
+            batch_size=self.batch_size or conf.BATCH_SIZE,
+        )
+        for name in ("tasks", "workers", "concurrency", "batch_size", "enqueue_threads"):
+            if getattr(resolved, name) < 1:
+                raise BenchError(f"--{name.replace('_', '-')} must be at least 1.")
+        if resolved.latency_samples < 0:
+            raise BenchError("--latency-samples must be 0 or more.")
+        if resolved.pool not in ("threads", "processes"):
+            raise BenchError("--pool must be 'threads' or 'processes'.")
+        # runtaskworker takes a comma-separated list: a comma would name two queues.
+        if not resolved.queue or "," in resolved.queue or len(resolved.queue) > 100:
+            raise BenchError("--queue must be one queue name of at most 100 characters, no commas.")
+        return resolved
+
+    def worker_arguments(self) -> list[str]:
+        """runtaskworker options for the benchmark's workers; a new worker option is one line."""
+        return [
+            "--queues", self.queue,
+            "--concurrency", str(self.concurrency),
+            "--batch-size", str(self.batch_size),
+            "--loglevel", "warning",
+            "--pool", self.pool,
+        ]  # fmt: skip

@@ -1,0 +1,206 @@
+"""The measurements of taskbench: each phase returns its raw numbers and checks what it did."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from django.db import connections
+
+from django_tasks_q import queue
+from django_tasks_q.bench import queries
+from django_tasks_q.bench.options import BenchError, BenchOptions
+from django_tasks_q.bench.workers import (
+    WORKER_ID_PREFIX,
+    WorkerProcess,
+    check_alive,
+    worker_logs,
+)
+from django_tasks_q.conf import settings as conf
+from django_tasks_q.models import TaskStatus
+from django_tasks_q.serialization import dumps
+from django_tasks_q.tasks import BackgroundTask
+
+BULK_CHUNK = 5000
+# A drain that makes no progress for this long has a broken worker or database.
+STALL_TIMEOUT = 60.0
+# Idle workers wake on NOTIFY, or else at their poll interval; far more than either.
+LATENCY_TIMEOUT = 30.0
+DRAIN_POLL_INTERVAL = 0.1
+LATENCY_POLL_INTERVAL = 0.002
+
+
+def enqueue_one_by_one(task: BackgroundTask, count: int) -> float:
+    """Seconds to enqueue ``count`` tasks, one commit each, as many web requests would."""
+    started = time.perf_counter()
+    for n in range(count):
+        task.enqueue(n)
+    return time.perf_counter() - started
+
+
+def enqueue_concurrently(task: BackgroundTask, numbers: range, threads: int) -> float:
+    """Seconds to enqueue one task per number from ``threads`` threads, one commit each."""
+
+    def enqueue_share(index: int) -> None:
+        try:
+            for n in numbers[index::threads]:
+                task.enqueue(n)
+        finally:
+            connections.close_all()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(enqueue_share, range(threads)))
+    return time.perf_counter() - started
+
+
+def enqueue_in_bulk(task: BackgroundTask, numbers: range) -> float:
+    """Seconds to enqueue one task per number with ``enqueue_many``, a commit per chunk."""
+    started = time.perf_counter()
+    for chunk in _chunks(numbers, BULK_CHUNK):
+        task.enqueue_many([(n,) for n in chunk])
+    return time.perf_counter() - started
+
+
+def drain(
+    database: str, queue_name: str, workers: Sequence[WorkerProcess], expected: int
+) -> tuple[int, float]:
+    """Wait until the workers ran every task, check each result; returns (tasks, seconds)."""
+    remaining = queries.unfinished(database, queue_name)
+    last_progress = time.monotonic()
+    while remaining:
+        check_alive(workers)
+        if time.monotonic() - last_progress > STALL_TIMEOUT:
+            raise BenchError(
+                f"The workers made no progress for {STALL_TIMEOUT:.0f}s with {remaining} tasks "
+                "left. They run `manage.py runtaskworker` with this process's environment: "
+                "check that it reaches the same database (DATABASE_URL, settings module)."
+                f"{worker_logs(workers)}"
+            )
+        time.sleep(DRAIN_POLL_INTERVAL)
+        now_remaining = queries.unfinished(database, queue_name)
+        if now_remaining < remaining:
+            last_progress = time.monotonic()
+        remaining = now_remaining
+    verified, seconds = queries.verify(database, queue_name, queries.NOOP_NAME, expected)
+    queries.refuse_foreign_workers(database, queue_name)
+    return verified, seconds
+
+
+def measure_latency(
+    database: str, task: BackgroundTask, workers: Sequence[WorkerProcess], samples: int
+) -> list[float]:
+    """Enqueue-to-start latencies in ms, one task at a time so that every worker is idle."""
+    ids: list[int] = []
+    for n in range(samples):
+        task_id = int(task.enqueue(n).id)
+        ids.append(task_id)
+        # Waiting for the end, not just the start, keeps the next sample's workers truly idle.
+        deadline = time.monotonic() + LATENCY_TIMEOUT
+        while queries.status(database, task_id) in (TaskStatus.READY, TaskStatus.RUNNING):
+            check_alive(workers)
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"Task #{task_id} did not finish within {LATENCY_TIMEOUT:.0f}s of being "
+                    f"enqueued to idle workers.{worker_logs(workers)}"
+                )
+            time.sleep(LATENCY_POLL_INTERVAL)
+    latencies = queries.latencies(database, ids)
+    if len(latencies) != samples:
+        raise BenchError(
+            f"Only {len(latencies)} of the {samples} latency tasks succeeded with the right result."
+        )
+    return latencies
+
+
+def sql_ceiling(database: str, options: BenchOptions) -> tuple[int, float]:
+    """Rows/s of the workers' own queue statements with no task execution around them.
+
+    Each connection makes the workers' round trip, finishing the previous batch and claiming
+    the next in one transaction, as fast as it can. One connection per thread, as many as
+    there were worker processes: the time goes to round trips, which release the GIL, so
+    threads get as far as processes would.
+    """
+    _insert_ceiling_rows(database, options.queue, options.tasks)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def claim_and_finish(index: int) -> None:
+        connection = queue.QueueConnection(database)
+        worker_id = f"{WORKER_ID_PREFIX}ceiling-{index}"
+        outcomes: list[queue.Outcome] = []
+        try:
+            while not stop.is_set():
+                _, claimed, _ = connection.exchange(
+                    worker_id=worker_id,
+                    outcomes=outcomes,
+                    queues=[options.queue],
+                    limit=options.batch_size,
+                    lease_seconds=conf.LEASE_SECONDS,
+                )
+                if not claimed:
+                    return  # and the last outcomes were recorded by this very call
+                outcomes = [
+                    queue.Outcome(
+                        id=row.id,
+                        attempt=row.attempt,
+                        status=TaskStatus.SUCCESSFUL.value,
+                        result_json=dumps(row.args[0]),
+                        max_attempts=row.max_attempts,
+                    )
+                    for row in claimed
+                ]
+        except BaseException as exc:  # handed to the main thread, which raises it
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=claim_and_finish, args=(i,), name=f"taskbench-ceiling-{i}")
+        for i in range(options.workers)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        # Reached early only on Ctrl-C: let the threads see it and close their connections.
+        stop.set()
+        for thread in threads:
+            thread.join()
+    if failures:
+        raise BenchError(f"The SQL ceiling failed: {failures[0]!r}") from failures[0]
+    return queries.verify(database, options.queue, queries.CEILING_NAME, options.tasks)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile by linear interpolation between closest ranks."""
+    position = (len(sorted_values) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def _insert_ceiling_rows(database: str, queue_name: str, count: int) -> None:
+    for chunk in _chunks(range(count), BULK_CHUNK):
+        queue.enqueue_many(
+            using=database,
+            name=queries.CEILING_NAME,
+            queue=queue_name,
+            priority=0,
+            args_json=[dumps([n]) for n in chunk],
+            kwargs_json=["{}"] * len(chunk),
+            run_after=None,
+            max_attempts=1,
+            max_lost_attempts=1,
+            timeout=None,
+            notify=False,
+        )
+
+
+def _chunks(numbers: range, size: int) -> Iterator[range]:
+    for start in range(0, len(numbers), size):
+        yield numbers[start : start + size]

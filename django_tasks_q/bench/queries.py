@@ -1,0 +1,133 @@
+"""The benchmark's reads and deletes of the task table; the statements are in ``queries.sql``.
+
+Rows of the benchmark are those of its queue with one of :data:`BENCH_NAMES`: it refuses to run
+on a queue holding others, and never touches them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+
+from django.db import connections
+
+from django_tasks_q.bench.options import BenchError
+from django_tasks_q.bench.report import Report
+from django_tasks_q.bench.tasks import noop
+from django_tasks_q.bench.workers import WORKER_ID_PREFIX
+from django_tasks_q.compat import InvalidTask
+from django_tasks_q.queue import load_statements
+
+NOOP_NAME = noop.name
+# Rows for the SQL ceiling are never run by a worker, so their name needs no registered task.
+CEILING_NAME = "django_tasks_q.bench.ceiling"
+BENCH_NAMES = (NOOP_NAME, CEILING_NAME)
+
+
+@cache
+def _statements() -> dict[str, str]:
+    return load_statements("django_tasks_q.bench", "queries.sql")
+
+
+def sql(name: str) -> str:
+    return _statements()[name]
+
+
+def database_alias() -> str:
+    """The database the task backend writes to, which the benchmark measures."""
+    from django_tasks_q.backend import get_backend
+
+    try:
+        return get_backend().database
+    except InvalidTask as exc:
+        raise BenchError(str(exc)) from None
+
+
+def refuse_foreign_rows(database: str, queue_name: str) -> None:
+    """Stop before deleting anything if the queue holds tasks the benchmark did not make."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql("foreign_rows"), [queue_name, list(BENCH_NAMES)])
+        (count,) = cursor.fetchone()
+    if count:
+        raise BenchError(
+            f"Queue {queue_name!r} holds {count} task(s) that the benchmark did not create. "
+            "The benchmark deletes its queue's rows, and its workers would run those tasks: "
+            "pass --queue with a name no application uses."
+        )
+
+
+def delete_bench_rows(database: str, queue_name: str, report: Report | None = None) -> None:
+    """Delete the benchmark's rows; with ``report``, a failure is reported instead of raised."""
+    try:
+        with connections[database].cursor() as cursor:
+            cursor.execute(sql("delete_bench_rows"), [queue_name, list(BENCH_NAMES)])
+    except Exception as exc:
+        if report is None:
+            raise
+        # Cleaning up after a failure must not hide the failure.
+        report(f"Could not delete the benchmark's rows of queue {queue_name!r}: {exc}")
+
+
+def unfinished(database: str, queue_name: str) -> int:
+    """Tasks of the queue still READY or RUNNING."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql("unfinished"), {"queue": queue_name})
+        return cursor.fetchone()[0]
+
+
+def status(database: str, task_id: int) -> str | None:
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql("status"), [task_id])
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def latencies(database: str, ids: Sequence[int]) -> list[float]:
+    """Enqueue-to-start milliseconds of those of ``ids`` that succeeded with the right result,
+    sorted."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql("latencies"), [list(ids)])
+        return sorted(float(row[0]) for row in cursor.fetchall())
+
+
+def verify(database: str, queue_name: str, name: str, expected: int) -> tuple[int, float]:
+    """Check that every row of ``name`` succeeded with its argument as result (what both the
+    no-op and the ceiling return); returns (rows, seconds from first claim to last finish)."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql("verified"), [queue_name, name])
+        verified, seconds = cursor.fetchone()
+        if verified == expected and seconds:
+            return verified, float(seconds)
+        cursor.execute(sql("statuses"), [queue_name, name])
+        statuses = ", ".join(f"{state} {count}" for state, count in cursor.fetchall())
+    raise BenchError(
+        f"Only {verified} of {expected} {name} tasks succeeded with the right result "
+        f"(by status: {statuses or 'none'}). No rate is reported."
+    )
+
+
+def refuse_foreign_workers(database: str, queue_name: str) -> None:
+    """A worker serving every queue would have run some of the tasks and skewed the rate."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql("foreign_workers"), [queue_name, NOOP_NAME, WORKER_ID_PREFIX])
+        count, example = cursor.fetchone()
+    if count:
+        raise BenchError(
+            f"{count} benchmark task(s) were run by a worker the benchmark did not start "
+            f"({example}): one serving this queue, or every queue (no --queues). Stop it while "
+            "benchmarking, or the rates measure it too."
+        )
+
+
+def server_setting(database: str, name: str) -> str:
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql("server_setting"), [name])
+        return cursor.fetchone()[0]
+
+
+def table_rows(database: str) -> tuple[int, int]:
+    """The statistics' estimate of live and dead rows in the task table."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql("table_rows"))
+        row = cursor.fetchone()
+    return (row[0], row[1]) if row else (0, 0)

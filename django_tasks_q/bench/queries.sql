@@ -1,0 +1,51 @@
+-- The benchmark's statements, loaded once by django_tasks_q.bench.queries, by name. Each
+-- touches only rows of the benchmark's queue, or reads table statistics and settings.
+
+-- name: foreign_rows
+-- Tasks in the benchmark's queue that the benchmark did not make.
+SELECT count(*) FROM django_tasks_q_task
+WHERE queue = %s AND NOT (name = ANY(%s));
+
+-- name: delete_bench_rows
+DELETE FROM django_tasks_q_task WHERE queue = %s AND name = ANY(%s);
+
+-- name: unfinished
+-- Two counts rather than one IN, so each can use its partial index (READY, RUNNING).
+SELECT (SELECT count(*) FROM django_tasks_q_task
+        WHERE status = 'READY' AND queue = %(queue)s)
+     + (SELECT count(*) FROM django_tasks_q_task
+        WHERE status = 'RUNNING' AND queue = %(queue)s);
+
+-- name: status
+SELECT status FROM django_tasks_q_task WHERE id = %s;
+
+-- name: latencies
+-- Enqueue-to-start milliseconds of the tasks that succeeded with the right result.
+SELECT extract(epoch FROM last_attempted_at - enqueued_at) * 1000
+FROM django_tasks_q_task
+WHERE id = ANY(%s) AND status = 'SUCCESSFUL' AND result = args->0;
+
+-- name: verified
+-- Rows that returned their argument, and the seconds from the first claim to the last finish.
+SELECT count(*) FILTER (WHERE status = 'SUCCESSFUL' AND result = args->0),
+       extract(epoch FROM max(finished_at) - min(last_attempted_at))
+FROM django_tasks_q_task
+WHERE queue = %s AND name = %s;
+
+-- name: statuses
+SELECT status, count(*) FROM django_tasks_q_task
+WHERE queue = %s AND name = %s GROUP BY status ORDER BY status;
+
+-- name: foreign_workers
+-- Benchmark tasks run by a worker whose id lacks this run's prefix.
+SELECT count(*), min(worker_id) FROM django_tasks_q_task
+WHERE queue = %s AND name = %s
+  AND worker_id <> '' AND NOT starts_with(worker_id, %s);
+
+-- name: server_setting
+SELECT current_setting(%s);
+
+-- name: table_rows
+-- The statistics' estimate of live and dead rows in the task table.
+SELECT n_live_tup, n_dead_tup FROM pg_stat_user_tables
+WHERE relid = 'django_tasks_q_task'::regclass;

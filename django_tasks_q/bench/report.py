@@ -1,0 +1,116 @@
+"""taskbench's results and the lines it prints: the header, one line per phase, the summary."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+Report = Callable[[str], None]
+
+LABEL_WIDTH = 36
+# With this many dead rows a claim was seen to take up to 2.5 times as long as after a VACUUM.
+DEAD_ROWS_WARNING = 1_000_000
+
+
+@dataclass(slots=True)
+class Results:
+    version: str
+    postgres: str
+    cpus: int
+    tasks: int
+    workers: int
+    concurrency: int
+    pool: str
+    batch_size: int
+    listen_notify: bool
+    queue: str
+    autovacuum: bool
+    table_live_rows: int
+    table_dead_rows: int
+    enqueue_single_tasks: int = 0  # enqueued one by one, from one thread and from several
+    enqueue_single_per_s: float = 0.0
+    enqueue_threads: int = 0
+    enqueue_concurrent_per_s: float = 0.0
+    enqueue_bulk_per_s: float = 0.0
+    drain_tasks: int = 0
+    drain_seconds: float = 0.0
+    drain_per_s: float = 0.0
+    latency_samples: int = 0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
+    worker_peak_mb: float | None = None
+    ceiling_per_s: float | None = None
+    drain_vs_ceiling_pct: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def header(results: Results) -> str:
+    lines = [
+        f"django_tasks_q {results.version}, PostgreSQL {results.postgres}, {results.cpus} CPUs",
+        f"tasks={results.tasks} workers={results.workers} concurrency={results.concurrency} "
+        f"batch_size={results.batch_size} listen_notify={_on_off(results.listen_notify)} "
+        f"queue={results.queue}",
+        f"task table: ~{results.table_live_rows:,} live rows, ~{results.table_dead_rows:,} dead; "
+        f"autovacuum={_on_off(results.autovacuum)}",
+    ]
+    if results.table_dead_rows > max(DEAD_ROWS_WARNING, results.table_live_rows):
+        # Claims walk the ready index past entries of dead rows until a vacuum removes them.
+        lines.append(
+            "warning: that many dead rows can slow claims down; after VACUUM ANALYZE "
+            "django_tasks_q_task the numbers would reflect a vacuumed table."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def phase_line(label: str, count: int, seconds: float, unit: str) -> str:
+    """One phase's count, time and rate, aligned with the other phases' lines."""
+    rate = count / seconds
+    return f"{label:<{LABEL_WIDTH}}{count:>8,} {unit:<5} {seconds:>7.2f} s {rate:>10,.0f} {unit}/s"
+
+
+def megabytes(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} MB"
+
+
+def summary(results: Results) -> str:
+    """The compact table printed at the end."""
+
+    def rate(value: float | None, unit: str) -> str:
+        return "skipped" if value is None else f"{value:,.0f} {unit}/s"
+
+    if results.latency_p50_ms is None:
+        latency = "skipped"
+    else:
+        latency = (
+            f"{results.latency_p50_ms:.1f} / {results.latency_p95_ms:.1f} / "
+            f"{results.latency_p99_ms:.1f} ms"
+        )
+    memory = megabytes(results.worker_peak_mb)
+    ratio = (
+        "skipped"
+        if results.drain_vs_ceiling_pct is None
+        else f"{results.drain_vs_ceiling_pct:.0f}%"
+    )
+    rows = [
+        ("enqueue, one commit each", rate(results.enqueue_single_per_s, "tasks")),
+        (
+            f"  the same, {results.enqueue_threads} threads",
+            rate(results.enqueue_concurrent_per_s, "tasks"),
+        ),
+        ("enqueue_many", rate(results.enqueue_bulk_per_s, "tasks")),
+        ("drain", rate(results.drain_per_s, "tasks")),
+        ("latency p50 / p95 / p99", latency),
+        ("peak worker memory", memory),
+        ("SQL ceiling", rate(results.ceiling_per_s, "rows")),
+        ("drain / ceiling", ratio),
+    ]
+    width = max(len(label) for label, _ in rows)
+    return "\nSummary\n" + "\n".join(f"  {label:<{width}}  {value}" for label, value in rows)
+
+
+def _on_off(value: bool) -> str:
+    return "on" if value else "off"

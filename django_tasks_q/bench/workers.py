@@ -1,0 +1,198 @@
+"""The benchmark's ``runtaskworker`` processes: start them, watch them, read their memory, and
+make sure none outlives the run."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from django.conf import settings
+
+from django_tasks_q.bench.options import BenchError, BenchOptions
+
+# Every worker id of one run starts with this, to tell its workers from any others.
+WORKER_ID_PREFIX = f"taskbench-{uuid.uuid4().hex[:8]}-"
+WORKER_STOP_TIMEOUT = 30.0
+
+
+@dataclass(slots=True)
+class WorkerProcess:
+    worker_id: str
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    def log_tail(self, limit: int = 2000) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-limit:]
+
+
+def worker_command(options: BenchOptions, worker_id: str) -> list[str]:
+    return [
+        sys.executable, "-m", "django", "runtaskworker",
+        *options.worker_arguments(),
+        "--worker-id", worker_id,
+    ]  # fmt: skip
+
+
+def worker_environment() -> dict[str, str]:
+    """This process's environment plus what a fresh interpreter needs to load the same settings
+    (they may come from --settings / --pythonpath rather than the environment)."""
+    module = settings.SETTINGS_MODULE
+    if not module:
+        raise BenchError("taskbench needs settings from a module (DJANGO_SETTINGS_MODULE).")
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE=module)
+    env["PYTHONPATH"] = os.pathsep.join(
+        path for path in (_import_root(module), os.environ.get("PYTHONPATH")) if path
+    )
+    return env
+
+
+@contextmanager
+def running_workers(options: BenchOptions) -> Iterator[list[WorkerProcess]]:
+    """Start the worker processes; whatever happens inside, none outlives the block."""
+    env = worker_environment()
+    workers: list[WorkerProcess] = []
+    try:
+        for index in range(options.workers):
+            worker_id = f"{WORKER_ID_PREFIX}{index}"
+            log = tempfile.TemporaryFile(prefix="taskbench-worker-")  # noqa: SIM115 - closed below
+            process = subprocess.Popen(
+                worker_command(options, worker_id),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # A session of their own: a Ctrl-C in the terminal reaches only this process,
+                # which then stops the workers with one SIGTERM each.
+                start_new_session=True,
+            )
+            workers.append(WorkerProcess(worker_id, process, log))
+        yield workers
+    finally:
+        with suppress(BenchError):
+            stop_workers(workers)
+        for worker in workers:
+            worker.log.close()
+
+
+def stop_workers(workers: Sequence[WorkerProcess]) -> None:
+    """SIGTERM every worker, wait, kill the ones still there. Raises if one exited non-zero."""
+    for worker in workers:
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + WORKER_STOP_TIMEOUT
+    killed = []
+    for worker in workers:
+        try:
+            worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            worker.process.wait()
+            killed.append(worker)
+    if killed:
+        raise BenchError(
+            f"{len(killed)} worker(s) did not stop within {WORKER_STOP_TIMEOUT:.0f}s of SIGTERM "
+            f"and were killed.{worker_logs(killed)}"
+        )
+    failed = [worker for worker in workers if worker.process.returncode != 0]
+    if failed:
+        codes = ", ".join(str(worker.process.returncode) for worker in failed)
+        raise BenchError(f"Worker(s) exited with status {codes} instead of 0.{worker_logs(failed)}")
+
+
+def check_alive(workers: Sequence[WorkerProcess]) -> None:
+    """Raise, with their output, if any of the workers has exited."""
+    dead = [worker for worker in workers if worker.process.poll() is not None]
+    if dead:
+        raise BenchError(
+            f"{len(dead)} worker(s) exited during the benchmark "
+            f"(status {', '.join(str(w.process.returncode) for w in dead)}).{worker_logs(dead)}"
+        )
+
+
+def worker_logs(workers: Sequence[WorkerProcess]) -> str:
+    """The end of each worker's output, to append to an error message."""
+    parts = [
+        f"\n--- output of worker {worker.worker_id} (pid {worker.process.pid}) ---\n{tail}"
+        for worker in workers
+        if (tail := worker.log_tail().strip())
+    ]
+    return "".join(parts)
+
+
+def peak_memory_mb(workers: Sequence[WorkerProcess]) -> float | None:
+    """The largest peak resident set size of a worker, its child processes included (summed);
+    None where /proc is missing."""
+    peaks = []
+    for worker in workers:
+        pids = [worker.process.pid, *_child_pids(worker.process.pid)]
+        total = 0.0
+        for pid in pids:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                if pid == worker.process.pid:
+                    return None
+                continue  # a child that ended meanwhile
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024  # reported in kB
+        peaks.append(total)
+    return max(peaks) if peaks else None
+
+
+@contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """Make SIGTERM and SIGHUP unwind like Ctrl-C, so that the ``finally`` blocks stop the
+    workers: they run in a session of their own and would otherwise outlive this process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    names = ("SIGTERM", "SIGHUP")
+    signums = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    previous = {signum: signal.signal(signum, interrupt) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            # None: the previous handler was not set from Python and cannot be put back.
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+def _child_pids(pid: int) -> list[int]:
+    # Each thread lists the children it started: the first children come from the main
+    # thread, replacements from the pool's dispatcher thread.
+    children = []
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children.extend(int(child) for child in listing.read_text().split())
+        except OSError:
+            continue
+    return children
+
+
+def _import_root(module: str) -> str | None:
+    """The sys.path entry from which ``module``'s top-level package was imported."""
+    spec = importlib.util.find_spec(module.partition(".")[0])
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return str(Path(next(iter(spec.submodule_search_locations))).parent)
+    return str(Path(spec.origin).parent) if spec.origin else None
