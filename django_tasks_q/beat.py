@@ -27,6 +27,7 @@ from django.db.models.functions import Now
 
 from django_tasks_q import queue, registry, schedule_sync
 from django_tasks_q.backend import PostgresBackend
+from django_tasks_q.backoff import Backoff
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.models import Schedule
 from django_tasks_q.schedules import CatchUp, Plan, plan
@@ -205,7 +206,7 @@ class Beat:
             "Beat %s starting: database=%s listen=%s missed_after=%ss",
             self.name, self.using, self.listen, self.missed_after.total_seconds(),
         )  # fmt: skip
-        backoff = 0.5
+        backoff = Backoff()
         synced = not self.sync
         try:
             while not stop.is_set():
@@ -215,11 +216,11 @@ class Beat:
                     if self.listen:
                         self._ensure_listening()
                     wait = self.run_once()
-                    backoff = 0.5
+                    backoff.reset()
                 except Exception as exc:
-                    self._lost(exc, backoff)
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, 30.0)
+                    delay = backoff.next()
+                    self._lost(exc, delay)
+                    stop.wait(delay)
                     continue
                 self._sleep(stop, wait)
         finally:

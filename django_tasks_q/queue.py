@@ -51,7 +51,7 @@ def statements() -> dict[str, str]:
         for key, value in fills.items():
             code = code.replace(f"{{{key}}}", value)
         found[name] = code
-    # One exchange statement, two ways of picking what to claim (see the file).
+    # One finish_and_claim statement, two ways of picking what to claim (see the file).
     template = found.pop("finish_and_claim")
     found["finish_and_claim"] = template.replace("{picked}", found.pop("pick_any_queue"))
     found["finish_and_claim_from_queues"] = template.replace(
@@ -236,7 +236,7 @@ class Outcome:
     lost: bool = False
 
 
-class Exchanged(NamedTuple):
+class FinishedAndClaimed(NamedTuple):
     finished: set[int]
     claimed: list[ClaimedTask]
     # Picked but cancelled instead of claimed (expired, or cancellation requested).
@@ -276,7 +276,7 @@ class QueueConnection:
             self._conn.close()
             self._conn = None
 
-    def exchange(
+    def finish_and_claim(
         self,
         *,
         worker_id: str,
@@ -285,7 +285,7 @@ class QueueConnection:
         limit: int = 0,
         lease_seconds: float = 60.0,
         avoid: Sequence[int] = (),
-    ) -> Exchanged:
+    ) -> FinishedAndClaimed:
         """Record ``outcomes`` and claim up to ``limit`` tasks, in one statement and one commit.
 
         Returns the ids whose outcome was recorded (the others' holder had lost the claim), the
@@ -321,18 +321,18 @@ class QueueConnection:
                 (claimed if kind == 1 else skipped).append(ClaimedTask(*row))
         # The UPDATE returns rows in no particular order; run them in claim order.
         claimed.sort(key=lambda task: (-task.priority, task.run_after, task.id))
-        return Exchanged(finished, claimed, skipped)
+        return FinishedAndClaimed(finished, claimed, skipped)
 
     def claim(
         self, *, worker_id: str, queues: Sequence[str] | None, limit: int, lease_seconds: float
     ) -> list[ClaimedTask]:
-        return self.exchange(
+        return self.finish_and_claim(
             worker_id=worker_id, queues=queues, limit=limit, lease_seconds=lease_seconds
         ).claimed
 
     def finish(self, *, worker_id: str, outcomes: Sequence[Outcome]) -> set[int]:
         """Record outcomes; returns the ids actually updated (the others lost their claim)."""
-        return self.exchange(worker_id=worker_id, outcomes=outcomes).finished
+        return self.finish_and_claim(worker_id=worker_id, outcomes=outcomes).finished
 
     def release(self, *, worker_id: str, ids: Sequence[int], delay: float = 0.0) -> int:
         """Give back claimed tasks that did not start, due again in ``delay`` seconds (those

@@ -172,7 +172,7 @@ def test_a_claim_cancels_expired_and_cancel_requested_tasks_with_their_entries(q
     requested = tasks.add.delay(1, 2)
     Task.objects.filter(pk=expired.id).update(expires_at=timezone.now() - timedelta(seconds=1))
     Task.objects.filter(pk=requested.id).update(cancel_requested_at=timezone.now())
-    exchanged = qconn.exchange(worker_id="w1", outcomes=[], limit=10, lease_seconds=60)
+    exchanged = qconn.finish_and_claim(worker_id="w1", outcomes=[], limit=10, lease_seconds=60)
     assert exchanged.claimed == []
     assert sorted(task.id for task in exchanged.skipped) == sorted(
         [int(expired.id), int(requested.id)]
@@ -197,7 +197,7 @@ def test_cancel_after_the_end_changes_nothing():
     assert Task.objects.get(pk=handle.id).cancel_requested_at is None
 
 
-def explain_exchange(statement: str, **extra) -> str:
+def explain_claim(statement: str, **extra) -> str:
     empty = {
         name: []
         for name in (
@@ -229,22 +229,22 @@ def backlog():
 
 
 def test_claim_walks_the_partial_ready_index(backlog):
-    plan = explain_exchange("finish_and_claim")
+    plan = explain_claim("finish_and_claim")
     assert "Index Scan using tasks_q_ready_idx" in plan, plan
     assert "Seq Scan on django_tasks_q_task" not in plan, plan
 
 
 def test_claim_from_a_small_queue_does_not_walk_the_big_backlog(backlog):
-    plan = explain_exchange("finish_and_claim_from_queues", queues=["rare"])
+    plan = explain_claim("finish_and_claim_from_queues", queues=["rare"])
     assert "Index Scan using tasks_q_ready_queue_idx" in plan, plan
     assert "Seq Scan on django_tasks_q_task" not in plan, plan
 
 
-def test_exchange_records_outcomes_and_claims_in_one_statement(qconn):
+def test_one_statement_records_outcomes_and_claims(qconn):
     done = tasks.add.delay(1, 1)
     [claimed] = claim(qconn, limit=1)
     waiting = tasks.add.delay(2, 2)
-    updated, more, _ = qconn.exchange(
+    updated, more, _ = qconn.finish_and_claim(
         worker_id="w1",
         outcomes=[Outcome(id=claimed.id, attempt=1, status="SUCCESSFUL", result_json="2")],
         limit=5,
@@ -281,7 +281,7 @@ def test_release_unknown_returns_only_tasks_the_worker_does_not_know_it_holds(qc
 @pytest.mark.parametrize("queues", [None, ["default"]])
 def test_a_claim_leaves_the_tasks_it_is_told_to_avoid(qconn, queues):
     avoided, other = tasks.add.delay(1, 1), tasks.add.delay(2, 2)
-    exchanged = qconn.exchange(
+    exchanged = qconn.finish_and_claim(
         worker_id="w1", queues=queues, limit=10, lease_seconds=60, avoid=[int(avoided.id)]
     )
     assert [str(t.id) for t in exchanged.claimed] == [other.id]

@@ -39,7 +39,7 @@ def test_a_batch_with_an_outcome_the_database_refuses_records_the_others():
         worker._deliver(Outcome(id=int(good.id), attempt=attempts[int(good.id)],
                                 status="SUCCESSFUL", result_json="2"))  # fmt: skip
         worker.stop()  # claims nothing more
-        assert worker._exchange() is True
+        assert worker._finish_and_claim() is True
     finally:
         worker.connection.close()
         worker.heartbeat.connection.close()

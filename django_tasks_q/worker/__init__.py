@@ -1,6 +1,8 @@
 from typing import Any
 
-__all__ = ["Worker"]
+from django_tasks_q.worker.options import WorkerOptions
+
+__all__ = ["Worker", "WorkerOptions"]
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,9 @@ from collections.abc import Callable
 
 import psycopg
 
+from django_tasks_q.backoff import Backoff
 from django_tasks_q.queue import QueueConnection
+from django_tasks_q.worker.options import check_heartbeat
 from django_tasks_q.worker.pruner import Pruner
 from django_tasks_q.worker.rescuer import Rescuer
 
@@ -43,11 +45,7 @@ class Heartbeat:
         on_cancel_requested: Callable[[list[int], list[int]], None],
         pruner: Pruner | None = None,
     ) -> None:
-        if interval <= 0 or lease_seconds <= interval:
-            raise ValueError(
-                f"heartbeat interval ({interval}s) must be > 0 and below the lease "
-                f"({lease_seconds}s)"
-            )
+        check_heartbeat(interval=interval, lease_seconds=lease_seconds)
         self.worker_id = worker_id
         self.connection = connection
         self.interval = interval
@@ -83,16 +81,15 @@ class Heartbeat:
 
     def run(self, stopping: threading.Event) -> None:
         """Beat every ``interval`` seconds until ``stopping`` is set; survive database loss."""
-        backoff = 0.5
+        backoff = Backoff()
         while not stopping.wait(self.interval):
             try:
                 self.run_once()
-                backoff = 0.5
+                backoff.reset()
             except psycopg.OperationalError as exc:
                 logger.error("Worker %s heartbeat lost the database: %s", self.worker_id, exc)
                 self.connection.close()
-                stopping.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                stopping.wait(backoff.next())
             except Exception:
                 # A heartbeat must never die quietly: the worker's leases depend on it.
                 logger.exception("Worker %s heartbeat failed; trying again", self.worker_id)

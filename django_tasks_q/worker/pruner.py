@@ -11,6 +11,7 @@ import logging
 import time
 
 from django_tasks_q.queue import QueueConnection
+from django_tasks_q.worker.options import check_retention
 
 logger = logging.getLogger("django_tasks_q.worker")
 
@@ -25,9 +26,7 @@ class Pruner:
         batch_size: int = 5000,
         time_budget: float = 1.0,
     ) -> None:
-        for name, keep in (("keep_successful", keep_successful), ("keep_failed", keep_failed)):
-            if keep is not None and keep <= 0:
-                raise ValueError(f"{name} must be None or > 0 seconds, got {keep}")
+        check_retention(keep_successful=keep_successful, keep_failed=keep_failed)
         self.connection = connection
         self.keep_successful = keep_successful
         self.keep_failed = keep_failed

@@ -17,41 +17,30 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from django_tasks_q import registry
 from django_tasks_q.backend import PostgresBackend
-from django_tasks_q.conf import settings as conf
+from django_tasks_q.backoff import Backoff
 from django_tasks_q.errors import described_entry
-from django_tasks_q.queue import (
-    CANCEL_CHANNEL,
-    ClaimedTask,
-    Outcome,
-    QueueConnection,
-    listen_connection,
-)
-from django_tasks_q.retry import (
-    UNKNOWN_TASK_AVOID,
-    UNKNOWN_TASK_DELAY,
-    unknown_task_waited_enough,
-)
+from django_tasks_q.queue import ClaimedTask, Outcome, QueueConnection
+from django_tasks_q.retry import UNKNOWN_TASK_DELAY
+from django_tasks_q.worker.claim_sizer import ClaimSizer
 from django_tasks_q.worker.heartbeat import Heartbeat
+from django_tasks_q.worker.listener import Listener
+from django_tasks_q.worker.options import WorkerOptions
 from django_tasks_q.worker.pool import ProcessPool
 from django_tasks_q.worker.pruner import Pruner
 from django_tasks_q.worker.rescuer import Rescuer
 from django_tasks_q.worker.runner import Runner
 from django_tasks_q.worker.threads import ThreadPool
+from django_tasks_q.worker.unknown_tasks import UnknownTasks
 
 if TYPE_CHECKING:
     from django_tasks_q.metrics import WorkerMetrics
 
 logger = logging.getLogger("django_tasks_q.worker")
-
-
-def default_worker_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def unique_worker_id(name: str) -> str:
@@ -61,82 +50,35 @@ def unique_worker_id(name: str) -> str:
 
 
 class Worker:
-    """Runs tasks until stopped (or, with ``burst``, until no ready task is left)."""
+    """Runs tasks until stopped (or, with ``burst``, until no ready task is left).
+
+    Its options are a :class:`WorkerOptions` (``options=``) or the same keywords
+    (``Worker(backend=backend, concurrency=8)``).
+    """
 
     def __init__(
         self,
         *,
         backend: PostgresBackend,
-        queues: Sequence[str] | None = None,
-        concurrency: int = 4,
-        threads: int = 1,
-        batch_size: int = 50,
-        prefetch: int | None = None,
-        poll_interval: float = 1.0,
-        lease_seconds: float = 60.0,
-        heartbeat_interval: float = 5.0,
-        grace_period: float | None = None,
-        keep_successful: float | None = None,
-        keep_failed: float | None = None,
-        pool: str = "threads",
-        max_tasks_per_child: int | None = None,
-        max_memory_per_child: float | None = None,
-        listen: bool = True,
+        options: WorkerOptions | None = None,
         services: Sequence[Callable[[threading.Event], None]] = (),
         metrics: WorkerMetrics | None = None,
-        burst: bool = False,
-        name: str | None = None,
+        **option_values: Any,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-        if threads < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if poll_interval <= 0:
-            raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
+        if options is None:
+            options = WorkerOptions.from_keywords(**option_values)
+        elif option_values:
+            raise TypeError(
+                f"pass options= or keyword options, not both (got {', '.join(option_values)})"
+            )
+        self.options = options
         self.backend = backend
-        self.queues = list(queues) if queues else None
-        self.concurrency = concurrency
-        self.batch_size = batch_size
-        if prefetch is not None and prefetch < 0:
-            raise ValueError(f"prefetch must be >= 0 or None (adaptive), got {prefetch}")
-        # None: adapt to task durations (see _prefetch); a number fixes it.
-        self.prefetch = prefetch
-        self.poll_interval = poll_interval
-        self.lease_seconds = lease_seconds
-        self.listen = listen
         # Run on threads of their own until the worker stops (the embedded beat is one).
         self.services = list(services)
         self.metrics = metrics
-        self.burst = burst
-        if grace_period is not None and grace_period < 0:
-            raise ValueError(f"grace period must be >= 0 seconds or None, got {grace_period}")
-        self.grace_period = grace_period
-        if pool not in ("threads", "processes"):
-            raise ValueError(f"pool must be 'threads' or 'processes', got {pool!r}")
-        if pool == "threads" and threads != 1:
-            raise ValueError(
-                "threads per child is for the process pool; with the thread pool, "
-                "concurrency is the number of threads"
-            )
-        for option, value in (
-            ("max_tasks_per_child", max_tasks_per_child),
-            ("max_memory_per_child", max_memory_per_child),
-        ):
-            if value is not None and value <= 0:
-                raise ValueError(f"{option} must be > 0 or None, got {value}")
-        self.pool = pool
-        self.threads = threads
-        # Tasks this worker runs at once: processes x threads each, or threads.
-        self.capacity = concurrency * threads
-        self.max_tasks_per_child = max_tasks_per_child
-        self.max_memory_per_child = max_memory_per_child
         self._stop_requested_at: float | None = None
         self._exit_code = 0
-        self.name = name or default_worker_name()
-        if len(self.name) > 90:
-            raise ValueError(f"worker name must be at most 90 characters, got {len(self.name)}")
+        self.name = options.name
         self.worker_id = unique_worker_id(self.name)
         # Ids of held tasks whose cancellation was requested; read by running tasks' contexts.
         self._cancel_requested: set[int] = set()
@@ -157,25 +99,31 @@ class Worker:
             name=self.name,
             runner=self.runner,
             on_ready=self._look_for_work,
-            notify=listen,
+            notify=options.listen,
         )
         self.heartbeat = Heartbeat(
             worker_id=self.worker_id,
             connection=heartbeat_connection,
-            interval=heartbeat_interval,
-            lease_seconds=lease_seconds,
+            interval=options.heartbeat_interval,
+            lease_seconds=options.lease_seconds,
             register=self._register,
             counters=lambda: (self.succeeded, self.failed),
             rescuer=self.rescuer,
             on_cancel_requested=self._on_cancel_requested,
             pruner=Pruner(
                 connection=heartbeat_connection,
-                keep_successful=keep_successful,
-                keep_failed=keep_failed,
+                keep_successful=options.keep_successful,
+                keep_failed=options.keep_failed,
             ),
         )
         self.connection = QueueConnection(
             backend.database, application_name=f"django_tasks_q worker {self.worker_id}"
+        )
+        self.listener = Listener(
+            database=backend.database,
+            worker_id=self.worker_id,
+            on_ready=self._look_for_work,
+            on_cancel=self._on_cancel_notice,
         )
         self.processed = 0
         self.executor = self._make_pool()
@@ -191,14 +139,12 @@ class Worker:
         self._unrecorded: list[Outcome] = []
         # False once a claim came back short; a notification, a retry or the poll resets it.
         self._maybe_ready = True
-        self._mean_duration: float | None = None
-        self._mean_round_trip = 0.0
+        self.claim_sizer = ClaimSizer(
+            capacity=options.capacity, batch_size=options.batch_size, prefetch=options.prefetch
+        )
         self._signals_received = 0
         self._abandon = False
-        # Task names this worker does not know, warned about once each; ids of such tasks it
-        # gave back, with when it may claim them again (monotonic clock).
-        self._unknown_names: set[str] = set()
-        self._avoid_until: dict[int, float] = {}
+        self.unknown_tasks = UnknownTasks(worker_id=self.worker_id)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -211,11 +157,12 @@ class Worker:
 
     def run(self) -> int:
         """Run until stopped. Returns the process exit code (0 after a clean stop)."""
+        options = self.options
         logger.info(
             "Worker %s (%s) starting: queues=%s pool=%s concurrency=%s%s batch_size=%s listen=%s",
-            self.worker_id, self.name, ",".join(self.queues) if self.queues else "*", self.pool,
-            self.concurrency, f" threads={self.threads}" if self.pool == "processes" else "",
-            self.batch_size, self.listen,
+            self.worker_id, self.name, options.queue_names, options.pool, options.concurrency,
+            f" threads={options.threads}" if options.pool == "processes" else "",
+            options.batch_size, options.listen,
         )  # fmt: skip
         self._register(self.connection)
         self._recover_predecessors()
@@ -224,8 +171,11 @@ class Worker:
         )
         heartbeat.start()
         self.executor.start()
-        if self.listen:
-            threading.Thread(target=self._listen, name="tasks-q-listener", daemon=True).start()
+        if options.listen:
+            threading.Thread(
+                target=self.listener.run, args=(self._stopping,), name="tasks-q-listener",
+                daemon=True,
+            ).start()  # fmt: skip
         services = [
             threading.Thread(target=self._run_service, args=(service,), daemon=True,
                              name=f"tasks-q-service-{index}")
@@ -272,14 +222,20 @@ class Worker:
             name=self.name,
             hostname=socket.gethostname(),
             pid=os.getpid(),
-            queues=self.queues,
-            concurrency=self.capacity,
+            queues=self.options.queues,
+            concurrency=self.options.capacity,
         )
 
     def _on_cancel_requested(self, ids: list[int], terminate: list[int]) -> None:
         self._cancel_requested.update(ids)
         self._terminate_requested.update(terminate)
         self.executor.cancel_requested_changed()
+
+    def _on_cancel_notice(self, task_id: int, terminate: bool) -> None:
+        """A task's cancellation was requested: if this worker holds it, act at once (a
+        claimed task that has not started must never start)."""
+        if task_id in self._held:
+            self._on_cancel_requested([task_id], [task_id] if terminate else [])
 
     def _look_for_work(self) -> None:
         self._maybe_ready = True
@@ -318,31 +274,31 @@ class Worker:
     # -- main loop ----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        backoff = 0.5
+        backoff = Backoff()
         while not self._stopping.is_set():
             try:
-                did_work = self._exchange()
-                backoff = 0.5
+                did_work = self._finish_and_claim()
+                backoff.reset()
             except psycopg.OperationalError as exc:
-                self._lost_database(exc, backoff)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                delay = backoff.next()
+                self._lost_database(exc, delay)
+                self._stopping.wait(delay)
                 continue
             except psycopg.Error:
                 # Not the connection: a statement the database refused. Nothing it carried
                 # was lost (outcomes stay unrecorded); try again rather than exit.
+                delay = backoff.next()
                 logger.exception(
                     "Worker %s: the queue statement failed; trying again in %.1fs",
-                    self.worker_id, backoff,
+                    self.worker_id, delay,
                 )  # fmt: skip
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                self._stopping.wait(delay)
                 continue
             if did_work:
                 continue
-            if self.burst and not self._held and not self._maybe_ready:
+            if self.options.burst and not self._held and not self._maybe_ready:
                 return
-            if not self._wake.wait(self.poll_interval):
+            if not self._wake.wait(self.options.poll_interval):
                 self._maybe_ready = True  # the poll: look again even without a notification
             self._wake.clear()
 
@@ -357,37 +313,13 @@ class Worker:
         self._reconcile = True
 
     def _claim_limit(self) -> int:
-        """How many tasks to claim now: 0, or a batch worth a round trip.
-
-        Executors that have nothing to do always get work. Otherwise the prefetch buffer is
-        refilled only once half a batch has room, so a steady stream of completions does not
-        turn into a stream of one-row claims.
-        """
+        """How many tasks to claim now: none unless a claim may find some and the pool can
+        take them."""
         if not self._maybe_ready or self._stopping.is_set() or not self.executor.ready:
             return 0
-        prefetch = self._prefetch()
-        free = self.capacity + prefetch - len(self._held)
-        if free <= 0:
-            return 0
-        if len(self._held) < self.capacity or free >= min(self.batch_size, prefetch) // 2:
-            return min(self.batch_size, free)
-        return 0
+        return self.claim_sizer.limit(held=len(self._held))
 
-    def _prefetch(self) -> int:
-        """Tasks to hold beyond the executors' capacity.
-
-        Adaptive by default: as many as the executors finish during one database round trip,
-        so short tasks never wait for the next claim, while long tasks are not hoarded by one
-        worker when others are idle. Capped by ``batch_size``.
-        """
-        if self.prefetch is not None:
-            return self.prefetch
-        if self._mean_duration is None:
-            return 0
-        ahead = self.capacity * self._mean_round_trip / max(self._mean_duration, 1e-6)
-        return min(self.batch_size, int(ahead + 0.5))
-
-    def _exchange(self) -> bool:
+    def _finish_and_claim(self) -> bool:
         """Record finished outcomes and claim more, in one round trip. Returns whether it did
         anything."""
         gave_back = self._release_given_back()
@@ -406,13 +338,13 @@ class Worker:
         outcomes = self._unrecorded
         began = time.perf_counter()
         try:
-            updated, claimed, skipped = self.connection.exchange(
+            updated, claimed, skipped = self.connection.finish_and_claim(
                 worker_id=self.worker_id,
                 outcomes=outcomes,
-                queues=self.queues,
+                queues=self.options.queues,
                 limit=limit,
-                lease_seconds=self.lease_seconds,
-                avoid=self._avoided() if self._avoid_until else (),
+                lease_seconds=self.options.lease_seconds,
+                avoid=self.unknown_tasks.avoided(),
             )
         except psycopg.OperationalError:
             raise
@@ -424,9 +356,9 @@ class Worker:
             limit = 0
         # Recorded: only now may they be forgotten (a lost connection keeps them for the retry).
         self._unrecorded = []
-        self._mean_round_trip = _moving_average(self._mean_round_trip, time.perf_counter() - began)
+        self.claim_sizer.observe_round_trip(time.perf_counter() - began)
         for outcome in outcomes:
-            self._mean_duration = _moving_average(self._mean_duration, outcome.duration)
+            self.claim_sizer.observe_duration(outcome.duration)
         if outcomes:
             self._held.difference_update(o.id for o in outcomes)
             self._cancel_requested.difference_update(o.id for o in outcomes)
@@ -450,7 +382,7 @@ class Worker:
             self._held.update(task.id for task in claimed)
             deferred = []
             for task in claimed:
-                if self._knows(task):
+                if self.unknown_tasks.runs_here(task):
                     self.executor.submit(task)
                 else:
                     deferred.append(task)
@@ -508,47 +440,15 @@ class Worker:
             updated |= self.connection.finish(worker_id=self.worker_id, outcomes=[replacement])
         return updated
 
-    def _knows(self, task: ClaimedTask) -> bool:
-        """Whether to run ``task`` here: its name is known, or it has waited long enough for a
-        worker that knows it (then the runner fails it, saying so)."""
-        if registry.find(task.name) is not None:
-            return True
-        if unknown_task_waited_enough(
-            enqueued_at=task.enqueued_at,
-            claimed_at=task.last_attempted_at,
-            grace=conf.UNKNOWN_TASK_GRACE,
-        ):
-            return True
-        if task.name not in self._unknown_names:
-            self._unknown_names.add(task.name)
-            logger.warning(
-                "Worker %s does not know task %r (deployed to the enqueuing code before this "
-                "worker?); giving such tasks back for a worker that knows them, for up to %gs "
-                "after they were enqueued",
-                self.worker_id, task.name, conf.UNKNOWN_TASK_GRACE,
-            )  # fmt: skip
-        return False
-
     def _defer_unknown(self, tasks: list[ClaimedTask]) -> None:
         """Give back tasks of unknown names without counting an attempt, due again shortly,
-        and leave them to other workers for a while (never past their grace period, when this
-        worker is the one to fail them)."""
+        for a worker that knows them."""
         ids = [task.id for task in tasks]
         self.connection.release(worker_id=self.worker_id, ids=ids, delay=UNKNOWN_TASK_DELAY)
         self._held.difference_update(ids)
         if self.metrics:
             self.metrics.released(ids)
-        now = time.monotonic()
-        for task in tasks:
-            waited = (task.last_attempted_at - task.enqueued_at).total_seconds()
-            left = max(0.0, conf.UNKNOWN_TASK_GRACE - waited)
-            self._avoid_until[task.id] = now + min(UNKNOWN_TASK_AVOID, left + UNKNOWN_TASK_DELAY)
-
-    def _avoided(self) -> list[int]:
-        now = time.monotonic()
-        for task_id in [i for i, until in self._avoid_until.items() if until <= now]:
-            del self._avoid_until[task_id]
-        return list(self._avoid_until)
+        self.unknown_tasks.avoid(tasks)
 
     def _warn_lost(self, outcomes: list[Outcome], updated: set[int]) -> None:
         lost = sorted({o.id for o in outcomes} - updated)
@@ -558,15 +458,16 @@ class Worker:
             self.worker_id, lost,
         )  # fmt: skip
 
-    # -- pool and listener ----------------------------------------------------------------
+    # -- pool -----------------------------------------------------------------------------
 
     def _make_pool(self) -> ThreadPool | ProcessPool:
-        if self.pool == "threads":
+        options = self.options
+        if options.pool == "threads":
             return ThreadPool(
                 worker_id=self.worker_id,
                 runner=self.runner,
                 deliver=self._deliver,
-                threads=self.concurrency,
+                threads=options.concurrency,
             )
         return ProcessPool(
             worker_id=self.worker_id,
@@ -576,10 +477,10 @@ class Worker:
             give_back=self._give_back,
             on_ready=self._look_for_work,
             on_fatal=self._on_pool_failed,
-            processes=self.concurrency,
-            threads=self.threads,
-            max_tasks_per_child=self.max_tasks_per_child,
-            max_memory_per_child=self.max_memory_per_child,
+            processes=options.concurrency,
+            threads=options.threads,
+            max_tasks_per_child=options.max_tasks_per_child,
+            max_memory_per_child=options.max_memory_per_child,
             cancel_requested=self._cancel_requested.__contains__,
             terminate_requested=self._terminate_requested.__contains__,
             any_cancel_requested=lambda: bool(self._cancel_requested),
@@ -618,42 +519,10 @@ class Worker:
         logger.info("Worker %s returned %s unstarted tasks to the queue", self.worker_id, released)
         return True
 
-    def _listen(self) -> None:
-        backoff = 0.5
-        while not self._stopping.is_set():
-            try:
-                with listen_connection(
-                    self.backend.database,
-                    application_name=f"django_tasks_q listener {self.worker_id}",
-                    also=[CANCEL_CHANNEL],
-                ) as conn:
-                    backoff = 0.5
-                    while not self._stopping.is_set():
-                        for notice in conn.notifies(timeout=1.0, stop_after=1):
-                            if notice.channel == CANCEL_CHANNEL:
-                                self._cancel_notice(notice.payload)
-                                continue
-                            self._maybe_ready = True
-                            self._wake.set()
-            except psycopg.Error as exc:
-                logger.warning("Worker %s listener reconnecting: %s", self.worker_id, exc)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-
-    def _cancel_notice(self, payload: str) -> None:
-        """A task's cancellation was requested: if this worker holds it, act at once (a
-        claimed task that has not started must never start)."""
-        task_id, _, terminate = payload.partition(" ")
-        try:
-            held = int(task_id) in self._held
-        except ValueError:
-            return
-        if held:
-            self._on_cancel_requested([int(task_id)], [int(task_id)] if terminate else [])
-
     # -- shutdown -------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
+        grace = self.options.grace_period
         unstarted = self.executor.take_unstarted()
         try:
             if unstarted:
@@ -664,18 +533,18 @@ class Worker:
                     logger.warning(
                         "Worker %s: grace period of %ss is over, stopping %s running tasks; "
                         "they run again elsewhere",
-                        self.worker_id, self.grace_period, len(self._held),
+                        self.worker_id, grace, len(self._held),
                     )  # fmt: skip
                     self._abandon = True
                     self._exit_code = 1
                     break
                 try:
-                    if self._exchange():
+                    if self._finish_and_claim():
                         continue
                 except psycopg.OperationalError as exc:
                     self._lost_database(exc, 1.0)
                     continue
-                self._wake.wait(1.0 if self.grace_period is None else min(1.0, self.grace_period))
+                self._wake.wait(1.0 if grace is None else min(1.0, grace))
                 self._wake.clear()
         finally:
             self.executor.close(kill=self._abandon)
@@ -695,7 +564,7 @@ class Worker:
                 logger.warning("Worker %s could not record outcomes: %s", self.worker_id, exc)
         abandoned = sorted(self._held - {o.id for o in self._unrecorded})
         reason = (
-            f"its grace period of {self.grace_period}s ran out"
+            f"its grace period of {self.options.grace_period}s ran out"
             if self._grace_over()
             else "it was told to exit at once (a second signal)"
         )
@@ -712,10 +581,7 @@ class Worker:
             logger.info("Worker %s recovered %s tasks it stopped", self.worker_id, recovered)
 
     def _grace_over(self) -> bool:
-        if self.grace_period is None or self._stop_requested_at is None:
+        grace = self.options.grace_period
+        if grace is None or self._stop_requested_at is None:
             return False
-        return time.monotonic() - self._stop_requested_at >= self.grace_period
-
-
-def _moving_average(current: float | None, sample: float, weight: float = 0.1) -> float:
-    return sample if current is None else current + weight * (sample - current)
+        return time.monotonic() - self._stop_requested_at >= grace

@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from django_tasks_q.backend import get_backend
 from django_tasks_q.conf import settings as conf
-from django_tasks_q.worker import Worker
+from django_tasks_q.worker import Worker, WorkerOptions
 from django_tasks_q.worker.logs import configure_logging
 
 
@@ -18,6 +18,29 @@ def queue_list(value: str) -> list[str]:
 
 def _option(options: dict, name: str, default):
     return default if options[name] is None else options[name]
+
+
+def worker_options(options: dict) -> WorkerOptions:
+    """The worker's options from the command's arguments, the settings filling the gaps."""
+    return WorkerOptions(
+        queues=options["queues"],
+        concurrency=_option(options, "concurrency", conf.CONCURRENCY),
+        threads=options["threads"],
+        batch_size=_option(options, "batch_size", conf.BATCH_SIZE),
+        prefetch=_option(options, "prefetch", conf.PREFETCH),
+        poll_interval=_option(options, "poll_interval", conf.POLL_INTERVAL),
+        lease_seconds=conf.LEASE_SECONDS,
+        heartbeat_interval=conf.HEARTBEAT_INTERVAL,
+        grace_period=_option(options, "grace_period", conf.GRACE_PERIOD),
+        keep_successful=conf.KEEP_SUCCESSFUL,
+        keep_failed=conf.KEEP_FAILED,
+        pool=options["pool"],
+        max_tasks_per_child=options["max_tasks_per_child"],
+        max_memory_per_child=options["max_memory_per_child"],
+        listen=conf.LISTEN_NOTIFY,
+        burst=options["burst"],
+        name=options["worker_id"] or "",
+    )
 
 
 class Command(BaseCommand):
@@ -158,25 +181,9 @@ class Command(BaseCommand):
             backend = get_backend(options["backend"])
             worker = Worker(
                 backend=backend,
-                queues=options["queues"],
-                concurrency=_option(options, "concurrency", conf.CONCURRENCY),
-                threads=options["threads"],
-                batch_size=_option(options, "batch_size", conf.BATCH_SIZE),
-                prefetch=_option(options, "prefetch", conf.PREFETCH),
-                poll_interval=_option(options, "poll_interval", conf.POLL_INTERVAL),
-                lease_seconds=conf.LEASE_SECONDS,
-                heartbeat_interval=conf.HEARTBEAT_INTERVAL,
-                grace_period=_option(options, "grace_period", conf.GRACE_PERIOD),
-                keep_successful=conf.KEEP_SUCCESSFUL,
-                keep_failed=conf.KEEP_FAILED,
-                pool=options["pool"],
-                max_tasks_per_child=options["max_tasks_per_child"],
-                max_memory_per_child=options["max_memory_per_child"],
-                listen=conf.LISTEN_NOTIFY,
+                options=worker_options(options),
                 services=[self._beat(backend, options["worker_id"]).run] if options["beat"] else [],
                 metrics=metrics,
-                burst=options["burst"],
-                name=options["worker_id"],
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc

@@ -1,0 +1,62 @@
+"""How many tasks a worker claims at a time.
+
+Claiming costs a round trip; holding tasks nobody runs yet keeps them from idle workers. The
+sizer keeps running averages of both sides, the round trip and the task durations, and
+claims enough that the executors never wait for the database, and no more.
+"""
+
+from __future__ import annotations
+
+# Weight of the newest sample in the running averages: about the last ten count.
+AVERAGE_WEIGHT = 0.1
+
+
+class ClaimSizer:
+    """The claim limit of a worker that runs ``capacity`` tasks at once."""
+
+    def __init__(self, *, capacity: int, batch_size: int, prefetch: int | None) -> None:
+        self.capacity = capacity
+        self.batch_size = batch_size
+        # None: adapt to task durations (see prefetch()); a number fixes it.
+        self.fixed_prefetch = prefetch
+        self.mean_duration: float | None = None
+        self.mean_round_trip = 0.0
+
+    def observe_round_trip(self, seconds: float) -> None:
+        self.mean_round_trip = _moving_average(self.mean_round_trip, seconds)
+
+    def observe_duration(self, seconds: float) -> None:
+        self.mean_duration = _moving_average(self.mean_duration, seconds)
+
+    def limit(self, held: int) -> int:
+        """How many tasks to claim while holding ``held``: 0, or a batch worth a round trip.
+
+        Executors that have nothing to do always get work. Otherwise the prefetch buffer is
+        refilled only once half a batch has room, so a steady stream of completions does not
+        turn into a stream of one-row claims.
+        """
+        prefetch = self.prefetch()
+        free = self.capacity + prefetch - held
+        if free <= 0:
+            return 0
+        if held < self.capacity or free >= min(self.batch_size, prefetch) // 2:
+            return min(self.batch_size, free)
+        return 0
+
+    def prefetch(self) -> int:
+        """Tasks to hold beyond the executors' capacity.
+
+        Adaptive by default: as many as the executors finish during one database round trip,
+        so short tasks never wait for the next claim, while long tasks are not hoarded by one
+        worker when others are idle. Capped by ``batch_size``.
+        """
+        if self.fixed_prefetch is not None:
+            return self.fixed_prefetch
+        if self.mean_duration is None:
+            return 0
+        ahead = self.capacity * self.mean_round_trip / max(self.mean_duration, 1e-6)
+        return min(self.batch_size, int(ahead + 0.5))
+
+
+def _moving_average(current: float | None, sample: float) -> float:
+    return sample if current is None else current + AVERAGE_WEIGHT * (sample - current)

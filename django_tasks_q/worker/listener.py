@@ -1,0 +1,91 @@
+"""The listener: turns NOTIFY into a wake-up of the worker's main loop.
+
+It runs on its own thread and connection, because waiting for notifications blocks the
+connection it waits on. Two channels: the queue's (a task became ready: look for work now
+rather than at the next poll) and the cancel channel (a task's cancellation was requested:
+a claimed task that has not started must never start, so the worker hears of it at once
+rather than at its next heartbeat). A notification missed while reconnecting costs at most
+one poll interval or one heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import psycopg
+
+from django_tasks_q.backoff import Backoff
+from django_tasks_q.queue import CANCEL_CHANNEL, listen_connection
+
+logger = logging.getLogger("django_tasks_q.worker")
+
+
+class Listener:
+    """Calls ``on_ready()`` for each queue notification and ``on_cancel(task_id, terminate)``
+    for each cancellation request."""
+
+    def __init__(
+        self,
+        *,
+        database: str,
+        worker_id: str,
+        on_ready: Callable[[], None],
+        on_cancel: Callable[[int, bool], None],
+    ) -> None:
+        self.database = database
+        self.worker_id = worker_id
+        self.on_ready = on_ready
+        self.on_cancel = on_cancel
+        self._connection: psycopg.Connection | None = None
+
+    def listen(self) -> psycopg.Connection:
+        """The listening connection, connecting first unless already listening (what was
+        sent before it listened is not received)."""
+        if self._connection is None or self._connection.closed:
+            self._connection = listen_connection(
+                self.database,
+                application_name=f"django_tasks_q listener {self.worker_id}",
+                also=[CANCEL_CHANNEL],
+            )
+        return self._connection
+
+    def run_once(self, timeout: float = 1.0) -> None:
+        """Wait up to ``timeout`` seconds for a notification and dispatch what arrived."""
+        for notice in self.listen().notifies(timeout=timeout, stop_after=1):
+            if notice.channel == CANCEL_CHANNEL:
+                self._cancel_notice(notice.payload)
+            else:
+                self.on_ready()
+
+    def run(self, stopping: threading.Event) -> None:
+        """Listen until ``stopping`` is set; reconnect with a backoff after database loss."""
+        backoff = Backoff()
+        try:
+            while not stopping.is_set():
+                try:
+                    self.listen()
+                    backoff.reset()
+                    while not stopping.is_set():
+                        self.run_once()
+                except psycopg.Error as exc:
+                    logger.warning("Worker %s listener reconnecting: %s", self.worker_id, exc)
+                    self.close()
+                    stopping.wait(backoff.next())
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _cancel_notice(self, payload: str) -> None:
+        # The payload is "<task id>", or "<task id> terminate" for cancel(terminate=True).
+        task_id, _, terminate = payload.partition(" ")
+        try:
+            parsed = int(task_id)
+        except ValueError:
+            return
+        self.on_cancel(parsed, bool(terminate))

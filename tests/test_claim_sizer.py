@@ -1,0 +1,67 @@
+"""How many tasks a worker claims at once, on its own (no database)."""
+
+from django_tasks_q.worker.claim_sizer import ClaimSizer
+
+
+def test_idle_executors_get_a_claim_for_their_capacity_and_the_prefetch():
+    sizer = ClaimSizer(capacity=4, batch_size=50, prefetch=2)
+    assert sizer.limit(held=0) == 6
+
+
+def test_a_claim_is_never_larger_than_a_batch():
+    sizer = ClaimSizer(capacity=100, batch_size=10, prefetch=0)
+    assert sizer.limit(held=0) == 10
+
+
+def test_nothing_is_claimed_while_capacity_and_prefetch_are_held():
+    sizer = ClaimSizer(capacity=2, batch_size=10, prefetch=3)
+    assert sizer.limit(held=5) == 0
+    assert sizer.limit(held=7) == 0
+
+
+def test_a_busy_worker_refills_its_prefetch_only_once_half_a_batch_has_room():
+    sizer = ClaimSizer(capacity=1, batch_size=10, prefetch=10)
+    assert sizer.limit(held=7) == 0  # 4 free: not worth a round trip yet
+    assert sizer.limit(held=6) == 5
+
+
+def test_an_executor_with_nothing_to_do_always_gets_work():
+    sizer = ClaimSizer(capacity=4, batch_size=10, prefetch=10)
+    assert sizer.limit(held=3) == 10
+
+
+def test_the_adaptive_prefetch_is_zero_until_a_task_has_finished():
+    sizer = ClaimSizer(capacity=4, batch_size=50, prefetch=None)
+    sizer.observe_round_trip(0.01)
+    assert sizer.prefetch() == 0
+    assert sizer.limit(held=0) == 4
+
+
+def test_the_adaptive_prefetch_is_what_the_executors_finish_during_a_round_trip():
+    sizer = ClaimSizer(capacity=4, batch_size=50, prefetch=None)
+    for _ in range(200):  # the round-trip average starts at zero
+        sizer.observe_round_trip(0.01)
+    sizer.observe_duration(0.005)  # two tasks per executor per round trip
+    assert sizer.prefetch() == 8
+
+
+def test_the_adaptive_prefetch_is_capped_by_the_batch_size():
+    sizer = ClaimSizer(capacity=4, batch_size=5, prefetch=None)
+    sizer.observe_round_trip(1.0)
+    sizer.observe_duration(0.001)
+    assert sizer.prefetch() == 5
+
+
+def test_long_tasks_are_not_hoarded():
+    sizer = ClaimSizer(capacity=4, batch_size=50, prefetch=None)
+    sizer.observe_round_trip(0.002)
+    sizer.observe_duration(10.0)
+    assert sizer.prefetch() == 0
+
+
+def test_the_averages_follow_recent_samples():
+    sizer = ClaimSizer(capacity=1, batch_size=50, prefetch=None)
+    sizer.observe_duration(1.0)
+    for _ in range(50):
+        sizer.observe_duration(0.1)
+    assert abs(sizer.mean_duration - 0.1) < 0.01
