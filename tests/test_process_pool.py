@@ -155,3 +155,25 @@ def test_the_thread_pool_refuses_threads_per_child(start_worker):
     worker = start_worker("--pool", "threads", "--threads", "2")
     assert worker.wait() != 0
     assert "threads per child is for the process pool" in worker.log()
+
+
+def test_outcomes_are_recorded_while_a_long_task_runs_after_short_ones(start_worker):
+    # Short tasks first, so the pool queues work in its one child; the long one is queued
+    # behind them. The outcomes before it must not wait for it to end.
+    short = [tasks.add.delay(n, n) for n in range(60)]
+    long = tasks.runs_long.delay("long", 60)
+    worker = start_worker("--concurrency", "1")
+    wait_for(lambda: Execution.objects.filter(key="long").exists(), message="the long task")
+    wait_for(
+        lambda: (
+            Task.objects.filter(pk__in=[h.id for h in short], status="SUCCESSFUL").count()
+            == len(short)
+        ),
+        timeout=10,
+        message="the short tasks' outcomes, while the long task runs",
+    )
+    assert Task.objects.get(pk=long.id).status == "RUNNING"
+    assert long.cancel(terminate=True) == "stop_requested"
+    assert long.wait(timeout=30).status == "CANCELLED"
+    worker.terminate()
+    assert worker.wait() == 0

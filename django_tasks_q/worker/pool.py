@@ -6,11 +6,14 @@ finished task is answered with the next one without a thread hand-off per child.
 up to ``threads`` tasks at a time with the same :class:`Runner` the thread pool uses.
 
 Tasks go to the children with free threads first. Only when every thread is busy and the
-worker holds more tasks (it prefetches when tasks are short) does a child get up to
-``threads`` more queued behind its running ones, so it never waits for the pipe between two
-short tasks; long tasks are not prefetched, so one never waits behind another while a child
-is idle. A child runs its tasks in the order they arrive, so the dispatcher knows when each
-one starts (when a thread frees) and counts its time limit from then. A child that overruns a
+worker holds more tasks (it prefetches when tasks are short) are tasks queued in children
+behind their running ones, so a child never waits for the pipe between two short tasks. How
+many: what the mean duration so far says takes :data:`QUEUED_WORK` seconds (at most
+:data:`MAX_QUEUED` a thread; one a thread while durations are unknown or long), so what may
+wait behind a task that turns out long, while another child idles, is a few milliseconds of
+expected work. A child runs its tasks in the order they arrive, so the dispatcher knows when
+each one starts (when a thread frees) and counts its time limit from then. Children report
+finished tasks in batches (see :mod:`django_tasks_q.worker.child`). A child that overruns a
 task's ``timeout`` is killed and the attempt fails (the task's retry policy decides what
 next). A child that dies is replaced: killed by a signal from outside (SIGKILL from the
 out-of-memory killer, SIGTERM, ...) its attempts are lost and run again; exited or crashed by
@@ -38,7 +41,7 @@ from typing import TYPE_CHECKING
 from django_tasks_q.errors import NOT_STARTED_CANCELLED
 from django_tasks_q.exceptions import ProcessDied, TaskCancelled, TimeLimitExceeded, WorkerLost
 from django_tasks_q.queue import ClaimedTask, Outcome
-from django_tasks_q.worker.child import ChildReport, Ready, Returned, child_main
+from django_tasks_q.worker.child import Ready, Returned, child_main
 from django_tasks_q.worker.logs import current_level_name
 
 if TYPE_CHECKING:  # the runner imports the models, which a child may only load after setup()
@@ -50,12 +53,29 @@ logger = logging.getLogger("django_tasks_q.worker")
 TERMINATE_GRACE = 2.0
 # Longest the dispatcher sleeps: how late it notices a cancel request or a dead child.
 TICK = 0.2
+# Work, in seconds of the tasks' mean duration, queued behind each thread of a busy child: it
+# covers the dispatcher's delay between a report and the next tasks. Queued tasks of a child
+# wait for its threads even while another child idles, so this stays small.
+QUEUED_WORK = 0.005
+# Most tasks queued behind one thread (no-op tasks: the hand-off is then the bottleneck).
+MAX_QUEUED = 16
+# Weight of the newest duration in the running mean.
+DURATION_WEIGHT = 0.1
 # Children in a row that die before they are ready: then something is wrong with the set-up
 # (settings, imports), and starting more would only loop.
 MAX_START_FAILURES = 3
 
 # Spawned, not forked: the supervisor has threads and open connections that a fork would copy.
 _context = multiprocessing.get_context("spawn")
+
+
+def queued_per_thread(mean_duration: float | None) -> int:
+    """Tasks to queue behind each busy thread of a child: :data:`QUEUED_WORK` seconds of them
+    by the tasks' mean duration so far (``None`` while unknown: one)."""
+    if mean_duration is None:
+        return 1
+    fit = int(QUEUED_WORK / max(mean_duration, 1e-6))
+    return max(1, min(MAX_QUEUED, fit))
 
 
 @dataclass(slots=True)
@@ -94,7 +114,7 @@ class Child:
     def start(cls, *, worker_id: str, backend_alias: str, threads: int) -> Child:
         conn, child_conn = _context.Pipe()
         # A slot for every task a child may hold: running ones and those queued behind them.
-        cancelled = _context.RawArray(ctypes.c_int64, 2 * threads)
+        cancelled = _context.RawArray(ctypes.c_int64, (1 + MAX_QUEUED) * threads)
         process = _context.Process(
             target=child_main,
             args=(child_conn, cancelled, worker_id, backend_alias, current_level_name(), threads),
@@ -112,12 +132,12 @@ class Child:
             return 0
         return self.threads - len(self.running) - len(self.queued)
 
-    def room(self, max_tasks: int | None) -> int:
+    def room(self, max_tasks: int | None, queued_per_thread: int) -> int:
         """Tasks it may be sent now, queued ones included (never past ``max_tasks``)."""
         if not self.ready or self.retiring:
             return 0
         in_flight = len(self.running) + len(self.queued)
-        room = 2 * self.threads - in_flight
+        room = (1 + queued_per_thread) * self.threads - in_flight
         if max_tasks:
             room = min(room, max_tasks - self.tasks_run - in_flight)
         return room
@@ -200,6 +220,7 @@ class ProcessPool:
         os.set_blocking(self._wake_write, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_read, selectors.EVENT_READ)
+        self._mean_duration: float | None = None  # of the tasks run so far, in seconds
         self._draining = False  # the worker is stopping: children give back queued tasks
         self._closing = False
         self._kill = False
@@ -218,10 +239,14 @@ class ProcessPool:
         )
         self._thread.start()
 
-    def submit(self, job: ClaimedTask) -> None:
+    def submit(self, jobs: list[ClaimedTask]) -> None:
         with self._lock:
-            self._pending.append(job)
+            self._pending.extend(jobs)
         self._wake()
+
+    @property
+    def queued_per_thread(self) -> int:
+        return queued_per_thread(self._mean_duration)
 
     def cancel_requested_changed(self) -> None:
         """Pass new cancellation requests on now, before a queued task starts."""
@@ -291,7 +316,8 @@ class ProcessPool:
                 self.deliver(
                     self.runner.ended_outside(job, TaskCancelled(NOT_STARTED_CANCELLED), 0.0)
                 )
-        for room in (Child.free.fget, lambda c: c.room(self.max_tasks_per_child)):
+        depth = self.queued_per_thread
+        for room in (Child.free.fget, lambda c: c.room(self.max_tasks_per_child, depth)):
             while self._pending:
                 child = max(self.children, key=room)
                 count = min(room(child), len(self._pending))
@@ -339,7 +365,9 @@ class ProcessPool:
                 elif isinstance(message, Returned):
                     self._returned(child, message.ids)
                 else:
-                    self._finished(child, message)
+                    child.max_rss_mb = message.max_rss_mb
+                    for outcome in message.outcomes:
+                        self._finished(child, outcome)
         except (EOFError, OSError):
             return False
         return True
@@ -350,17 +378,20 @@ class ProcessPool:
         child.queued = deque(job for job in child.queued if job.id not in returned)
         self.give_back(ids)
 
-    def _finished(self, child: Child, report: ChildReport) -> None:
-        child.running.pop(report.outcome.id, None)
+    def _finished(self, child: Child, outcome: Outcome) -> None:
+        child.running.pop(outcome.id, None)
         child.start_queued()
-        if report.outcome.id in child.cancel_sent:
-            child.cancel_sent.discard(report.outcome.id)
+        if outcome.id in child.cancel_sent:
+            child.cancel_sent.discard(outcome.id)
             for index, value in enumerate(child.cancelled):
-                if value == report.outcome.id:
+                if value == outcome.id:
                     child.cancelled[index] = 0
         child.tasks_run += 1
-        child.max_rss_mb = report.max_rss_mb
-        self.deliver(report.outcome)
+        if self._mean_duration is None:
+            self._mean_duration = outcome.duration
+        else:
+            self._mean_duration += DURATION_WEIGHT * (outcome.duration - self._mean_duration)
+        self.deliver(outcome)
         reason = None
         if self.max_tasks_per_child and child.tasks_run >= self.max_tasks_per_child:
             reason = f"it ran {child.tasks_run} tasks"

@@ -38,8 +38,9 @@ class ThreadPool:
             thread.start()
             self._threads.append(thread)
 
-    def submit(self, job: ClaimedTask) -> None:
-        self._jobs.put(job)
+    def submit(self, jobs: list[ClaimedTask]) -> None:
+        for job in jobs:
+            self._jobs.put(job)
 
     def cancel_requested_changed(self) -> None:
         """Nothing to pass on: the runner reads the worker's requests before each start."""

@@ -380,12 +380,12 @@ class Worker:
             self.runner.announce(task, "CANCELLED", task.errors[-1], holder="")
         if limit:
             self._held.update(task.id for task in claimed)
-            deferred = []
+            runnable: list[ClaimedTask] = []
+            deferred: list[ClaimedTask] = []
             for task in claimed:
-                if self.unknown_tasks.runs_here(task):
-                    self.executor.submit(task)
-                else:
-                    deferred.append(task)
+                (runnable if self.unknown_tasks.runs_here(task) else deferred).append(task)
+            if runnable:
+                self.executor.submit(runnable)
             if deferred:
                 self._defer_unknown(deferred)
             if len(claimed) + len(skipped) < limit:
