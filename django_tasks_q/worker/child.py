@@ -23,6 +23,7 @@ import ctypes
 import os
 import queue
 import resource
+import select
 import signal
 import threading
 import time
@@ -175,26 +176,32 @@ class _Reports:
     """Outcomes waiting to be sent to the supervisor, as one :class:`ChildReport`.
 
     A thread of its own sends what is still waiting :data:`REPORT_DELAY` seconds after the
-    first of a batch, so an outcome is never held while a long task runs after it.
+    first of a batch, so an outcome is never held while a long task runs after it. It is
+    parked on a lock while nothing waits: waking it costs one release per batch.
     """
 
     def __init__(self, conn: Connection, send_lock: threading.Lock) -> None:
         self.conn = conn
         self.send_lock = send_lock
-        self.changed = threading.Condition()
+        self.lock = threading.Lock()
         self.pending: list[Outcome] = []
         self.since = 0.0
+        self.parked = True
+        self.unpark = threading.Lock()
+        self.unpark.acquire()
         threading.Thread(target=self._send_late, name="tasks-q-child-reports", daemon=True).start()
 
     def add(self, outcome: Outcome, goes_on: bool) -> None:
         """Report ``outcome``: with the next ones if this child ``goes_on`` with a queued task
         at once, within the limits; now otherwise."""
-        with self.changed:
+        with self.lock:
             self.pending.append(outcome)
             if len(self.pending) == 1:
                 self.since = time.monotonic()
                 if goes_on:
-                    self.changed.notify()
+                    if self.parked:
+                        self.parked = False
+                        self.unpark.release()
                     return
             elif goes_on and len(self.pending) < REPORT_BATCH:
                 return
@@ -202,7 +209,7 @@ class _Reports:
         self._send(outcomes)
 
     def flush(self) -> None:
-        with self.changed:
+        with self.lock:
             outcomes, self.pending = tuple(self.pending), []
         if outcomes:
             self._send(outcomes)
@@ -214,15 +221,23 @@ class _Reports:
 
     def _send_late(self) -> None:
         while True:
-            with self.changed:
-                while not self.pending:
-                    self.changed.wait()
-                while self.pending and (left := self.since + REPORT_DELAY - time.monotonic()) > 0:
-                    self.changed.wait(left)
-                outcomes, self.pending = tuple(self.pending), []
-            if outcomes:
-                with contextlib.suppress(OSError):  # the supervisor is gone: nobody to tell
+            self.unpark.acquire()
+            while True:
+                outcomes: tuple[Outcome, ...] = ()
+                with self.lock:
+                    if not self.pending:
+                        self.parked = True
+                        break
+                    left = self.since + REPORT_DELAY - time.monotonic()
+                    if left <= 0:
+                        outcomes, self.pending = tuple(self.pending), []
+                if not outcomes:
+                    time.sleep(left)
+                    continue
+                try:
                     self._send(outcomes)
+                except OSError:  # the supervisor is gone: nobody to tell
+                    return
 
 
 class _Inbox:
@@ -232,6 +247,9 @@ class _Inbox:
         self.conn = conn
         self.jobs: deque[ClaimedTask] = deque()
         self.stopping = False
+        # Looked at before each task; Connection.poll() would build a selector every time.
+        self.arrivals = select.poll()
+        self.arrivals.register(conn.fileno(), select.POLLIN)
 
     def goes_on(self) -> bool:
         """Whether the next task is here already and its start may be reported late (it has
@@ -241,7 +259,7 @@ class _Inbox:
     def next_job(self) -> ClaimedTask | None:
         # Read what has arrived before starting a queued task: a stop among it means that
         # task must be given back, not run.
-        while not self.stopping and (not self.jobs or self.conn.poll()):
+        while not self.stopping and (not self.jobs or self.arrivals.poll(0)):
             try:
                 message = self.conn.recv()
             except (EOFError, OSError):  # the supervisor is gone
