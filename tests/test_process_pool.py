@@ -177,3 +177,19 @@ def test_outcomes_are_recorded_while_a_long_task_runs_after_short_ones(start_wor
     assert long.wait(timeout=30).status == "CANCELLED"
     worker.terminate()
     assert worker.wait() == 0
+
+
+def test_a_task_that_crashes_its_child_leaves_the_tasks_around_it_unharmed(start_worker):
+    # Short tasks before and after it in one child: the child holds some of them queued, and
+    # the one just before it has ended when the crash comes.
+    before = [tasks.add.delay(n, 1) for n in range(40)]
+    crash = tasks.ends_its_process_at_once.delay()
+    after = [tasks.add.delay(n, 2) for n in range(40)]
+    worker = start_worker("--concurrency", "1")
+    assert (crash.wait(timeout=60).status, crash.attempts) == ("FAILED", 1)
+    for handle in before + after:
+        handle.wait(timeout=30)
+        assert (handle.status, handle.errors, handle.attempts) == ("SUCCESSFUL", [], 1)
+    assert {e.type for e in crash.errors} == {"django_tasks_q.exceptions.ProcessDied"}
+    worker.terminate()
+    assert worker.wait() == 0

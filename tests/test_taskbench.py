@@ -32,6 +32,9 @@ def test_taskbench_reports_verified_rates_and_cleans_up(monkeypatch):
     assert results["drain_per_s"] > 0 and results["ceiling_per_s"] > 0
     assert results["latency_samples"] == 5
     assert 0 < results["latency_p50_ms"] <= results["latency_p99_ms"]
+    # The whole start latency includes the database's part, from the commit to the claim.
+    assert 0 < results["claim_latency_p50_ms"] <= results["claim_latency_p99_ms"]
+    assert results["claim_latency_p50_ms"] < results["latency_p50_ms"]
     assert not Task.objects.filter(queue="taskbench").exists()
 
 

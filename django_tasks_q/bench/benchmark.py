@@ -15,7 +15,7 @@ from django_tasks_q.bench.report import (
     megabytes,
     phase_line,
 )
-from django_tasks_q.bench.tasks import noop
+from django_tasks_q.bench.tasks import clock, noop
 from django_tasks_q.bench.workers import (
     peak_memory_mb,
     running_workers,
@@ -116,13 +116,24 @@ def _worker_phases(
         report(phase_line(label, drained, seconds, "tasks") + "  (results verified)")
 
         if options.latency_samples:
-            latencies = phases.measure_latency(database, task, workers, options.latency_samples)
-            p50, p95, p99 = (phases.percentile(latencies, q) for q in (50, 95, 99))
-            results.latency_samples = len(latencies)
+            latencies = phases.measure_latency(
+                database, clock.using(queue_name=options.queue), workers, options.latency_samples
+            )
+            p50, p95, p99 = (phases.percentile(latencies.start, q) for q in (50, 95, 99))
+            results.latency_samples = len(latencies.start)
             results.latency_p50_ms, results.latency_p95_ms, results.latency_p99_ms = p50, p95, p99
+            claim = [phases.percentile(latencies.claim, q) for q in (50, 95, 99)]
+            results.claim_latency_p50_ms, results.claim_latency_p95_ms = claim[0], claim[1]
+            results.claim_latency_p99_ms = claim[2]
             report(
-                f"{'4. latency, idle workers':<{LABEL_WIDTH}}{len(latencies):>8,} tasks   "
+                f"{'4. latency, idle workers':<{LABEL_WIDTH}}{len(latencies.start):>8,} tasks   "
                 f"p50 {p50:.1f} ms  p95 {p95:.1f} ms  p99 {p99:.1f} ms"
+                "  (enqueue call to the task's first line)"
+            )
+            report(
+                f"{'   of which commit to claim':<{LABEL_WIDTH}}{'':>8}         "
+                f"p50 {claim[0]:.1f} ms  p95 {claim[1]:.1f} ms  p99 {claim[2]:.1f} ms"
+                "  (database clock)"
             )
         else:
             report(f"{'4. latency, idle workers':<{LABEL_WIDTH}}skipped (--latency-samples 0)")

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from django.db import connections
 
@@ -89,14 +90,26 @@ def drain(
     return verified, seconds
 
 
+@dataclass(frozen=True)
+class Latencies:
+    """Milliseconds per sample, sorted: from just before the enqueuing call to the task
+    function's first line (what a caller feels), and from the enqueueing commit to the
+    claim (the database's timestamps: the queue's own part)."""
+
+    start: list[float]
+    claim: list[float]
+
+
 def measure_latency(
     database: str, task: BackgroundTask, workers: Sequence[WorkerProcess], samples: int
-) -> list[float]:
-    """Enqueue-to-start latencies in ms, one task at a time so that every worker is idle."""
-    ids: list[int] = []
-    for n in range(samples):
-        task_id = int(task.enqueue(n).id)
-        ids.append(task_id)
+) -> Latencies:
+    """Latencies of ``samples`` tasks enqueued one at a time, so that every worker is idle.
+    ``task`` returns the wall clock when it starts."""
+    enqueued: dict[int, float] = {}
+    for _ in range(samples):
+        before = time.time()
+        task_id = int(task.enqueue().id)
+        enqueued[task_id] = before
         # Waiting for the end, not just the start, keeps the next sample's workers truly idle.
         deadline = time.monotonic() + LATENCY_TIMEOUT
         while queries.status(database, task_id) in (TaskStatus.READY, TaskStatus.RUNNING):
@@ -107,12 +120,11 @@ def measure_latency(
                     f"enqueued to idle workers.{worker_logs(workers)}"
                 )
             time.sleep(LATENCY_POLL_INTERVAL)
-    latencies = queries.latencies(database, ids)
-    if len(latencies) != samples:
-        raise BenchError(
-            f"Only {len(latencies)} of the {samples} latency tasks succeeded with the right result."
-        )
-    return latencies
+    found = queries.started(database, list(enqueued))
+    if len(found) != samples:
+        raise BenchError(f"Only {len(found)} of the {samples} latency tasks succeeded.")
+    start = [(started - enqueued[task_id]) * 1000 for task_id, (started, _) in found.items()]
+    return Latencies(start=sorted(start), claim=sorted(claim for _, claim in found.values()))
 
 
 def sql_ceiling(database: str, options: BenchOptions) -> tuple[int, float]:

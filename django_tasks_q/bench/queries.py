@@ -13,15 +13,16 @@ from django.db import connections
 
 from django_tasks_q.bench.options import BenchError
 from django_tasks_q.bench.report import Report
-from django_tasks_q.bench.tasks import noop
+from django_tasks_q.bench.tasks import clock, noop
 from django_tasks_q.bench.workers import WORKER_ID_PREFIX
 from django_tasks_q.compat import InvalidTask
 from django_tasks_q.queue import load_statements
 
 NOOP_NAME = noop.name
+CLOCK_NAME = clock.name
 # Rows for the SQL ceiling are never run by a worker, so their name needs no registered task.
 CEILING_NAME = "django_tasks_q.bench.ceiling"
-BENCH_NAMES = (NOOP_NAME, CEILING_NAME)
+BENCH_NAMES = (NOOP_NAME, CLOCK_NAME, CEILING_NAME)
 
 
 @cache
@@ -82,12 +83,13 @@ def status(database: str, task_id: int) -> str | None:
     return row[0] if row else None
 
 
-def latencies(database: str, ids: Sequence[int]) -> list[float]:
-    """Enqueue-to-start milliseconds of those of ``ids`` that succeeded with the right result,
-    sorted."""
+def started(database: str, ids: Sequence[int]) -> dict[int, tuple[float, float]]:
+    """For each of ``ids`` that succeeded: the wall clock its function read when it started
+    (its result), and the milliseconds from its enqueueing commit to its claim (database
+    clock)."""
     with connections[database].cursor() as cursor:
-        cursor.execute(sql("latencies"), [list(ids)])
-        return sorted(float(row[0]) for row in cursor.fetchall())
+        cursor.execute(sql("started"), [list(ids)])
+        return {row[0]: (float(row[1]), float(row[2])) for row in cursor.fetchall()}
 
 
 def verify(database: str, queue_name: str, name: str, expected: int) -> tuple[int, float]:

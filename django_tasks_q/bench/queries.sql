@@ -19,11 +19,12 @@ SELECT (SELECT count(*) FROM django_tasks_q_task
 -- name: status
 SELECT status FROM django_tasks_q_task WHERE id = %s;
 
--- name: latencies
--- Enqueue-to-start milliseconds of the tasks that succeeded with the right result.
-SELECT extract(epoch FROM last_attempted_at - enqueued_at) * 1000
+-- name: started
+-- The latency tasks that succeeded: their result (the clock when their function started) and
+-- the milliseconds from the enqueueing commit to the claim.
+SELECT id, result, extract(epoch FROM last_attempted_at - enqueued_at) * 1000
 FROM django_tasks_q_task
-WHERE id = ANY(%s) AND status = 'SUCCESSFUL' AND result = args->0;
+WHERE id = ANY(%s) AND status = 'SUCCESSFUL' AND jsonb_typeof(result) = 'number';
 
 -- name: verified
 -- Rows that returned their argument, and the seconds from the first claim to the last finish.

@@ -40,6 +40,10 @@ class Results:
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
     latency_p99_ms: float | None = None
+    # The part of it from the enqueueing commit to the claim, by the database's timestamps.
+    claim_latency_p50_ms: float | None = None
+    claim_latency_p95_ms: float | None = None
+    claim_latency_p99_ms: float | None = None
     worker_peak_mb: float | None = None
     ceiling_per_s: float | None = None
     drain_vs_ceiling_pct: float | None = None
@@ -103,7 +107,7 @@ def summary(results: Results) -> str:
         ),
         ("enqueue_many", rate(results.enqueue_bulk_per_s, "tasks")),
         ("drain", rate(results.drain_per_s, "tasks")),
-        ("latency p50 / p95 / p99", latency),
+        ("start latency p50 / p95 / p99", latency),
         ("peak worker memory", memory),
         ("SQL ceiling", rate(results.ceiling_per_s, "rows")),
         ("drain / ceiling", ratio),

@@ -1,5 +1,7 @@
-"""The task taskbench enqueues. Workers import this module by the task's name when they first
+"""The tasks taskbench enqueues. Workers import this module by a task's name when they first
 claim one, so nothing needs to import it at start-up."""
+
+import time
 
 from django_tasks_q.tasks import background_task
 
@@ -7,3 +9,10 @@ from django_tasks_q.tasks import background_task
 @background_task
 def noop(n: int) -> int:
     return n
+
+
+@background_task
+def clock() -> float:
+    """The wall clock when the task's function starts: taskbench's workers run on its machine,
+    so this and the enqueuing side's clock are the same clock."""
+    return time.time()

@@ -2,14 +2,8 @@
 
 Messages from the supervisor: ``("run", [ClaimedTask, ...])`` (for free threads, and to
 queue behind busy ones) and ``("stop",)``. To the supervisor: :class:`Ready` once Django is
-set up, then :class:`ChildReport` with the outcomes of finished tasks, and on stop
-:class:`Returned` for the tasks queued in it that it did not start.
-
-Outcomes are sent in batches while the child has queued tasks to go on with: one message (and
-one wake-up of the supervisor) for many short tasks. A batch is sent when the child would
-otherwise wait for work, before it starts a task with a time limit (whose clock the supervisor
-starts when it learns the previous task ended), and at the latest after :data:`REPORT_DELAY`
-seconds or :data:`REPORT_BATCH` outcomes. Cancellation requests arrive through shared
+set up, then one :class:`ChildReport` per finished task, and on stop :class:`Returned` for
+the tasks queued in it that it did not start. Cancellation requests arrive through shared
 memory (``cancelled``: ids, 0 for none), so a child busy with a task needs no reader for them.
 
 This module is imported before Django is set up, so it imports nothing that loads models at
@@ -55,17 +49,8 @@ class Returned:
 
 @dataclass(frozen=True, slots=True)
 class ChildReport:
-    """Outcomes of finished tasks, in the order they finished."""
-
-    outcomes: tuple[Outcome, ...]
+    outcome: Outcome
     max_rss_mb: float
-
-
-# Longest an outcome waits to be reported, and most outcomes in one report. An outcome not
-# reported when the child dies is taken for a lost attempt (the task runs again), so the
-# delay stays short.
-REPORT_DELAY = 0.002
-REPORT_BATCH = 32
 
 
 def child_main(
@@ -122,20 +107,21 @@ def child_main(
                 jobs.put(None)
             return
 
-    reports = _Reports(conn, send_lock)
+    def report(outcome: Outcome) -> None:
+        # At once, before the next task starts: if that task crashes the child, this one's
+        # outcome is known, not taken for a casualty of the crash.
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with send_lock:
+            conn.send(ChildReport(outcome, rss_mb))
 
     signal.signal(signal.SIGALRM, _soft_time_limit_reached)
     if threads == 1:
         # One task at a time: the main thread reads the pipe itself, with no hand-off.
         conn.send(Ready())
         inbox = _Inbox(conn)
-        _execute(inbox.next_job, runner, lambda outcome: reports.add(outcome, inbox.goes_on()))
-        reports.flush()
+        _execute(inbox.next_job, runner, report)
         return
     threading.Thread(target=receive, name="tasks-q-child-receiver", daemon=True).start()
-
-    def report(outcome: Outcome) -> None:
-        reports.add(outcome, goes_on=not jobs.empty())
 
     executors = [
         threading.Thread(target=_execute, args=(jobs.get, runner, report), name=f"tasks-q-{n}")
@@ -150,7 +136,6 @@ def child_main(
     _execute(jobs.get, runner, report)
     for executor in executors:
         executor.join()
-    reports.flush()
 
 
 def _die_with_parent() -> None:
@@ -172,74 +157,6 @@ def _die_with_parent() -> None:
 _PR_SET_PDEATHSIG = 1
 
 
-class _Reports:
-    """Outcomes waiting to be sent to the supervisor, as one :class:`ChildReport`.
-
-    A thread of its own sends what is still waiting :data:`REPORT_DELAY` seconds after the
-    first of a batch, so an outcome is never held while a long task runs after it. It is
-    parked on a lock while nothing waits: waking it costs one release per batch.
-    """
-
-    def __init__(self, conn: Connection, send_lock: threading.Lock) -> None:
-        self.conn = conn
-        self.send_lock = send_lock
-        self.lock = threading.Lock()
-        self.pending: list[Outcome] = []
-        self.since = 0.0
-        self.parked = True
-        self.unpark = threading.Lock()
-        self.unpark.acquire()
-        threading.Thread(target=self._send_late, name="tasks-q-child-reports", daemon=True).start()
-
-    def add(self, outcome: Outcome, goes_on: bool) -> None:
-        """Report ``outcome``: with the next ones if this child ``goes_on`` with a queued task
-        at once, within the limits; now otherwise."""
-        with self.lock:
-            self.pending.append(outcome)
-            if len(self.pending) == 1:
-                self.since = time.monotonic()
-                if goes_on:
-                    if self.parked:
-                        self.parked = False
-                        self.unpark.release()
-                    return
-            elif goes_on and len(self.pending) < REPORT_BATCH:
-                return
-            outcomes, self.pending = tuple(self.pending), []
-        self._send(outcomes)
-
-    def flush(self) -> None:
-        with self.lock:
-            outcomes, self.pending = tuple(self.pending), []
-        if outcomes:
-            self._send(outcomes)
-
-    def _send(self, outcomes: tuple[Outcome, ...]) -> None:
-        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        with self.send_lock:
-            self.conn.send(ChildReport(outcomes, rss_mb))
-
-    def _send_late(self) -> None:
-        while True:
-            self.unpark.acquire()
-            while True:
-                outcomes: tuple[Outcome, ...] = ()
-                with self.lock:
-                    if not self.pending:
-                        self.parked = True
-                        break
-                    left = self.since + REPORT_DELAY - time.monotonic()
-                    if left <= 0:
-                        outcomes, self.pending = tuple(self.pending), []
-                if not outcomes:
-                    time.sleep(left)
-                    continue
-                try:
-                    self._send(outcomes)
-                except OSError:  # the supervisor is gone: nobody to tell
-                    return
-
-
 class _Inbox:
     """The tasks of a one-thread child, read from the pipe by the thread that runs them."""
 
@@ -250,11 +167,6 @@ class _Inbox:
         # Looked at before each task; Connection.poll() would build a selector every time.
         self.arrivals = select.poll()
         self.arrivals.register(conn.fileno(), select.POLLIN)
-
-    def goes_on(self) -> bool:
-        """Whether the next task is here already and its start may be reported late (it has
-        no time limit)."""
-        return bool(self.jobs) and not self.jobs[0].timeout
 
     def next_job(self) -> ClaimedTask | None:
         # Read what has arrived before starting a queued task: a stop among it means that

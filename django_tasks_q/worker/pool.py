@@ -12,10 +12,9 @@ many: what the mean duration so far says takes :data:`QUEUED_WORK` seconds (at m
 :data:`MAX_QUEUED` a thread; one a thread while durations are unknown or long), so what may
 wait behind a task that turns out long, while another child idles, is a few milliseconds of
 expected work. A child runs its tasks in the order they arrive, so the dispatcher knows when
-each one starts (when a thread frees) and counts its time limit from then. Children report
-finished tasks in batches (see :mod:`django_tasks_q.worker.child`). A child that overruns a
-task's ``timeout`` is killed and the attempt fails (the task's retry policy decides what
-next). A child that dies is replaced: killed by a signal from outside (SIGKILL from the
+each one starts (when a thread frees) and counts its time limit from then. A child that
+overruns a task's ``timeout`` is killed and the attempt fails (the task's retry policy decides
+what next). A child that dies is replaced: killed by a signal from outside (SIGKILL from the
 out-of-memory killer, SIGTERM, ...) its attempts are lost and run again; exited or crashed by
 the task's doing (an exit status, SIGSEGV, SIGABRT, ...) they fail. Tasks of other threads of
 a killed child are lost, and tasks queued in it that had not started go to another child.
@@ -366,8 +365,7 @@ class ProcessPool:
                     self._returned(child, message.ids)
                 else:
                     child.max_rss_mb = message.max_rss_mb
-                    for outcome in message.outcomes:
-                        self._finished(child, outcome)
+                    self._finished(child, message.outcome)
         except (EOFError, OSError):
             return False
         return True

@@ -210,6 +210,11 @@ def kills_its_process(key):
     os._exit(1)
 
 
+@background_task
+def ends_its_process_at_once():
+    os._exit(1)
+
+
 @background_task(timeout=5, soft_timeout=0.5)
 def cleans_up_at_the_soft_limit(key):
     from django_tasks_q.exceptions import SoftTimeLimitExceeded
