@@ -15,8 +15,9 @@ from django_tasks_q.bench.report import (
     megabytes,
     phase_line,
 )
-from django_tasks_q.bench.tasks import clock, noop
+from django_tasks_q.bench.tasks import clock, noop, waits
 from django_tasks_q.bench.workers import (
+    WorkerProcess,
     peak_memory_mb,
     running_workers,
     signals_interrupt,
@@ -115,6 +116,8 @@ def _worker_phases(
         label = f"3. drain, {options.workers} workers x {options.concurrency} {slots}"
         report(phase_line(label, drained, seconds, "tasks") + "  (results verified)")
 
+        _io_bound_phase(options, database, workers, results, report)
+
         if options.latency_samples:
             latencies = phases.measure_latency(
                 database, clock.using(queue_name=options.queue), workers, options.latency_samples
@@ -145,6 +148,35 @@ def _worker_phases(
             f"{'5. peak worker memory':<{LABEL_WIDTH}}{megabytes(results.worker_peak_mb)} "
             f"(largest VmHWM of {len(workers)} workers, children included); all exited cleanly"
         )
+
+
+def _io_bound_phase(
+    options: BenchOptions,
+    database: str,
+    workers: list[WorkerProcess],
+    results: Results,
+    report: Report,
+) -> None:
+    """Tasks that wait, as calls to other services do: how close the workers come to keeping
+    every slot busy (slots / task duration)."""
+    label = f"3b. I/O-bound, {options.io_task_ms:g} ms tasks"
+    count = options.io_tasks_per_slot * options.slots
+    if not count:
+        report(f"{label:<{LABEL_WIDTH}}skipped (--io-tasks-per-slot 0)")
+        return
+    task = waits.using(queue_name=options.queue)
+    for chunk in range(0, count, phases.BULK_CHUNK):
+        task.enqueue_many([(options.io_task_ms,)] * min(phases.BULK_CHUNK, count - chunk))
+    drained, seconds = phases.drain(database, options.queue, workers, count, queries.WAITS_NAME)
+    results.io_task_ms, results.io_tasks = options.io_task_ms, drained
+    results.io_per_s = drained / seconds
+    results.io_ideal_per_s = options.slots * 1000 / options.io_task_ms
+    results.io_pct_of_ideal = 100 * results.io_per_s / results.io_ideal_per_s
+    report(
+        phase_line(label, drained, seconds, "tasks")
+        + f"  ({results.io_pct_of_ideal:.0f}% of {results.io_ideal_per_s:,.0f}/s: "
+        f"{options.slots} slots busy all the time)"
+    )
 
 
 def _package_version() -> str:

@@ -20,6 +20,9 @@ class BenchOptions:
     batch_size: int | None = None  # None: TASKS_Q["BATCH_SIZE"]
     queue: str = "taskbench"
     latency_samples: int = 200
+    # The I/O-bound phase: tasks that wait this long each, this many per slot (0: skip).
+    io_task_ms: float = 10.0
+    io_tasks_per_slot: int = 100
     enqueue_threads: int = 8
     pool: str = "processes"
     skip_ceiling: bool = False
@@ -38,12 +41,21 @@ class BenchOptions:
                 raise BenchError(f"--{name.replace('_', '-')} must be at least 1.")
         if resolved.latency_samples < 0:
             raise BenchError("--latency-samples must be 0 or more.")
+        if resolved.io_tasks_per_slot < 0:
+            raise BenchError("--io-tasks-per-slot must be 0 or more.")
+        if not 0 < resolved.io_task_ms <= 60_000:
+            raise BenchError("--io-task-ms must be more than 0 and at most 60000.")
         if resolved.pool not in ("threads", "processes"):
             raise BenchError("--pool must be 'threads' or 'processes'.")
         # runtaskworker takes a comma-separated list: a comma would name two queues.
         if not resolved.queue or "," in resolved.queue or len(resolved.queue) > 100:
             raise BenchError("--queue must be one queue name of at most 100 characters, no commas.")
         return resolved
+
+    @property
+    def slots(self) -> int:
+        """Tasks the benchmark's workers run at once."""
+        return (self.workers or 1) * (self.concurrency or 1)
 
     def worker_arguments(self) -> list[str]:
         """runtaskworker options for the benchmark's workers; a new worker option is one line."""

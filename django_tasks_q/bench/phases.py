@@ -66,9 +66,14 @@ def enqueue_in_bulk(task: BackgroundTask, numbers: range) -> float:
 
 
 def drain(
-    database: str, queue_name: str, workers: Sequence[WorkerProcess], expected: int
+    database: str,
+    queue_name: str,
+    workers: Sequence[WorkerProcess],
+    expected: int,
+    name: str = queries.NOOP_NAME,
 ) -> tuple[int, float]:
-    """Wait until the workers ran every task, check each result; returns (tasks, seconds)."""
+    """Wait until the workers ran every task, check each result of the ``expected`` tasks of
+    ``name``; returns (tasks, seconds from the first claim to the last finish)."""
     remaining = queries.unfinished(database, queue_name)
     last_progress = time.monotonic()
     while remaining:
@@ -85,7 +90,7 @@ def drain(
         if now_remaining < remaining:
             last_progress = time.monotonic()
         remaining = now_remaining
-    verified, seconds = queries.verify(database, queue_name, queries.NOOP_NAME, expected)
+    verified, seconds = queries.verify(database, queue_name, name, expected)
     queries.refuse_foreign_workers(database, queue_name)
     return verified, seconds
 

@@ -13,16 +13,17 @@ from django.db import connections
 
 from django_tasks_q.bench.options import BenchError
 from django_tasks_q.bench.report import Report
-from django_tasks_q.bench.tasks import clock, noop
+from django_tasks_q.bench.tasks import clock, noop, waits
 from django_tasks_q.bench.workers import WORKER_ID_PREFIX
 from django_tasks_q.compat import InvalidTask
 from django_tasks_q.queue import load_statements
 
 NOOP_NAME = noop.name
 CLOCK_NAME = clock.name
+WAITS_NAME = waits.name
 # Rows for the SQL ceiling are never run by a worker, so their name needs no registered task.
 CEILING_NAME = "django_tasks_q.bench.ceiling"
-BENCH_NAMES = (NOOP_NAME, CLOCK_NAME, CEILING_NAME)
+BENCH_NAMES = (NOOP_NAME, CLOCK_NAME, WAITS_NAME, CEILING_NAME)
 
 
 @cache

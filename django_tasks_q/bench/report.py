@@ -36,6 +36,13 @@ class Results:
     drain_tasks: int = 0
     drain_seconds: float = 0.0
     drain_per_s: float = 0.0
+    # Tasks that wait io_task_ms each, drained by every slot: the rate against the ideal
+    # (slots / duration), so a user sees how full their own slots are kept.
+    io_task_ms: float | None = None
+    io_tasks: int = 0
+    io_per_s: float | None = None
+    io_ideal_per_s: float | None = None
+    io_pct_of_ideal: float | None = None
     latency_samples: int = 0
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
@@ -107,6 +114,12 @@ def summary(results: Results) -> str:
         ),
         ("enqueue_many", rate(results.enqueue_bulk_per_s, "tasks")),
         ("drain", rate(results.drain_per_s, "tasks")),
+        (
+            f"I/O-bound, {results.io_task_ms or 0:g} ms tasks",
+            "skipped"
+            if results.io_pct_of_ideal is None
+            else f"{rate(results.io_per_s, 'tasks')} ({results.io_pct_of_ideal:.0f}% of ideal)",
+        ),
         ("start latency p50 / p95 / p99", latency),
         ("peak worker memory", memory),
         ("SQL ceiling", rate(results.ceiling_per_s, "rows")),

@@ -16,3 +16,10 @@ def clock() -> float:
     """The wall clock when the task's function starts: taskbench's workers run on its machine,
     so this and the enqueuing side's clock are the same clock."""
     return time.time()
+
+
+@background_task
+def waits(milliseconds: float) -> float:
+    """Stands for a task that waits on I/O (an HTTP call, a query) for ``milliseconds``."""
+    time.sleep(milliseconds / 1000)
+    return milliseconds

@@ -44,6 +44,16 @@ class Command(BaseCommand):
             f"(default: {defaults.latency_samples}).",
         )  # fmt: skip
         parser.add_argument(
+            "--io-task-ms", type=float, default=defaults.io_task_ms,
+            help="How long each task of the I/O-bound phase waits, in milliseconds "
+            f"(default: {defaults.io_task_ms:g}).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--io-tasks-per-slot", type=int, default=defaults.io_tasks_per_slot,
+            help="Tasks of the I/O-bound phase per slot (workers x concurrency), 0 to skip "
+            f"(default: {defaults.io_tasks_per_slot}).",
+        )  # fmt: skip
+        parser.add_argument(
             "--enqueue-threads", type=int, default=defaults.enqueue_threads,
             help="Threads enqueueing one by one at once, as web processes would "
             f"(default: {defaults.enqueue_threads}).",
@@ -74,6 +84,8 @@ class Command(BaseCommand):
             batch_size=options["batch_size"],
             queue=options["queue"],
             latency_samples=options["latency_samples"],
+            io_task_ms=options["io_task_ms"],
+            io_tasks_per_slot=options["io_tasks_per_slot"],
             enqueue_threads=options["enqueue_threads"],
             pool=options["pool"],
             skip_ceiling=options["skip_ceiling"],
