@@ -1,6 +1,6 @@
 """How many tasks a worker claims at once, on its own (no database)."""
 
-from django_tasks_q.worker.claim_sizer import ClaimSizer
+from django_tasks_q.worker.claim_sizer import SPARE_BELOW, ClaimSizer
 
 
 def test_idle_executors_get_a_claim_for_their_capacity_and_the_prefetch():
@@ -65,3 +65,33 @@ def test_the_averages_follow_recent_samples():
     for _ in range(50):
         sizer.observe_duration(0.1)
     assert abs(sizer.mean_duration - 0.1) < 0.01
+
+
+def test_short_tasks_keep_a_spare_for_every_slot():
+    # 10 ms tasks on a 1 ms round trip: slots started together end together, and each must
+    # find its next task already held.
+    sizer = ClaimSizer(capacity=4, batch_size=50, prefetch=None)
+    for _ in range(200):
+        sizer.observe_round_trip(0.001)
+    sizer.observe_duration(0.010)
+    assert sizer.prefetch() == 4
+    assert sizer.limit(held=4) == 4
+
+
+def test_tasks_of_a_quarter_second_or_more_keep_no_spare():
+    sizer = ClaimSizer(capacity=4, batch_size=50, prefetch=None)
+    sizer.observe_round_trip(0.001)
+    sizer.observe_duration(SPARE_BELOW)
+    assert sizer.prefetch() == 0
+
+
+def test_a_switch_to_longer_tasks_stops_the_prefetch_within_a_few_outcomes():
+    sizer = ClaimSizer(capacity=4, batch_size=100, prefetch=None)
+    for _ in range(200):
+        sizer.observe_round_trip(0.001)
+    for _ in range(50):
+        sizer.observe_duration(0.0001)  # no-op tasks: a full batch ahead
+    assert sizer.prefetch() == 40
+    for _ in range(3):
+        sizer.observe_duration(0.5)
+    assert sizer.prefetch() == 0

@@ -7,8 +7,16 @@ claims enough that the executors never wait for the database, and no more.
 
 from __future__ import annotations
 
-# Weight of the newest sample in the running averages: about the last ten count.
+# Weight of the newest sample in the running averages: about the last ten count. Durations
+# that grow count more at once, so that a switch to longer tasks stops the prefetching of
+# many within a few outcomes.
 AVERAGE_WEIGHT = 0.1
+LONGER_WEIGHT = 0.5
+# Tasks expected to end sooner than this keep a spare task for every slot: slots started
+# together end together, and each then starts its spare without waiting for a round trip.
+# Longer ones are not held beyond what can start, so a worker does not sit on a task another
+# worker could start.
+SPARE_BELOW = 0.25
 
 
 class ClaimSizer:
@@ -26,7 +34,7 @@ class ClaimSizer:
         self.mean_round_trip = _moving_average(self.mean_round_trip, seconds)
 
     def observe_duration(self, seconds: float) -> None:
-        self.mean_duration = _moving_average(self.mean_duration, seconds)
+        self.mean_duration = mean_duration(self.mean_duration, seconds)
 
     def limit(self, held: int) -> int:
         """How many tasks to claim while holding ``held``: 0, or a batch worth a round trip.
@@ -55,7 +63,17 @@ class ClaimSizer:
         if self.mean_duration is None:
             return 0
         ahead = self.capacity * self.mean_round_trip / max(self.mean_duration, 1e-6)
-        return min(self.batch_size, int(ahead + 0.5))
+        wanted = int(ahead + 0.5)
+        if self.mean_duration < SPARE_BELOW:
+            wanted = max(wanted, self.capacity)
+        return min(self.batch_size, wanted)
+
+
+def mean_duration(current: float | None, sample: float) -> float:
+    """The running mean of task durations after ``sample``: quick to rise, slow to fall."""
+    if current is not None and sample > current:
+        return current + LONGER_WEIGHT * (sample - current)
+    return _moving_average(current, sample)
 
 
 def _moving_average(current: float | None, sample: float) -> float:

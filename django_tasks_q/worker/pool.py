@@ -41,6 +41,7 @@ from django_tasks_q.errors import NOT_STARTED_CANCELLED
 from django_tasks_q.exceptions import ProcessDied, TaskCancelled, TimeLimitExceeded, WorkerLost
 from django_tasks_q.queue import ClaimedTask, Outcome
 from django_tasks_q.worker.child import Ready, Returned, child_main
+from django_tasks_q.worker.claim_sizer import mean_duration
 from django_tasks_q.worker.logs import current_level_name
 
 if TYPE_CHECKING:  # the runner imports the models, which a child may only load after setup()
@@ -58,8 +59,6 @@ TICK = 0.2
 QUEUED_WORK = 0.005
 # Most tasks queued behind one thread (no-op tasks: the hand-off is then the bottleneck).
 MAX_QUEUED = 16
-# Weight of the newest duration in the running mean.
-DURATION_WEIGHT = 0.1
 # Children in a row that die before they are ready: then something is wrong with the set-up
 # (settings, imports), and starting more would only loop.
 MAX_START_FAILURES = 3
@@ -385,10 +384,7 @@ class ProcessPool:
                 if value == outcome.id:
                     child.cancelled[index] = 0
         child.tasks_run += 1
-        if self._mean_duration is None:
-            self._mean_duration = outcome.duration
-        else:
-            self._mean_duration += DURATION_WEIGHT * (outcome.duration - self._mean_duration)
+        self._mean_duration = mean_duration(self._mean_duration, outcome.duration)
         self.deliver(outcome)
         reason = None
         if self.max_tasks_per_child and child.tasks_run >= self.max_tasks_per_child:
