@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from django_tasks_q.bench import queries
 from django_tasks_q.bench.options import BenchError
@@ -36,6 +36,30 @@ def test_taskbench_reports_verified_rates_and_cleans_up(monkeypatch):
     assert 0 < results["claim_latency_p50_ms"] <= results["claim_latency_p99_ms"]
     assert results["claim_latency_p50_ms"] < results["latency_p50_ms"]
     assert not Task.objects.filter(queue="taskbench").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_steady_load_reports_each_window_while_the_xmin_horizon_is_held(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", database_url_for_subprocess())
+    out = io.StringIO()
+    call_command(
+        "taskbench", "--tasks", "100", "--workers", "1", "--concurrency", "2",
+        "--latency-samples", "0", "--io-tasks-per-slot", "0", "--skip-ceiling",
+        "--enqueue-threads", "1", "--pressure", "2", "--pressure-window", "1",
+        "--pressure-rate", "100", "--hold-xmin", "--json", stdout=out, stderr=io.StringIO(),
+    )  # fmt: skip
+    results = json.loads(out.getvalue())
+    windows = results["pressure_windows"]
+    assert results["pressure_hold_xmin"] and len(windows) == 2
+    assert all(window["offered_per_s"] > 0 and window["run_per_s"] > 0 for window in windows)
+    assert all(0 < window["claim_lag_p50_ms"] <= window["claim_lag_p99_ms"] for window in windows)
+    assert results["pressure_drain_after_s"] >= 0
+    assert not Task.objects.filter(queue="taskbench").exists()
+
+
+def test_holding_the_xmin_horizon_needs_a_steady_load():
+    with pytest.raises(CommandError, match="--hold-xmin applies to the steady load"):
+        call_command("taskbench", "--hold-xmin", stdout=io.StringIO(), stderr=io.StringIO())
 
 
 def test_the_benchmark_is_not_imported_at_start_up_yet_its_task_is_found_by_name():

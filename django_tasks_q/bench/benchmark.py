@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from importlib import metadata
 
-from django_tasks_q.bench import phases, queries
+from django_tasks_q.bench import phases, pressure, queries
 from django_tasks_q.bench.options import BenchOptions
 from django_tasks_q.bench.report import (
     LABEL_WIDTH,
@@ -15,7 +15,7 @@ from django_tasks_q.bench.report import (
     megabytes,
     phase_line,
 )
-from django_tasks_q.bench.tasks import clock, noop, waits
+from django_tasks_q.bench.tasks import clock, noop, steady, waits
 from django_tasks_q.bench.workers import (
     WorkerProcess,
     peak_memory_mb,
@@ -141,6 +141,8 @@ def _worker_phases(
         else:
             report(f"{'4. latency, idle workers':<{LABEL_WIDTH}}skipped (--latency-samples 0)")
 
+        _steady_load_phase(options, database, workers, results, report)
+
         # Read before stopping: the peak is gone with the process.
         results.worker_peak_mb = peak_memory_mb(workers)
         stop_workers(workers)
@@ -176,6 +178,45 @@ def _io_bound_phase(
         phase_line(label, drained, seconds, "tasks")
         + f"  ({results.io_pct_of_ideal:.0f}% of {results.io_ideal_per_s:,.0f}/s: "
         f"{options.slots} slots busy all the time)"
+    )
+
+
+def _steady_load_phase(
+    options: BenchOptions,
+    database: str,
+    workers: list[WorkerProcess],
+    results: Results,
+    report: Report,
+) -> None:
+    """A steady load, window by window; with ``--hold-xmin`` while a transaction holds the
+    xmin horizon. Then how long the backlog takes to drain once it ends."""
+    label = "4b. steady load"
+    if not options.pressure_seconds:
+        report(f"{label:<{LABEL_WIDTH}}skipped (--pressure 0)")
+        return
+    rate = options.pressure_rate or max(1.0, results.drain_per_s / 2)
+    held = ", a transaction holding the xmin horizon" if options.hold_xmin else ""
+    report(f"{label}: {rate:,.0f} tasks/s offered for {options.pressure_seconds:g} s{held}")
+    windows, offered = pressure.steady_load(
+        database,
+        steady.using(queue_name=options.queue),
+        workers,
+        seconds=options.pressure_seconds,
+        rate=rate,
+        window=options.pressure_window,
+        hold_xmin=options.hold_xmin,
+        on_window=lambda window: report(window.line()),
+    )
+    results.pressure_seconds, results.pressure_rate = options.pressure_seconds, rate
+    results.pressure_hold_xmin = options.hold_xmin
+    results.pressure_windows = [window.as_json() for window in windows]
+    stopped = queries.database_now(database)
+    drained, _ = phases.drain(database, options.queue, workers, offered, queries.STEADY_NAME)
+    last = queries.last_finish(database, options.queue, queries.STEADY_NAME)
+    results.pressure_drain_after_s = max(0.0, (last - stopped).total_seconds())
+    report(
+        f"{'   backlog drained after the load':<{LABEL_WIDTH}}"
+        f"{results.pressure_drain_after_s:.2f} s  ({drained:,} tasks, results verified)"
     )
 
 

@@ -23,6 +23,12 @@ class BenchOptions:
     # The I/O-bound phase: tasks that wait this long each, this many per slot (0: skip).
     io_task_ms: float = 10.0
     io_tasks_per_slot: int = 100
+    # The steady-load phase: seconds (0: skip), tasks/s offered (None: half the drain rate),
+    # seconds per reported window, and whether a transaction holds the xmin horizon meanwhile.
+    pressure_seconds: float = 0.0
+    pressure_rate: float | None = None
+    pressure_window: float = 10.0
+    hold_xmin: bool = False
     enqueue_threads: int = 8
     pool: str = "processes"
     skip_ceiling: bool = False
@@ -43,6 +49,14 @@ class BenchOptions:
             raise BenchError("--latency-samples must be 0 or more.")
         if resolved.io_tasks_per_slot < 0:
             raise BenchError("--io-tasks-per-slot must be 0 or more.")
+        if resolved.pressure_seconds < 0:
+            raise BenchError("--pressure must be 0 or more seconds.")
+        if resolved.pressure_rate is not None and resolved.pressure_rate <= 0:
+            raise BenchError("--pressure-rate must be more than 0 tasks per second.")
+        if resolved.pressure_window <= 0:
+            raise BenchError("--pressure-window must be more than 0 seconds.")
+        if resolved.hold_xmin and not resolved.pressure_seconds:
+            raise BenchError("--hold-xmin applies to the steady load: give --pressure SECONDS.")
         if not 0 < resolved.io_task_ms <= 60_000:
             raise BenchError("--io-task-ms must be more than 0 and at most 60000.")
         if resolved.pool not in ("threads", "processes"):

@@ -7,13 +7,15 @@ on a queue holding others, and never touches them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 
 from django.db import connections
 
 from django_tasks_q.bench.options import BenchError
 from django_tasks_q.bench.report import Report
-from django_tasks_q.bench.tasks import clock, noop, waits
+from django_tasks_q.bench.tasks import clock, noop, steady, waits
 from django_tasks_q.bench.workers import WORKER_ID_PREFIX
 from django_tasks_q.compat import InvalidTask
 from django_tasks_q.queue import load_statements
@@ -21,9 +23,10 @@ from django_tasks_q.queue import load_statements
 NOOP_NAME = noop.name
 CLOCK_NAME = clock.name
 WAITS_NAME = waits.name
+STEADY_NAME = steady.name
 # Rows for the SQL ceiling are never run by a worker, so their name needs no registered task.
 CEILING_NAME = "django_tasks_q.bench.ceiling"
-BENCH_NAMES = (NOOP_NAME, CLOCK_NAME, WAITS_NAME, CEILING_NAME)
+BENCH_NAMES = (NOOP_NAME, CLOCK_NAME, WAITS_NAME, STEADY_NAME, CEILING_NAME)
 
 
 @cache
@@ -134,3 +137,43 @@ def table_rows(database: str) -> tuple[int, int]:
         cursor.execute(sql("table_rows"))
         row = cursor.fetchone()
     return (row[0], row[1]) if row else (0, 0)
+
+
+def database_now(database: str) -> datetime:
+    """The database's clock, which stamps the rows."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql("database_now"))
+        return cursor.fetchone()[0]
+
+
+def last_finish(database: str, queue_name: str, name: str) -> datetime:
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql("last_finish"), [queue_name, name])
+        return cursor.fetchone()[0]
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    offered: int
+    claimed: int
+    lag_p50_ms: float | None
+    lag_p99_ms: float | None
+    backlog: int
+
+
+def window(
+    database: str, queue_name: str, name: str, since: datetime, until: datetime
+) -> WindowStats:
+    """What happened to the tasks of ``name`` between two database times."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(
+            sql("window"), {"queue": queue_name, "name": name, "since": since, "until": until}
+        )
+        offered, claimed, p50, p99, backlog = cursor.fetchone()
+    return WindowStats(
+        offered=offered,
+        claimed=claimed,
+        lag_p50_ms=None if p50 is None else float(p50),
+        lag_p99_ms=None if p99 is None else float(p99),
+        backlog=backlog,
+    )

@@ -50,3 +50,28 @@ SELECT current_setting(%s);
 -- The statistics' estimate of live and dead rows in the task table.
 SELECT n_live_tup, n_dead_tup FROM pg_stat_user_tables
 WHERE relid = 'django_tasks_q_task'::regclass;
+
+-- name: database_now
+SELECT clock_timestamp();
+
+-- name: window
+-- The steady load between two database times: tasks enqueued, tasks claimed and the claim
+-- lag percentiles of those (enqueued to claimed, ms), and the backlog still READY.
+SELECT
+    (SELECT count(*) FROM django_tasks_q_task
+     WHERE queue = %(queue)s AND name = %(name)s
+       AND enqueued_at >= %(since)s AND enqueued_at < %(until)s),
+    count(*),
+    percentile_cont(0.5) WITHIN GROUP (ORDER BY lag_ms),
+    percentile_cont(0.99) WITHIN GROUP (ORDER BY lag_ms),
+    (SELECT count(*) FROM django_tasks_q_task
+     WHERE queue = %(queue)s AND name = %(name)s AND status = 'READY')
+FROM (
+    SELECT extract(epoch FROM last_attempted_at - enqueued_at) * 1000 AS lag_ms
+    FROM django_tasks_q_task
+    WHERE queue = %(queue)s AND name = %(name)s
+      AND last_attempted_at >= %(since)s AND last_attempted_at < %(until)s
+) AS claimed;
+
+-- name: last_finish
+SELECT max(finished_at) FROM django_tasks_q_task WHERE queue = %s AND name = %s;

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 Report = Callable[[str], None]
@@ -43,6 +43,13 @@ class Results:
     io_per_s: float | None = None
     io_ideal_per_s: float | None = None
     io_pct_of_ideal: float | None = None
+    # The steady load: what was offered, each window as reported, and how long the backlog
+    # left when it stopped took to drain.
+    pressure_seconds: float | None = None
+    pressure_rate: float | None = None
+    pressure_hold_xmin: bool = False
+    pressure_windows: list[dict[str, Any]] = field(default_factory=list)
+    pressure_drain_after_s: float | None = None
     latency_samples: int = 0
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
@@ -115,12 +122,15 @@ def summary(results: Results) -> str:
         ("enqueue_many", rate(results.enqueue_bulk_per_s, "tasks")),
         ("drain", rate(results.drain_per_s, "tasks")),
         (
-            f"I/O-bound, {results.io_task_ms or 0:g} ms tasks",
+            "I/O-bound"
+            if results.io_task_ms is None
+            else f"I/O-bound, {results.io_task_ms:g} ms tasks",
             "skipped"
             if results.io_pct_of_ideal is None
             else f"{rate(results.io_per_s, 'tasks')} ({results.io_pct_of_ideal:.0f}% of ideal)",
         ),
         ("start latency p50 / p95 / p99", latency),
+        ("steady load, worst window p99", _worst_lag(results)),
         ("peak worker memory", memory),
         ("SQL ceiling", rate(results.ceiling_per_s, "rows")),
         ("drain / ceiling", ratio),
@@ -131,3 +141,11 @@ def summary(results: Results) -> str:
 
 def _on_off(value: bool) -> str:
     return "on" if value else "off"
+
+
+def _worst_lag(results: Results) -> str:
+    lags = [w["claim_lag_p99_ms"] for w in results.pressure_windows if w["claim_lag_p99_ms"]]
+    if not lags:
+        return "skipped"
+    held = ", xmin held" if results.pressure_hold_xmin else ""
+    return f"{max(lags):.1f} ms claim lag{held}"

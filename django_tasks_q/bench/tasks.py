@@ -23,3 +23,9 @@ def waits(milliseconds: float) -> float:
     """Stands for a task that waits on I/O (an HTTP call, a query) for ``milliseconds``."""
     time.sleep(milliseconds / 1000)
     return milliseconds
+
+
+@background_task
+def steady(n: int) -> int:
+    """The steady-load phase's task: a no-op of its own name, counted apart."""
+    return n

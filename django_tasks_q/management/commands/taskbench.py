@@ -54,6 +54,25 @@ class Command(BaseCommand):
             f"(default: {defaults.io_tasks_per_slot}).",
         )  # fmt: skip
         parser.add_argument(
+            "--pressure", type=float, default=defaults.pressure_seconds, metavar="SECONDS",
+            help="Offer a steady load for this many seconds and report each window "
+            "(default: 0, skipped).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--pressure-rate", type=float, default=None, metavar="TASKS_PER_S",
+            help="Tasks per second of the steady load (default: half the measured drain).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--pressure-window", type=float, default=defaults.pressure_window,
+            metavar="SECONDS",
+            help=f"Seconds per reported window (default: {defaults.pressure_window:g}).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--hold-xmin", action="store_true",
+            help="Hold a transaction open during the steady load (BEGIN; SELECT "
+            "txid_current()), as a long report or an idle session does.",
+        )  # fmt: skip
+        parser.add_argument(
             "--enqueue-threads", type=int, default=defaults.enqueue_threads,
             help="Threads enqueueing one by one at once, as web processes would "
             f"(default: {defaults.enqueue_threads}).",
@@ -86,6 +105,10 @@ class Command(BaseCommand):
             latency_samples=options["latency_samples"],
             io_task_ms=options["io_task_ms"],
             io_tasks_per_slot=options["io_tasks_per_slot"],
+            pressure_seconds=options["pressure"],
+            pressure_rate=options["pressure_rate"],
+            pressure_window=options["pressure_window"],
+            hold_xmin=options["hold_xmin"],
             enqueue_threads=options["enqueue_threads"],
             pool=options["pool"],
             skip_ceiling=options["skip_ceiling"],
