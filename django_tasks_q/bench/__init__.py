@@ -10,8 +10,9 @@ Only the ``taskbench`` command imports this package. Its modules:
 - ``options``: what a run is asked to do (``BenchOptions``) and its error (``BenchError``).
 - ``benchmark``: the order of the phases and the line each one reports (``run``).
 - ``phases``: each measurement (enqueues, drain, latency, SQL ceiling).
+- ``pressure``: the steady load, window by window, optionally with the xmin horizon held.
 - ``workers``: the ``runtaskworker`` processes: start, watch, measure, stop.
 - ``queries``: the benchmark's reads and deletes of the task table (``queries.sql``).
 - ``report``: the results and how they are printed.
-- ``tasks``: the no-op task; its workers find it by name, by importing that module.
+- ``tasks``: the tasks the workers run; they find them by name, by importing that module.
 """
