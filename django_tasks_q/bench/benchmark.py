@@ -95,7 +95,8 @@ def _enqueue_phases(
     report(phase_line(f"   the same from {threads} threads", singles, elapsed, "tasks"))
     results.enqueue_single_tasks = 2 * singles
 
-    elapsed = phases.enqueue_in_bulk(task, range(2 * singles, 2 * singles + options.tasks))
+    numbers = range(2 * singles, 2 * singles + options.tasks)
+    elapsed = phases.enqueue_in_bulk(task, [(n,) for n in numbers])
     results.enqueue_bulk_per_s = options.tasks / elapsed
     label = f"2. enqueue_many, {phases.BULK_CHUNK} a call"
     report(phase_line(label, options.tasks, elapsed, "tasks"))
@@ -166,9 +167,7 @@ def _io_bound_phase(
     if not count:
         report(f"{label:<{LABEL_WIDTH}}skipped (--io-tasks-per-slot 0)")
         return
-    task = waits.using(queue_name=options.queue)
-    for chunk in range(0, count, phases.BULK_CHUNK):
-        task.enqueue_many([(options.io_task_ms,)] * min(phases.BULK_CHUNK, count - chunk))
+    phases.enqueue_in_bulk(waits.using(queue_name=options.queue), [(options.io_task_ms,)] * count)
     drained, seconds = phases.drain(database, options.queue, workers, count, queries.WAITS_NAME)
     results.io_task_ms, results.io_tasks = options.io_task_ms, drained
     results.io_per_s = drained / seconds

@@ -59,11 +59,12 @@ def enqueue_concurrently(task: BackgroundTask, numbers: range, threads: int) -> 
     return time.perf_counter() - started
 
 
-def enqueue_in_bulk(task: BackgroundTask, numbers: range) -> float:
-    """Seconds to enqueue one task per number with ``enqueue_many``, a commit per chunk."""
+def enqueue_in_bulk(task: BackgroundTask, arguments: Sequence[tuple]) -> float:
+    """Seconds to enqueue one task per argument tuple with ``enqueue_many``, a commit per
+    chunk."""
     started = time.perf_counter()
-    for chunk in _chunks(numbers, BULK_CHUNK):
-        task.enqueue_many([(n,) for n in chunk])
+    for chunk in _chunks(arguments, BULK_CHUNK):
+        task.enqueue_many(list(chunk))
     return time.perf_counter() - started
 
 
@@ -220,6 +221,6 @@ def _insert_ceiling_rows(database: str, queue_name: str, count: int) -> None:
         )
 
 
-def _chunks(numbers: range, size: int) -> Iterator[range]:
-    for start in range(0, len(numbers), size):
-        yield numbers[start : start + size]
+def _chunks[T: Sequence](items: T, size: int) -> Iterator[T]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

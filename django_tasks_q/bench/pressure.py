@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -60,7 +60,7 @@ def steady_load(
     rate: float,
     window: float,
     hold_xmin: bool,
-    on_window: Any,
+    on_window: Callable[[Window], None],
 ) -> tuple[list[Window], int]:
     """Offer ``rate`` tasks/s of ``task`` for ``seconds``; call ``on_window`` with each
     :class:`Window` as it closes. Returns the windows and the number of tasks offered."""

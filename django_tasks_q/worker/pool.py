@@ -41,7 +41,6 @@ from django_tasks_q.errors import NOT_STARTED_CANCELLED
 from django_tasks_q.exceptions import ProcessDied, TaskCancelled, TimeLimitExceeded, WorkerLost
 from django_tasks_q.queue import ClaimedTask, Outcome
 from django_tasks_q.worker.child import Ready, Returned, child_main
-from django_tasks_q.worker.claim_sizer import mean_duration
 from django_tasks_q.worker.logs import current_level_name
 
 if TYPE_CHECKING:  # the runner imports the models, which a child may only load after setup()
@@ -191,6 +190,7 @@ class ProcessPool:
         cancel_requested: Callable[[int], bool] = lambda task_id: False,
         terminate_requested: Callable[[int], bool] = lambda task_id: False,
         any_cancel_requested: Callable[[], bool] = lambda: False,
+        mean_duration: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.worker_id = worker_id
         self.backend_alias = backend_alias
@@ -210,6 +210,9 @@ class ProcessPool:
         # Whether any request is pending at all: tasks not yet running are only looked over
         # then, so the dispatcher's loop costs nothing extra when nobody cancels.
         self.any_cancel_requested = any_cancel_requested
+        # The worker's running mean of task durations (seconds), which sizes its claims too:
+        # it decides how much work to queue in busy children.
+        self.mean_duration = mean_duration
         self.children: list[Child] = []
         self._retired: list[Child] = []
         self._pending: deque[ClaimedTask] = deque()
@@ -218,7 +221,6 @@ class ProcessPool:
         os.set_blocking(self._wake_write, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_read, selectors.EVENT_READ)
-        self._mean_duration: float | None = None  # of the tasks run so far, in seconds
         self._draining = False  # the worker is stopping: children give back queued tasks
         self._closing = False
         self._kill = False
@@ -241,10 +243,6 @@ class ProcessPool:
         with self._lock:
             self._pending.extend(jobs)
         self._wake()
-
-    @property
-    def queued_per_thread(self) -> int:
-        return queued_per_thread(self._mean_duration)
 
     def cancel_requested_changed(self) -> None:
         """Pass new cancellation requests on now, before a queued task starts."""
@@ -314,7 +312,7 @@ class ProcessPool:
                 self.deliver(
                     self.runner.ended_outside(job, TaskCancelled(NOT_STARTED_CANCELLED), 0.0)
                 )
-        depth = self.queued_per_thread
+        depth = queued_per_thread(self.mean_duration())
         for room in (Child.free.fget, lambda c: c.room(self.max_tasks_per_child, depth)):
             while self._pending:
                 child = max(self.children, key=room)
@@ -384,7 +382,6 @@ class ProcessPool:
                 if value == outcome.id:
                     child.cancelled[index] = 0
         child.tasks_run += 1
-        self._mean_duration = mean_duration(self._mean_duration, outcome.duration)
         self.deliver(outcome)
         reason = None
         if self.max_tasks_per_child and child.tasks_run >= self.max_tasks_per_child:

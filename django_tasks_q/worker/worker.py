@@ -484,6 +484,7 @@ class Worker:
             cancel_requested=self._cancel_requested.__contains__,
             terminate_requested=self._terminate_requested.__contains__,
             any_cancel_requested=lambda: bool(self._cancel_requested),
+            mean_duration=lambda: self.claim_sizer.mean_duration,
         )
 
     def _deliver(self, outcome: Outcome) -> None:
