@@ -12,7 +12,7 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib import resources
 from typing import Any, NamedTuple
@@ -28,6 +28,46 @@ NOTIFY_CHANNEL = "django_tasks_q"
 SCHEDULES_CHANNEL = "django_tasks_q_schedules"
 # Cancellation requests for RUNNING tasks: "<id>" or "<id> terminate".
 CANCEL_CHANNEL = "django_tasks_q_cancel"
+
+
+class ClaimPosition(NamedTuple):
+    """Where a ready row sits in claim order: ``(priority * -1, run_after, id)``, ascending.
+    It is the key of tasks_q_ready_idx, and a claim starts its walk after one."""
+
+    rank: int  # the priority, negated: the highest priority comes first
+    run_after: datetime
+    id: int
+
+
+# Before every row (priorities are -100..100): a claim from here walks from the start.
+FIRST_POSITION = ClaimPosition(-101, datetime.min.replace(tzinfo=UTC), 0)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# The payload of a NOTIFY on NOTIFY_CHANNEL: "<rank> <run_after in µs since the epoch>
+# <queue>", the claim position of the earliest row the notifying transaction made ready
+# (id 0: before any row at that rank and time). The statements build it with this expression
+# over a row source that has priority, run_after and queue; the floor is exact in µs.
+READY_NOTICE_SQL = (
+    "(priority * -1)::text || ' ' || floor(extract(epoch FROM run_after) * 1000000)::text"
+    " || ' ' || queue"
+)
+
+
+class ReadyNotice(NamedTuple):
+    queue: str
+    position: ClaimPosition | None  # None: a payload without one (an older version's)
+
+
+def parse_ready_notice(payload: str) -> ReadyNotice:
+    """Read a NOTIFY_CHANNEL payload; an unknown form gives a notice without a position."""
+    rank, _, rest = payload.partition(" ")
+    micros, _, queue = rest.partition(" ")
+    try:
+        when = EPOCH + timedelta(microseconds=int(micros))
+        return ReadyNotice(queue, ClaimPosition(int(rank), when, 0))
+    except (ValueError, OverflowError):
+        return ReadyNotice(payload, None)
 
 
 def load_statements(package: str, resource: str) -> dict[str, str]:
@@ -47,7 +87,12 @@ def statements() -> dict[str, str]:
     found = load_statements("django_tasks_q", "sql/queue.sql")
     columns = ", ".join(TASK_COLUMNS)
     nulls = ", ".join(["NULL"] * (len(TASK_COLUMNS) - 1))
-    fills = {"task_columns": columns, "null_task_columns": nulls, **sql_entries()}
+    fills = {
+        "task_columns": columns,
+        "null_task_columns": nulls,
+        "ready_notice": READY_NOTICE_SQL,
+        **sql_entries(),
+    }
     for name, code in found.items():
         for key, value in fills.items():
             code = code.replace(f"{{{key}}}", value)
@@ -203,6 +248,10 @@ class ClaimedTask:
     lost_attempts: int = 0
     max_lost_attempts: int = 3
 
+    @property
+    def position(self) -> ClaimPosition:
+        return ClaimPosition(-self.priority, self.run_after, self.id)
+
     def __reduce__(self) -> tuple:
         # Pickled as a tuple of values: the process pool sends every task to a child, and
         # the generic pickling of a slotted dataclass costs twice as much.
@@ -210,6 +259,7 @@ class ClaimedTask:
 
 
 _claimed_values = operator.attrgetter(*ClaimedTask.__dataclass_fields__)
+_position = operator.attrgetter("position")
 
 # The task table's columns for ClaimedTask's fields, in order: the statements select
 # {task_columns}, so adding a field here and to the dataclass is the whole change.
@@ -299,13 +349,16 @@ class QueueConnection:
         limit: int = 0,
         lease_seconds: float = 60.0,
         avoid: Sequence[int] = (),
+        after: Sequence[ClaimPosition] = (),
     ) -> FinishedAndClaimed:
         """Record ``outcomes`` and claim up to ``limit`` tasks, in one statement and one commit.
 
         Returns the ids whose outcome was recorded (the others' holder had lost the claim), the
         claimed tasks in claim order, and the picked tasks cancelled instead of claimed
         (expired, or cancellation requested: they count towards ``limit``, so a short claim
-        still means the queue is drained). Tasks in ``avoid`` are not claimed.
+        still means the queue is drained). Tasks in ``avoid`` are not claimed. The claim
+        considers only rows after ``after``: one position, or with ``queues`` one per queue
+        in the same order; empty means from the start.
         """
         params: dict[str, Any] = {
             "worker_id": worker_id,
@@ -323,8 +376,16 @@ class QueueConnection:
         }
         if queues:
             statement, params["queues"] = sql("finish_and_claim_from_queues"), list(queues)
+            floors = list(after) or [FIRST_POSITION] * len(queues)
+            if len(floors) != len(queues):
+                raise ValueError("`after` needs one claim position per queue.")
+            params["floor_ranks"] = [floor.rank for floor in floors]
+            params["floor_run_afters"] = [floor.run_after for floor in floors]
+            params["floor_ids"] = [floor.id for floor in floors]
         else:
             statement = sql("finish_and_claim")
+            floor = after[0] if after else FIRST_POSITION
+            params["floor_rank"], params["floor_run_after"], params["floor_id"] = floor
         finished: set[int] = set()
         claimed: list[ClaimedTask] = []
         skipped: list[ClaimedTask] = []
@@ -334,7 +395,7 @@ class QueueConnection:
             else:
                 (claimed if kind == 1 else skipped).append(ClaimedTask(*row))
         # The UPDATE returns rows in no particular order; run them in claim order.
-        claimed.sort(key=lambda task: (-task.priority, task.run_after, task.id))
+        claimed.sort(key=_position)
         return FinishedAndClaimed(finished, claimed, skipped)
 
     def claim(
@@ -348,17 +409,25 @@ class QueueConnection:
         """Record outcomes; returns the ids actually updated (the others lost their claim)."""
         return self.finish_and_claim(worker_id=worker_id, outcomes=outcomes).finished
 
-    def release(self, *, worker_id: str, ids: Sequence[int], delay: float = 0.0) -> int:
+    def release(
+        self, *, worker_id: str, ids: Sequence[int], delay: float = 0.0, notify: bool = True
+    ) -> int:
         """Give back claimed tasks that did not start, due again in ``delay`` seconds (those
         whose cancellation was requested are CANCELLED instead). Returns how many changed."""
         if not ids:
             return 0
-        params = {"worker_id": worker_id, "ids": list(ids), "listed": True, "delay": delay}
+        params = {
+            "worker_id": worker_id, "ids": list(ids), "listed": True, "delay": delay,
+            "notify": notify,
+        }  # fmt: skip
         return len(self.connect().execute(sql("release"), params).fetchall())
 
-    def release_unknown(self, *, worker_id: str, known: set[int]) -> int:
+    def release_unknown(self, *, worker_id: str, known: set[int], notify: bool = True) -> int:
         """Return to READY the tasks held under ``worker_id`` that are not in ``known``."""
-        params = {"worker_id": worker_id, "ids": sorted(known), "listed": False, "delay": 0.0}
+        params = {
+            "worker_id": worker_id, "ids": sorted(known), "listed": False, "delay": 0.0,
+            "notify": notify,
+        }  # fmt: skip
         cursor = self.connect().execute(sql("release"), params)
         return len(cursor.fetchall())
 

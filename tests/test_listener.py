@@ -23,10 +23,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 class Recorder:
     def __init__(self):
         self.woken = 0
+        self.payloads = []
         self.cancels = []
 
-    def on_ready(self):
+    def on_ready(self, payload):
         self.woken += 1
+        self.payloads.append(payload)
 
     def on_cancel(self, task_id, terminate):
         self.cancels.append((task_id, terminate))

@@ -212,7 +212,14 @@ def explain_claim(statement: str, **extra) -> str:
             "avoid",
         )
     }
-    params = {"limit": 10, "worker_id": "w", "lease_seconds": 60, **empty, **extra}
+    first = queue.FIRST_POSITION
+    floors = {
+        "floor_rank": first.rank, "floor_run_after": first.run_after, "floor_id": first.id,
+        "floor_ranks": [first.rank] * len(extra.get("queues", [])),
+        "floor_run_afters": [first.run_after] * len(extra.get("queues", [])),
+        "floor_ids": [first.id] * len(extra.get("queues", [])),
+    }  # fmt: skip
+    params = {"limit": 10, "worker_id": "w", "lease_seconds": 60, **empty, **floors, **extra}
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE django_tasks_q_task")
         cursor.execute("EXPLAIN " + queue.sql(statement), params)
@@ -232,6 +239,16 @@ def test_claim_walks_the_partial_ready_index(backlog):
     plan = explain_claim("finish_and_claim")
     assert "Index Scan using tasks_q_ready_idx" in plan, plan
     assert "Seq Scan on django_tasks_q_task" not in plan, plan
+
+
+def test_a_claim_starts_its_index_walk_at_its_floor(backlog):
+    # The floor is the index's start key, not a filter over the entries walked to reach it:
+    # otherwise a claim would still step over every task claimed before it.
+    for plan in (explain_claim("finish_and_claim"),
+                 explain_claim("finish_and_claim_from_queues", queues=["rare"])):  # fmt: skip
+        conditions = [line for line in plan.splitlines() if "Index Cond" in line]
+        assert any("ROW((priority * '-1'::integer), run_after, id) >" in line
+                   for line in conditions), plan  # fmt: skip
 
 
 def test_claim_from_a_small_queue_does_not_walk_the_big_backlog(backlog):
@@ -262,7 +279,8 @@ def test_enqueue_notifies_listeners_only_on_commit():
             tasks.add.delay(1, 2)
             assert list(listener.notifies(timeout=0.2)) == []
         notes = list(listener.notifies(timeout=5, stop_after=1))
-        assert [(n.channel, n.payload) for n in notes] == [("django_tasks_q", "default")]
+        assert [n.channel for n in notes] == ["django_tasks_q"]
+        assert queue.parse_ready_notice(notes[0].payload).queue == "default"
     finally:
         listener.close()
 

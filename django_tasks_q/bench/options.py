@@ -12,6 +12,11 @@ class BenchError(Exception):
     """The benchmark cannot run or its results cannot be trusted."""
 
 
+# The steady load offers this fraction of the drain rate unless told otherwise: enough to keep
+# the workers busy, not so much that a backlog builds up.
+DEFAULT_PRESSURE_LOAD = 0.5
+
+
 @dataclass(frozen=True, slots=True)
 class BenchOptions:
     tasks: int = 20_000
@@ -23,12 +28,17 @@ class BenchOptions:
     # The I/O-bound phase: tasks that wait this long each, this many per slot (0: skip).
     io_task_ms: float = 10.0
     io_tasks_per_slot: int = 100
-    # The steady-load phase: seconds (0: skip), tasks/s offered (None: half the drain rate),
-    # seconds per reported window, and whether a transaction holds the xmin horizon meanwhile.
+    # The steady-load phase: seconds (0: skip), tasks/s offered, or else that fraction of the
+    # drain rate (None: DEFAULT_PRESSURE_LOAD), and seconds per reported window. Meanwhile,
+    # optionally: a transaction holds the xmin horizon, sessions re-scan the task table in
+    # REPEATABLE READ transactions, and the server's free connections are taken for a while.
     pressure_seconds: float = 0.0
     pressure_rate: float | None = None
+    pressure_load: float | None = None
     pressure_window: float = 10.0
     hold_xmin: bool = False
+    readers: int = 0
+    exhaust_connections: float = 0.0
     enqueue_threads: int = 8
     pool: str = "processes"
     skip_ceiling: bool = False
@@ -53,10 +63,32 @@ class BenchOptions:
             raise BenchError("--pressure must be 0 or more seconds.")
         if resolved.pressure_rate is not None and resolved.pressure_rate <= 0:
             raise BenchError("--pressure-rate must be more than 0 tasks per second.")
+        if resolved.pressure_load is not None and resolved.pressure_load <= 0:
+            raise BenchError("--pressure-load must be more than 0 (a fraction of the drain rate).")
+        if resolved.pressure_rate is not None and resolved.pressure_load is not None:
+            raise BenchError("Give --pressure-rate or --pressure-load, not both.")
+        if resolved.pressure_rate is None:
+            resolved = replace(resolved, pressure_load=resolved.pressure_load or DEFAULT_PRESSURE_LOAD)
         if resolved.pressure_window <= 0:
             raise BenchError("--pressure-window must be more than 0 seconds.")
-        if resolved.hold_xmin and not resolved.pressure_seconds:
-            raise BenchError("--hold-xmin applies to the steady load: give --pressure SECONDS.")
+        if resolved.readers < 0:
+            raise BenchError("--readers must be 0 or more.")
+        if resolved.exhaust_connections < 0:
+            raise BenchError("--exhaust-connections must be 0 or more seconds.")
+        for flag, given in (
+            ("--hold-xmin", resolved.hold_xmin),
+            ("--readers", resolved.readers),
+            ("--exhaust-connections", resolved.exhaust_connections),
+        ):
+            if given and not resolved.pressure_seconds:
+                raise BenchError(f"{flag} applies to the steady load: give --pressure SECONDS.")
+        # It starts at the middle of the load, so that the windows show the load before it,
+        # and the load goes on until the end, so that they show the workers coming back.
+        if resolved.exhaust_connections > resolved.pressure_seconds / 2:
+            raise BenchError(
+                "--exhaust-connections starts at the middle of the steady load and must end "
+                "within it: at most half of --pressure."
+            )
         if not 0 < resolved.io_task_ms <= 60_000:
             raise BenchError("--io-task-ms must be more than 0 and at most 60000.")
         if resolved.pool not in ("threads", "processes"):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 
-from django.db import connections
+from django.db import connections, transaction
 
 from django_tasks_q.bench.options import BenchError
 from django_tasks_q.bench.report import Report
@@ -150,6 +150,29 @@ def last_finish(database: str, queue_name: str, name: str) -> datetime:
     with connections[database].cursor() as cursor:
         cursor.execute(sql("last_finish"), [queue_name, name])
         return cursor.fetchone()[0]
+
+
+def first_claim_after(database: str, queue_name: str, name: str, since: datetime) -> datetime | None:
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql("first_claim_after"), [queue_name, name, since])
+        return cursor.fetchone()[0]
+
+
+def repeatable_read_scan(database: str) -> None:
+    """Count the whole task table in a REPEATABLE READ transaction, as a report does: the
+    transaction's snapshot holds the xmin horizon until the scan ends."""
+    with transaction.atomic(using=database), connections[database].cursor() as cursor:
+        cursor.execute(sql("repeatable_read"))
+        cursor.execute(sql("reader_scan"))
+        cursor.fetchone()
+
+
+def terminate_workers(database: str) -> set[int]:
+    """End the connections of this run's workers (and no other); returns their backend pids.
+    A backend still exiting from an earlier call is listed, and signalled, again."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql("terminate_workers"), [WORKER_ID_PREFIX])
+        return {pid for pid, _ in cursor.fetchall()}
 
 
 @dataclass(frozen=True)

@@ -75,3 +75,28 @@ FROM (
 
 -- name: last_finish
 SELECT max(finished_at) FROM django_tasks_q_task WHERE queue = %s AND name = %s;
+
+-- name: first_claim_after
+-- When the workers claimed again after being cut off from the database.
+SELECT min(last_attempted_at) FROM django_tasks_q_task
+WHERE queue = %s AND name = %s AND last_attempted_at >= %s;
+
+-- name: repeatable_read
+-- The first statement of a reader's transaction: one snapshot for the whole scan.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;
+
+-- name: reader_scan
+-- What a report or an analytics job reads: every row of the table, in one snapshot.
+SELECT count(*), max(enqueued_at) FROM django_tasks_q_task;
+
+-- name: terminate_workers
+-- Ends the connections of this run's workers, found by the worker id in their
+-- application_name ('django_tasks_q <role> <worker id>'; the id starts with a random prefix of
+-- this run), in this database and of this user only. pg_terminate_backend sits in the select
+-- list: it runs only for the rows the WHERE clause kept (in the WHERE clause, the planner could
+-- evaluate it first, on other sessions' rows).
+SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
+WHERE datname = current_database() AND usename = current_user AND pid <> pg_backend_pid()
+  AND backend_type = 'client backend'
+  AND split_part(application_name, ' ', 1) = 'django_tasks_q'
+  AND starts_with(split_part(application_name, ' ', 3), %s);

@@ -24,10 +24,11 @@ WITH inserted AS (
          %(unique_key)s)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('READY', 'RUNNING')
     DO NOTHING
-    RETURNING id, queue, run_after, enqueued_at
+    RETURNING id, queue, priority, run_after, enqueued_at
 ),
 notified AS (
-    SELECT pg_notify('django_tasks_q', queue) FROM inserted WHERE %(notify)s AND run_after <= now()
+    SELECT pg_notify('django_tasks_q', {ready_notice})
+    FROM inserted WHERE %(notify)s AND run_after <= now()
 )
 SELECT id, run_after, enqueued_at, (SELECT count(*) FROM notified)
 FROM inserted;
@@ -49,11 +50,14 @@ WITH inserted AS (
            0, %(max_attempts)s, %(max_lost_attempts)s, %(timeout)s, '', '[]'::jsonb
     FROM unnest(%(args)s::jsonb[], %(kwargs)s::jsonb[]) WITH ORDINALITY AS call(args, kwargs, n)
     ORDER BY call.n
-    RETURNING id, queue, run_after, enqueued_at
+    RETURNING id, queue, priority, run_after, enqueued_at
 ),
 notified AS (
-    SELECT pg_notify('django_tasks_q', queue)
-    FROM (SELECT DISTINCT queue FROM inserted WHERE %(notify)s AND run_after <= now()) AS ready
+    SELECT pg_notify('django_tasks_q', {ready_notice})
+    FROM (
+        SELECT DISTINCT queue, priority, run_after
+        FROM inserted WHERE %(notify)s AND run_after <= now()
+    ) AS ready
 )
 SELECT array_agg(id ORDER BY id), min(run_after), min(enqueued_at), (SELECT count(*) FROM notified)
 FROM inserted;
@@ -164,32 +168,47 @@ FROM skipped;
 -- the partial ready index in claim order and skipping rows other workers hold, then joins the
 -- UPDATE to exactly those ids. Inlined, the planner may lock rows it then discards. The
 -- ORDER BY matches tasks_q_ready_idx, so the walk stops after LIMIT rows.
+-- The walk starts after %(floor)s, a claim position (priority * -1, run_after, id): where this
+-- worker's last claim stopped, or the lowest position possible for a scan from the start. The
+-- row comparison is the index's start key, so the entries of tasks claimed before it are not
+-- visited; while some session holds the xmin horizon they cannot be removed, and walking
+-- them would cost every claim more and more (docs/internals.md, "Claims under a held xmin
+-- horizon"). The worker decides where to start: worker/claim_floor.py.
 picked AS MATERIALIZED (
     SELECT id, expires_at, cancel_requested_at
     FROM django_tasks_q_task
     WHERE status = 'READY' AND run_after <= now() AND id <> ALL(%(avoid)s::bigint[])
-    ORDER BY priority DESC, run_after, id
+      AND (priority * -1, run_after, id)
+          > (%(floor_rank)s::integer, %(floor_run_after)s::timestamptz, %(floor_id)s::bigint)
+    ORDER BY priority * -1, run_after, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
 
 -- name: pick_from_queues
--- Claims only from %(queues)s. `queue = ANY(...)` cannot walk an index in claim order across
--- several queues (it would sort every ready row of those queues on each claim), so each queue is read in order through tasks_q_ready_queue_idx, at most LIMIT rows each, and
+-- Claims only from %(queues)s, each from its own floor (the arrays run in parallel, one entry
+-- per queue; see pick_any_queue). `queue = ANY(...)` cannot walk an index in claim order
+-- across several queues (it would sort every ready row of those queues on each claim), so
+-- each queue is read in order through tasks_q_ready_queue_idx, at most LIMIT rows each, and
 -- the best LIMIT of those are kept. Rows locked but not kept are unlocked at commit.
 picked AS MATERIALIZED (
     SELECT candidate.id, candidate.expires_at, candidate.cancel_requested_at
-    FROM unnest(%(queues)s::text[]) AS wanted(queue)
+    FROM unnest(
+        %(queues)s::text[], %(floor_ranks)s::integer[], %(floor_run_afters)s::timestamptz[],
+        %(floor_ids)s::bigint[]
+    ) AS wanted(queue, floor_rank, floor_run_after, floor_id)
     CROSS JOIN LATERAL (
         SELECT id, priority, run_after, expires_at, cancel_requested_at
         FROM django_tasks_q_task
         WHERE status = 'READY' AND queue = wanted.queue AND run_after <= now()
           AND id <> ALL(%(avoid)s::bigint[])
-        ORDER BY priority DESC, run_after, id
+          AND (priority * -1, run_after, id)
+              > (wanted.floor_rank, wanted.floor_run_after, wanted.floor_id)
+        ORDER BY priority * -1, run_after, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) AS candidate
-    ORDER BY candidate.priority DESC, candidate.run_after, candidate.id
+    ORDER BY candidate.priority * -1, candidate.run_after, candidate.id
     LIMIT %(limit)s
 )
 
@@ -202,26 +221,40 @@ picked AS MATERIALIZED (
 -- worker ids are unique per process start, a RUNNING row under this id that the worker does
 -- not know about never started. A task whose cancellation was requested meanwhile is
 -- CANCELLED instead: it must never start.
-UPDATE django_tasks_q_task
-SET status = CASE WHEN cancel_requested_at IS NULL THEN 'READY' ELSE 'CANCELLED' END,
-    attempts = attempts - 1,
-    started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END,
-    last_attempted_at = CASE WHEN attempts = 1 THEN NULL ELSE last_attempted_at END,
-    run_after = CASE
-        WHEN %(delay)s::float8 > 0 THEN now() + make_interval(secs => %(delay)s::float8)
-        ELSE run_after
-    END,
-    finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END,
-    errors = CASE
-        WHEN cancel_requested_at IS NULL THEN errors
-        ELSE errors || jsonb_build_array({cancelled_entry} || jsonb_build_object(
-            'attempt', attempts, 'worker_id', worker_id, 'at', now()))
-    END,
-    lease_expires_at = NULL
-WHERE status = 'RUNNING'
-  AND worker_id = %(worker_id)s
-  AND (id = ANY(%(ids)s::bigint[])) = %(listed)s
-RETURNING id, status;
+WITH released AS (
+    UPDATE django_tasks_q_task
+    SET status = CASE WHEN cancel_requested_at IS NULL THEN 'READY' ELSE 'CANCELLED' END,
+        attempts = attempts - 1,
+        started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END,
+        last_attempted_at = CASE WHEN attempts = 1 THEN NULL ELSE last_attempted_at END,
+        run_after = CASE
+            WHEN %(delay)s::float8 > 0 THEN now() + make_interval(secs => %(delay)s::float8)
+            ELSE run_after
+        END,
+        finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END,
+        errors = CASE
+            WHEN cancel_requested_at IS NULL THEN errors
+            ELSE errors || jsonb_build_array({cancelled_entry} || jsonb_build_object(
+                'attempt', attempts, 'worker_id', worker_id, 'at', now()))
+        END,
+        lease_expires_at = NULL
+    WHERE status = 'RUNNING'
+      AND worker_id = %(worker_id)s
+      AND (id = ANY(%(ids)s::bigint[])) = %(listed)s
+    RETURNING id, status, queue, priority, run_after
+),
+-- Released rows sit where they were in claim order, behind where workers' claims now start:
+-- the notification tells them to look there (see pick_any_queue).
+notified AS (
+    SELECT pg_notify('django_tasks_q', {ready_notice})
+    FROM (
+        SELECT DISTINCT ON (queue) queue, priority, run_after
+        FROM released WHERE status = 'READY' AND run_after <= now()
+        ORDER BY queue, priority * -1, run_after
+    ) AS earliest
+    WHERE %(notify)s
+)
+SELECT id, status, (SELECT count(*) FROM notified) FROM released;
 
 -- name: cancel
 -- A READY task is cancelled at once. A RUNNING one is asked to stop: the workers hear of it
@@ -263,10 +296,14 @@ WITH retried AS (
         cancel_terminate = false,
         expires_at = NULL
     WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('FAILED', 'CANCELLED')
-    RETURNING id, queue
+    RETURNING id, queue, priority, run_after
 ),
 notified AS (
-    SELECT pg_notify('django_tasks_q', queue) FROM (SELECT DISTINCT queue FROM retried) queues
+    SELECT pg_notify('django_tasks_q', {ready_notice})
+    FROM (
+        SELECT DISTINCT ON (queue) queue, priority, run_after
+        FROM retried ORDER BY queue, priority * -1, run_after
+    ) AS earliest
     WHERE %(notify)s
 )
 SELECT id, (SELECT count(*) FROM notified) FROM retried;
@@ -362,11 +399,14 @@ recorded AS (
       AND task.status = 'RUNNING'
       AND task.attempts = lost.attempt
       AND task.worker_id = lost.holder
-    RETURNING task.id, task.status, task.queue
+    RETURNING task.id, task.status, task.queue, task.priority, task.run_after
 ),
 notified AS (
-    SELECT pg_notify('django_tasks_q', queue)
-    FROM (SELECT DISTINCT queue FROM recorded WHERE status = 'READY') AS ready
+    SELECT pg_notify('django_tasks_q', {ready_notice})
+    FROM (
+        SELECT DISTINCT ON (queue) queue, priority, run_after
+        FROM recorded WHERE status = 'READY' ORDER BY queue, priority * -1, run_after
+    ) AS earliest
     WHERE %(notify)s
 )
 SELECT id, (SELECT count(*) FROM notified) FROM recorded;

@@ -23,7 +23,7 @@ logger = logging.getLogger("django_tasks_q.worker")
 
 
 class Listener:
-    """Calls ``on_ready()`` for each queue notification and ``on_cancel(task_id, terminate)``
+    """Calls ``on_ready(payload)`` for each queue notification and ``on_cancel(task_id, terminate)``
     for each cancellation request."""
 
     def __init__(
@@ -31,7 +31,7 @@ class Listener:
         *,
         database: str,
         worker_id: str,
-        on_ready: Callable[[], None],
+        on_ready: Callable[[str], None],
         on_cancel: Callable[[int, bool], None],
     ) -> None:
         self.database = database
@@ -57,7 +57,7 @@ class Listener:
             if notice.channel == CANCEL_CHANNEL:
                 self._cancel_notice(notice.payload)
             else:
-                self.on_ready()
+                self.on_ready(notice.payload)
 
     def run(self, stopping: threading.Event) -> None:
         """Listen until ``stopping`` is set; reconnect with a backoff after database loss."""

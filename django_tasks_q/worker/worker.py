@@ -24,8 +24,9 @@ import psycopg
 from django_tasks_q.backend import PostgresBackend
 from django_tasks_q.backoff import Backoff
 from django_tasks_q.errors import described_entry
-from django_tasks_q.queue import ClaimedTask, Outcome, QueueConnection
+from django_tasks_q.queue import ClaimedTask, Outcome, QueueConnection, parse_ready_notice
 from django_tasks_q.retry import UNKNOWN_TASK_DELAY
+from django_tasks_q.worker.claim_floor import ClaimFloor
 from django_tasks_q.worker.claim_sizer import ClaimSizer
 from django_tasks_q.worker.heartbeat import Heartbeat
 from django_tasks_q.worker.listener import Listener
@@ -98,7 +99,7 @@ class Worker:
             worker_id=self.worker_id,
             name=self.name,
             runner=self.runner,
-            on_ready=self._look_for_work,
+            on_ready=self._after_recovery,
             notify=options.listen,
         )
         self.heartbeat = Heartbeat(
@@ -122,7 +123,7 @@ class Worker:
         self.listener = Listener(
             database=backend.database,
             worker_id=self.worker_id,
-            on_ready=self._look_for_work,
+            on_ready=self._on_ready_notice,
             on_cancel=self._on_cancel_notice,
         )
         self.processed = 0
@@ -142,6 +143,7 @@ class Worker:
         self.claim_sizer = ClaimSizer(
             capacity=options.capacity, batch_size=options.batch_size, prefetch=options.prefetch
         )
+        self.claim_floor = ClaimFloor(options.queues)
         self._signals_received = 0
         self._abandon = False
         self.unknown_tasks = UnknownTasks(worker_id=self.worker_id)
@@ -241,6 +243,16 @@ class Worker:
         self._maybe_ready = True
         self._wake.set()
 
+    def _on_ready_notice(self, payload: str) -> None:
+        notice = parse_ready_notice(payload)
+        self.claim_floor.lower(notice.queue, notice.position)
+        self._look_for_work()
+
+    def _after_recovery(self) -> None:
+        # Recovered tasks sit behind the claim floor; without notifications nothing else says so.
+        self.claim_floor.forget()
+        self._look_for_work()
+
     def _say_stopped(self) -> None:
         try:
             self.heartbeat.stop()
@@ -328,7 +340,9 @@ class Worker:
         if not self._unrecorded and not limit:
             return gave_back
         if self._reconcile:
-            released = self.connection.release_unknown(worker_id=self.worker_id, known=self._held)
+            released = self.connection.release_unknown(
+                worker_id=self.worker_id, known=self._held, notify=self.options.listen
+            )
             self._reconcile = False
             if released:
                 logger.warning(
@@ -336,6 +350,7 @@ class Worker:
                     self.worker_id, released,
                 )  # fmt: skip
         outcomes = self._unrecorded
+        start = self.claim_floor.start() if limit else None
         began = time.perf_counter()
         try:
             updated, claimed, skipped = self.connection.finish_and_claim(
@@ -345,10 +360,13 @@ class Worker:
                 limit=limit,
                 lease_seconds=self.options.lease_seconds,
                 avoid=self.unknown_tasks.avoided(),
+                after=start.positions if start else (),
             )
         except psycopg.OperationalError:
+            self.claim_floor.forget()  # the notifications this claim took in are not used
             raise
         except psycopg.Error as exc:
+            self.claim_floor.forget()
             if not outcomes:
                 raise
             # One outcome the database refuses must not take the others, or the worker, down.
@@ -356,7 +374,10 @@ class Worker:
             limit = 0
         # Recorded: only now may they be forgotten (a lost connection keeps them for the retry).
         self._unrecorded = []
-        self.claim_sizer.observe_round_trip(time.perf_counter() - began)
+        took = time.perf_counter() - began
+        self.claim_sizer.observe_round_trip(took)
+        if start and limit:  # limit is 0 when outcomes had to be recorded one by one
+            self.claim_floor.advance(start, (*claimed, *skipped), limit=limit, seconds=took)
         for outcome in outcomes:
             self.claim_sizer.observe_duration(outcome.duration)
         if outcomes:
@@ -444,7 +465,9 @@ class Worker:
         """Give back tasks of unknown names without counting an attempt, due again shortly,
         for a worker that knows them."""
         ids = [task.id for task in tasks]
-        self.connection.release(worker_id=self.worker_id, ids=ids, delay=UNKNOWN_TASK_DELAY)
+        self.connection.release(
+            worker_id=self.worker_id, ids=ids, delay=UNKNOWN_TASK_DELAY, notify=False
+        )
         self._held.difference_update(ids)
         if self.metrics:
             self.metrics.released(ids)
@@ -510,7 +533,9 @@ class Worker:
         if not ids:
             return False
         try:
-            released = self.connection.release(worker_id=self.worker_id, ids=ids)
+            released = self.connection.release(
+                worker_id=self.worker_id, ids=ids, notify=self.options.listen
+            )
         except psycopg.OperationalError:
             self._given_back.put(ids)
             raise
