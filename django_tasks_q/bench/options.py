@@ -68,7 +68,9 @@ class BenchOptions:
         if resolved.pressure_rate is not None and resolved.pressure_load is not None:
             raise BenchError("Give --pressure-rate or --pressure-load, not both.")
         if resolved.pressure_rate is None:
-            resolved = replace(resolved, pressure_load=resolved.pressure_load or DEFAULT_PRESSURE_LOAD)
+            resolved = replace(
+                resolved, pressure_load=resolved.pressure_load or DEFAULT_PRESSURE_LOAD
+            )
         if resolved.pressure_window <= 0:
             raise BenchError("--pressure-window must be more than 0 seconds.")
         if resolved.readers < 0:

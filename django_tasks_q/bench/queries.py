@@ -152,7 +152,9 @@ def last_finish(database: str, queue_name: str, name: str) -> datetime:
         return cursor.fetchone()[0]
 
 
-def first_claim_after(database: str, queue_name: str, name: str, since: datetime) -> datetime | None:
+def first_claim_after(
+    database: str, queue_name: str, name: str, since: datetime
+) -> datetime | None:
     with connections[database].cursor() as cursor:
         cursor.execute(sql("first_claim_after"), [queue_name, name, since])
         return cursor.fetchone()[0]

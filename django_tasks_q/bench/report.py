@@ -43,13 +43,29 @@ class Results:
     io_per_s: float | None = None
     io_ideal_per_s: float | None = None
     io_pct_of_ideal: float | None = None
-    # The steady load: what was offered, each window as reported, and how long the backlog
-    # left when it stopped took to drain.
+    # The steady load: what was offered (pressure_load: as a fraction of drain_per_s, None
+    # when --pressure-rate set it), what pressed on the database meanwhile, each window as
+    # reported, and how long the backlog left when it stopped took to drain.
     pressure_seconds: float | None = None
     pressure_rate: float | None = None
+    pressure_load: float | None = None
     pressure_hold_xmin: bool = False
+    pressure_readers: int = 0
+    pressure_reader_scans: int = 0  # REPEATABLE READ scans the readers completed
     pressure_windows: list[dict[str, Any]] = field(default_factory=list)
     pressure_drain_after_s: float | None = None
+    # --exhaust-connections: seconds asked for; connections it took to fill the server and
+    # its refusal; worker connections ended; when (seconds since the load began, database
+    # clock) the server was full with the workers cut off, and when the fillers were closed;
+    # the workers' first claim after that; what the workers logged from then on.
+    pressure_exhaust_seconds: float | None = None
+    pressure_filler_connections: int | None = None
+    pressure_refusal: str | None = None
+    pressure_worker_connections_ended: int | None = None
+    pressure_exhausted_from_s: float | None = None
+    pressure_exhausted_until_s: float | None = None
+    pressure_resumed_after_s: float | None = None
+    pressure_worker_log: list[str] = field(default_factory=list)
     latency_samples: int = 0
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
@@ -147,5 +163,9 @@ def _worst_lag(results: Results) -> str:
     lags = [w["claim_lag_p99_ms"] for w in results.pressure_windows if w["claim_lag_p99_ms"]]
     if not lags:
         return "skipped"
-    held = ", xmin held" if results.pressure_hold_xmin else ""
-    return f"{max(lags):.1f} ms claim lag{held}"
+    pressed = [
+        "xmin held" if results.pressure_hold_xmin else "",
+        f"{results.pressure_readers} readers" if results.pressure_readers else "",
+        "connections exhausted" if results.pressure_exhausted_from_s is not None else "",
+    ]
+    return ", ".join([f"{max(lags):.1f} ms claim lag", *filter(None, pressed)])

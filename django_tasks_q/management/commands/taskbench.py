@@ -3,7 +3,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from django_tasks_q.bench.benchmark import run
-from django_tasks_q.bench.options import BenchError, BenchOptions
+from django_tasks_q.bench.options import DEFAULT_PRESSURE_LOAD, BenchError, BenchOptions
 from django_tasks_q.bench.report import summary
 from django_tasks_q.conf import settings as conf
 
@@ -60,7 +60,13 @@ class Command(BaseCommand):
         )  # fmt: skip
         parser.add_argument(
             "--pressure-rate", type=float, default=None, metavar="TASKS_PER_S",
-            help="Tasks per second of the steady load (default: half the measured drain).",
+            help="Tasks per second of the steady load (default: see --pressure-load).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--pressure-load", type=float, default=None, metavar="FRACTION",
+            help="Tasks per second of the steady load as a fraction of the drain rate measured "
+            "before, e.g. 1.5 to overload the workers; not with --pressure-rate "
+            f"(default: {DEFAULT_PRESSURE_LOAD:g}).",
         )  # fmt: skip
         parser.add_argument(
             "--pressure-window", type=float, default=defaults.pressure_window,
@@ -71,6 +77,18 @@ class Command(BaseCommand):
             "--hold-xmin", action="store_true",
             help="Hold a transaction open during the steady load (BEGIN; SELECT "
             "txid_current()), as a long report or an idle session does.",
+        )  # fmt: skip
+        parser.add_argument(
+            "--readers", type=int, default=defaults.readers, metavar="N",
+            help="Sessions that scan the task table in REPEATABLE READ transactions, one "
+            "after another, during the steady load, as reports do (default: 0).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--exhaust-connections", type=float, default=defaults.exhaust_connections,
+            metavar="SECONDS",
+            help="From the middle of the steady load, take every free connection of the "
+            "server and end the workers' connections, for this many seconds. Only on a "
+            "server you may disturb (default: 0).",
         )  # fmt: skip
         parser.add_argument(
             "--enqueue-threads", type=int, default=defaults.enqueue_threads,
@@ -107,8 +125,11 @@ class Command(BaseCommand):
             io_tasks_per_slot=options["io_tasks_per_slot"],
             pressure_seconds=options["pressure"],
             pressure_rate=options["pressure_rate"],
+            pressure_load=options["pressure_load"],
             pressure_window=options["pressure_window"],
             hold_xmin=options["hold_xmin"],
+            readers=options["readers"],
+            exhaust_connections=options["exhaust_connections"],
             enqueue_threads=options["enqueue_threads"],
             pool=options["pool"],
             skip_ceiling=options["skip_ceiling"],
