@@ -36,3 +36,22 @@ class Backoff:
     def reset(self) -> None:
         """Call after a success: the next failure is retried after ``first`` again."""
         self._delay = self.first
+
+
+# libpq's words when the server refuses a connection for want of free slots (SQLSTATE 53300).
+_NO_FREE_CONNECTION = ("too many clients", "remaining connection slots are reserved")
+
+
+def describe_database_error(exc: BaseException) -> str:
+    """The error on one line (libpq's span several), and, where the cause is known, what to do
+    about it."""
+    text = " ".join(str(exc).split())
+    if getattr(exc, "sqlstate", None) == "53300" or any(
+        words in text for words in _NO_FREE_CONNECTION
+    ):
+        text += (
+            " [the server has no free connection: raise its max_connections, put a pooler"
+            " such as PgBouncer in front, or run fewer workers; this process waits and"
+            " retries]"
+        )
+    return text

@@ -27,7 +27,7 @@ from django.db.models.functions import Now
 
 from django_tasks_q import queue, registry, schedule_sync
 from django_tasks_q.backend import PostgresBackend
-from django_tasks_q.backoff import Backoff
+from django_tasks_q.backoff import Backoff, describe_database_error
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.models import Schedule
 from django_tasks_q.schedules import CatchUp, Plan, plan
@@ -242,8 +242,9 @@ class Beat:
     def _lost(self, exc: Exception, retry_in: float) -> None:
         if _is_connection_error(exc):
             logger.error(
-                "Beat %s lost the database (%s); reconnecting in %.1fs", self.name, exc, retry_in
-            )
+                "Beat %s lost the database (%s); reconnecting in %.1fs",
+                self.name, describe_database_error(exc), retry_in,
+            )  # fmt: skip
         else:
             # Beat must not die quietly: log and try again.
             logger.exception("Beat %s failed; trying again in %.1fs", self.name, retry_in)

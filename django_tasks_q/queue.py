@@ -292,6 +292,9 @@ class Outcome:
     retry_delay: float = 0.0
     duration: float = 0.0  # seconds the attempt ran; not stored, tunes the worker's prefetch
     lost: bool = False
+    # False: the task never started (no database connection could be had for it); the worker
+    # gives it back without counting the attempt instead of recording an outcome.
+    started: bool = True
 
     def __reduce__(self) -> tuple:
         return Outcome, _outcome_values(self)  # by value, as ClaimedTask

@@ -21,6 +21,9 @@
   an attempt (due again 1 s later; that worker leaves it to the others for 10 s), for a
   worker that does, and fails it only once it has waited ``TASKS_Q["UNKNOWN_TASK_GRACE"]``
   seconds since it was enqueued.
+- **No database connection**: a task whose executor has no connection to the queue's
+  database and cannot open one (the server is out of connections, or restarting) does not
+  start: it is given back without counting an attempt, due again 1 s later.
 """
 
 from __future__ import annotations
@@ -105,6 +108,9 @@ def unknown_task_waited_enough(
 # worker that gave it back leaves it to the others: otherwise that worker, polling on its own
 # rhythm, could be the first to see it due every time, and a worker that knows it never would.
 UNKNOWN_TASK_DELAY = 1.0
+# Seconds before a task that could not start for want of a database connection is due again
+# (given back without counting an attempt).
+UNREACHABLE_RETRY_DELAY = 1.0
 UNKNOWN_TASK_AVOID = 10.0
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from django_tasks_q.backoff import Backoff
+from django_tasks_q.backoff import Backoff, describe_database_error
 from django_tasks_q.queue import QueueConnection
 from django_tasks_q.worker.options import check_heartbeat
 from django_tasks_q.worker.pruner import Pruner
@@ -87,9 +87,13 @@ class Heartbeat:
                 self.run_once()
                 backoff.reset()
             except psycopg.OperationalError as exc:
-                logger.error("Worker %s heartbeat lost the database: %s", self.worker_id, exc)
+                delay = backoff.next()
+                logger.error(
+                    "Worker %s heartbeat lost the database (%s); trying again in %.1fs",
+                    self.worker_id, describe_database_error(exc), delay,
+                )  # fmt: skip
                 self.connection.close()
-                stopping.wait(backoff.next())
+                stopping.wait(delay)
             except Exception:
                 # A heartbeat must never die quietly: the worker's leases depend on it.
                 logger.exception("Worker %s heartbeat failed; trying again", self.worker_id)

@@ -16,15 +16,16 @@ from collections.abc import Callable
 
 import psycopg
 
-from django_tasks_q.backoff import Backoff
+from django_tasks_q.backoff import Backoff, describe_database_error
 from django_tasks_q.queue import CANCEL_CHANNEL, listen_connection
 
 logger = logging.getLogger("django_tasks_q.worker")
 
 
 class Listener:
-    """Calls ``on_ready(payload)`` for each queue notification and ``on_cancel(task_id, terminate)``
-    for each cancellation request."""
+    """Calls ``on_ready(payload)`` for each queue notification, ``on_cancel(task_id,
+    terminate)`` for each cancellation request, and ``on_connected()`` each time it has
+    (re)connected: the database answers again."""
 
     def __init__(
         self,
@@ -33,11 +34,13 @@ class Listener:
         worker_id: str,
         on_ready: Callable[[str], None],
         on_cancel: Callable[[int, bool], None],
+        on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.database = database
         self.worker_id = worker_id
         self.on_ready = on_ready
         self.on_cancel = on_cancel
+        self.on_connected = on_connected
         self._connection: psycopg.Connection | None = None
 
     def listen(self) -> psycopg.Connection:
@@ -49,6 +52,8 @@ class Listener:
                 application_name=f"django_tasks_q listener {self.worker_id}",
                 also=[CANCEL_CHANNEL],
             )
+            if self.on_connected is not None:
+                self.on_connected()
         return self._connection
 
     def run_once(self, timeout: float = 1.0) -> None:
@@ -70,9 +75,13 @@ class Listener:
                     while not stopping.is_set():
                         self.run_once()
                 except psycopg.Error as exc:
-                    logger.warning("Worker %s listener reconnecting: %s", self.worker_id, exc)
+                    delay = backoff.next()
+                    logger.warning(
+                        "Worker %s listener lost the database (%s); reconnecting in %.1fs",
+                        self.worker_id, describe_database_error(exc), delay,
+                    )  # fmt: skip
                     self.close()
-                    stopping.wait(backoff.next())
+                    stopping.wait(delay)
         finally:
             self.close()
 

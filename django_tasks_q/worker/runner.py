@@ -18,6 +18,7 @@ from django.dispatch import Signal
 
 from django_tasks_q import registry
 from django_tasks_q.backend import PostgresBackend
+from django_tasks_q.backoff import describe_database_error
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.errors import NOT_STARTED_CANCELLED, error_entry
 from django_tasks_q.exceptions import (
@@ -55,6 +56,7 @@ class Runner:
         self.worker_id = worker_id
         self.backend = backend
         self.is_cancel_requested = is_cancel_requested
+        self._quiet_until = 0.0  # no "not started" log line before this (time.monotonic())
 
     def handle_for(
         self, task: BackgroundTask, claimed: ClaimedTask, holder: str | None = None
@@ -92,6 +94,8 @@ class Runner:
         task = registry.find(claimed.name)
         if task is None:
             return self._unknown(claimed)
+        if not self._database_reachable(claimed):
+            return Outcome(id=claimed.id, attempt=claimed.attempt, status="READY", started=False)
         handle = self.handle_for(task, claimed)
         sender = type(self.backend)
         logger.info(
@@ -198,6 +202,32 @@ class Runner:
             _send(task_retried, sender, task_result=handle, error=None, delay=0.0)
         else:
             _send(task_finished, sender, task_result=handle)
+
+    def _database_reachable(self, claimed: ClaimedTask) -> bool:
+        """Whether this thread has, or can open, a connection to the queue's database.
+
+        Connections stay open between tasks, so this costs nothing but after a connection
+        was dropped. When the server refuses (out of connections, restarting), the task does
+        not start: it goes back to the queue without spending an attempt, rather than using up
+        its lost attempts on a database that is not there for anyone."""
+        from django.db import OperationalError
+
+        connection = connections[self.backend.database]
+        if connection.connection is not None:
+            return True
+        try:
+            connection.ensure_connection()
+        except (OperationalError, *_CONNECTION_ERRORS) as exc:
+            now = time.monotonic()
+            if now >= self._quiet_until:  # once per interval, not once per task
+                self._quiet_until = now + UNREACHABLE_LOG_INTERVAL
+                logger.error(
+                    "Task %s #%s not started: no database connection (%s); it goes back to "
+                    "the queue without spending an attempt",
+                    claimed.name, claimed.id, describe_database_error(exc),
+                )  # fmt: skip
+            return False
+        return True
 
     def _unknown(self, claimed: ClaimedTask) -> Outcome:
         """No task of this name here, and the worker did not give it back: it has waited its
@@ -498,6 +528,8 @@ def _raised_while_connecting(exc: BaseException) -> bool:
     return False
 
 
+# Seconds between two "not started: no database connection" lines of one runner.
+UNREACHABLE_LOG_INTERVAL = 10.0
 _CONNECTING = frozenset({"ensure_connection", "get_new_connection"})
 WORKER_LOST = f"{WorkerLost.__module__}.{WorkerLost.__qualname__}"
 _CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from django_tasks_q.backend import PostgresBackend
-from django_tasks_q.backoff import Backoff
+from django_tasks_q.backoff import Backoff, describe_database_error
 from django_tasks_q.errors import described_entry
 from django_tasks_q.queue import ClaimedTask, Outcome, QueueConnection, parse_ready_notice
-from django_tasks_q.retry import UNKNOWN_TASK_DELAY
+from django_tasks_q.retry import UNKNOWN_TASK_DELAY, UNREACHABLE_RETRY_DELAY
 from django_tasks_q.worker.claim_floor import ClaimFloor
 from django_tasks_q.worker.claim_sizer import ClaimSizer
 from django_tasks_q.worker.heartbeat import Heartbeat
@@ -120,11 +120,14 @@ class Worker:
         self.connection = QueueConnection(
             backend.database, application_name=f"django_tasks_q worker {self.worker_id}"
         )
+        # Set when the listener (re)connects: the main loop's backoff ends early.
+        self._database_back = threading.Event()
         self.listener = Listener(
             database=backend.database,
             worker_id=self.worker_id,
             on_ready=self._on_ready_notice,
             on_cancel=self._on_cancel_notice,
+            on_connected=self._database_back.set,
         )
         self.processed = 0
         self.executor = self._make_pool()
@@ -138,6 +141,7 @@ class Worker:
         self._held: set[int] = set()
         self._reconcile = False
         self._unrecorded: list[Outcome] = []
+        self._unstarted: list[Outcome] = []  # could not start: to give back
         # False once a claim came back short; a notification, a retry or the poll resets it.
         self._maybe_ready = True
         self.claim_sizer = ClaimSizer(
@@ -156,6 +160,7 @@ class Worker:
             self._stop_requested_at = time.monotonic()
         self._stopping.set()
         self._wake.set()
+        self._database_back.set()
 
     def run(self) -> int:
         """Run until stopped. Returns the process exit code (0 after a clean stop)."""
@@ -166,7 +171,8 @@ class Worker:
             f" threads={options.threads}" if options.pool == "processes" else "",
             options.batch_size, options.listen,
         )  # fmt: skip
-        self._register(self.connection)
+        if not self._register_when_the_database_answers():
+            return self._exit_code  # stopped before the database ever answered
         self._recover_predecessors()
         heartbeat = threading.Thread(
             target=self.heartbeat.run, args=(self._stopped,), name="tasks-q-heartbeat", daemon=True
@@ -217,6 +223,25 @@ class Worker:
                 "Worker %s could not recover its predecessors' tasks yet: %s", self.worker_id, exc
             )
             self.rescuer.connection.close()
+
+    def _register_when_the_database_answers(self) -> bool:
+        """Register this worker, waiting with a backoff while the database cannot be reached
+        (down, restarting, or out of connections): a worker started before its database, as
+        containers often are, waits for it. False if stopped meanwhile."""
+        backoff = Backoff()
+        while not self._stopping.is_set():
+            try:
+                self._register(self.connection)
+                return True
+            except psycopg.OperationalError as exc:
+                delay = backoff.next()
+                logger.error(
+                    "Worker %s cannot reach the database to start (%s); trying again in %.1fs",
+                    self.worker_id, describe_database_error(exc), delay,
+                )  # fmt: skip
+                self.connection.close()
+                self._stopping.wait(delay)
+        return False
 
     def _register(self, connection: QueueConnection) -> None:
         connection.register_worker(
@@ -287,14 +312,19 @@ class Worker:
 
     def _loop(self) -> None:
         backoff = Backoff()
+        lost_since: float | None = None
         while not self._stopping.is_set():
             try:
                 did_work = self._finish_and_claim()
                 backoff.reset()
             except psycopg.OperationalError as exc:
                 delay = backoff.next()
+                lost_since = lost_since or time.monotonic()
                 self._lost_database(exc, delay)
-                self._stopping.wait(delay)
+                # The listener reconnecting means the database is back: retry then, not
+                # at the end of a backoff that may have grown to half a minute.
+                self._database_back.clear()
+                self._database_back.wait(delay)
                 continue
             except psycopg.Error:
                 # Not the connection: a statement the database refused. Nothing it carried
@@ -306,6 +336,12 @@ class Worker:
                 )  # fmt: skip
                 self._stopping.wait(delay)
                 continue
+            if lost_since is not None:
+                logger.warning(
+                    "Worker %s is connected to the database again, after %.1fs",
+                    self.worker_id, time.monotonic() - lost_since,
+                )  # fmt: skip
+                lost_since = None
             if did_work:
                 continue
             if self.options.burst and not self._held and not self._maybe_ready:
@@ -317,7 +353,7 @@ class Worker:
     def _lost_database(self, exc: Exception, retry_in: float) -> None:
         logger.error(
             "Worker %s lost the database (%s); reconnecting in %.1fs",
-            self.worker_id, exc, retry_in,
+            self.worker_id, describe_database_error(exc), retry_in,
         )  # fmt: skip
         self.connection.close()
         # The last statement may have committed without us seeing the answer: then rows were
@@ -414,12 +450,26 @@ class Worker:
         return True
 
     def _take_delivered(self) -> None:
-        """Move outcomes the pool delivered into those waiting to be recorded."""
+        """Move outcomes the pool delivered into those waiting to be recorded, and tasks that
+        could not start into those to give back."""
         while True:
             try:
-                self._unrecorded.append(self._outcomes.get_nowait())
+                outcome = self._outcomes.get_nowait()
             except stdlib_queue.Empty:
-                return
+                break
+            (self._unrecorded if outcome.started else self._unstarted).append(outcome)
+        if self._unstarted:
+            ids = [outcome.id for outcome in self._unstarted]
+            # Due again shortly, not at once: the database refused this worker's executors a
+            # connection, and claiming them straight back would only spin. Kept until given
+            # back: a lost connection leaves them for the next try.
+            self.connection.release(
+                worker_id=self.worker_id, ids=ids, delay=UNREACHABLE_RETRY_DELAY, notify=False
+            )
+            self._unstarted = []
+            self._held.difference_update(ids)
+            if self.metrics:
+                self.metrics.released(ids)
 
     def _record_one_by_one(self, outcomes: list[Outcome], failure: psycopg.Error) -> set[int]:
         """Record ``outcomes`` one per statement after a batch failed with ``failure``; each
