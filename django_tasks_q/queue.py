@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -39,8 +39,10 @@ class ClaimPosition(NamedTuple):
     id: int
 
 
+# Before any time a row holds.
+EARLIEST = datetime.min.replace(tzinfo=UTC)
 # Before every row (priorities are -100..100): a claim from here walks from the start.
-FIRST_POSITION = ClaimPosition(-101, datetime.min.replace(tzinfo=UTC), 0)
+FIRST_POSITION = ClaimPosition(-101, EARLIEST, 0)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -452,11 +454,22 @@ class QueueConnection:
             },
         )
 
+    def now(self) -> datetime:
+        """The database's clock."""
+        return self.connect().execute(sql("database_now")).fetchone()[0]
+
     def heartbeat(
-        self, *, worker_id: str, lease_seconds: float, succeeded: int, failed: int
+        self,
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        succeeded: int,
+        failed: int,
+        held: Collection[int] = (),
     ) -> tuple[bool, int, list[int], list[int]]:
-        """Returns whether the worker row exists, how many task leases were extended and the
-        ids of held tasks whose cancellation was requested, and of those to terminate."""
+        """Extend the leases of ``held`` (fenced on ``worker_id``). Returns whether the worker
+        row exists, how many task leases were extended and the ids of held tasks whose
+        cancellation was requested, and of those to terminate."""
         row = (
             self.connect()
             .execute(
@@ -466,6 +479,7 @@ class QueueConnection:
                     "lease_seconds": lease_seconds,
                     "succeeded": succeeded,
                     "failed": failed,
+                    "ids": list(held),
                 },
             )
             .fetchone()

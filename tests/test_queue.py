@@ -144,7 +144,7 @@ def test_cancel_stops_ready_tasks_at_once_and_flags_running_ones(qconn):
     assert (row.status, row.cancel_requested_at is not None) == ("RUNNING", True)
     # The holder's heartbeat hands the request over.
     _, _, requested, terminate = qconn.heartbeat(
-        worker_id="w1", lease_seconds=60, succeeded=0, failed=0
+        worker_id="w1", lease_seconds=60, succeeded=0, failed=0, held=[int(running.id)]
     )
     assert (requested, terminate) == ([int(running.id)], [])
 
@@ -195,6 +195,12 @@ def test_cancel_after_the_end_changes_nothing():
     Task.objects.filter(pk=handle.id).update(status="SUCCESSFUL")
     assert handle.cancel() == "already_finished"
     assert Task.objects.get(pk=handle.id).cancel_requested_at is None
+
+
+def explain(statement: str, **params) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + queue.sql(statement), params)
+        return "\n".join(row[0] for row in cursor.fetchall())
 
 
 def explain_claim(statement: str, **extra) -> str:
@@ -249,6 +255,53 @@ def test_a_claim_starts_its_index_walk_at_its_floor(backlog):
         conditions = [line for line in plan.splitlines() if "Index Cond" in line]
         assert any("ROW((priority * '-1'::integer), run_after, id) >" in line
                    for line in conditions), plan  # fmt: skip
+
+
+def test_recording_outcomes_looks_their_rows_up_by_id(backlog):
+    # Never by walking tasks_q_running_idx: while the xmin horizon is held it holds an entry
+    # for every task run since, and a statement that walks it gets slower with every task.
+    qconn = QueueConnection("default")
+    try:
+        running = [task.id for task in qconn.claim(
+            worker_id="w", queues=None, limit=50, lease_seconds=60)]  # fmt: skip
+    finally:
+        qconn.close()
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE django_tasks_q_task")
+    outcomes = {
+        "ids": running, "attempts": [1] * 50, "statuses": ["SUCCESSFUL"] * 50,
+        "results": ["1"] * 50, "errors": [None] * 50, "max_attempts": [1] * 50,
+        "retry_delays": [0.0] * 50, "lost": [False] * 50,
+    }  # fmt: skip
+    plans = {
+        "finish_and_claim": explain_claim("finish_and_claim", **outcomes),
+        "heartbeat": explain(
+            "heartbeat",
+            worker_id="w",
+            lease_seconds=60,
+            succeeded=0,
+            failed=0,
+            ids=running,
+        ),
+        "record_lost": explain(
+            "record_lost",
+            ids=running,
+            attempts=[1] * 50,
+            holders=["w"] * 50,
+            statuses=["READY"] * 50,
+            max_attempts=[1] * 50,
+            errors=[None] * 50,
+            notify=False,
+        ),
+    }
+    for name, plan in plans.items():
+        assert "tasks_q_running_idx" not in plan, f"{name}:\n{plan}"
+
+
+def test_the_look_for_expired_leases_starts_its_walk_at_its_floor(backlog):
+    plan = explain("lost_expired", limit=100, after=timezone.now())
+    conditions = [line for line in plan.splitlines() if "Index Cond" in line]
+    assert any("lease_expires_at >=" in line for line in conditions), plan
 
 
 def test_claim_from_a_small_queue_does_not_walk_the_big_backlog(backlog):

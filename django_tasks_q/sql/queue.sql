@@ -78,6 +78,10 @@ FROM inserted;
 -- {picked} is filled in when the file is loaded: pick_any_queue for `finish_and_claim`,
 -- pick_from_queues for `finish_and_claim_from_queues` (the same statement for a worker
 -- started with --queues).
+-- "(status = 'RUNNING') IS TRUE" says status = 'RUNNING' in a form that does not match the
+-- predicate of tasks_q_running_idx: written plainly, the planner may walk that whole index
+-- (it thinks it small) instead of looking the outcomes' ids up. While the xmin horizon is held
+-- it holds an entry for every task run since, and that walk grows with every task.
 WITH outcome AS (
     SELECT *
     FROM unnest(
@@ -112,7 +116,7 @@ finished AS (
         lease_expires_at = NULL
     FROM outcome
     WHERE task.id = outcome.id
-      AND task.status = 'RUNNING'
+      AND (task.status = 'RUNNING') IS TRUE
       AND task.attempts = outcome.attempt
       AND task.worker_id = %(worker_id)s
     RETURNING task.id
@@ -322,8 +326,9 @@ SET name = EXCLUDED.name, hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, queu
 
 -- name: heartbeat
 -- Proof of life: the worker row, and the lease of every task this worker holds (running or
--- claimed and waiting for a thread), so a long task is never taken for lost while its worker
--- lives. Returns whether the worker row still exists, how many leases were extended and the
+-- claimed and waiting for a thread: %(ids)s, fenced on the holder), so a long task is never
+-- taken for lost while its worker lives. A RUNNING row under this worker's id that it does not
+-- hold is one it never received; the worker gives those back (release, listed false). Returns whether the worker row still exists, how many leases were extended and the
 -- ids of held tasks someone asked to cancel.
 WITH alive AS (
     UPDATE django_tasks_q_worker
@@ -336,7 +341,9 @@ WITH alive AS (
 extended AS (
     UPDATE django_tasks_q_task
     SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-    WHERE status = 'RUNNING' AND worker_id = %(worker_id)s
+    WHERE id = ANY(%(ids)s::bigint[])
+      AND (status = 'RUNNING') IS TRUE  -- by id, not tasks_q_running_idx: see finish_and_claim
+      AND worker_id = %(worker_id)s
     RETURNING id, cancel_requested_at, cancel_terminate
 )
 SELECT (SELECT count(*) FROM alive),
@@ -349,9 +356,14 @@ SELECT (SELECT count(*) FROM alive),
 -- frozen, its machine gone). Every live worker looks; SKIP LOCKED gives each to exactly one,
 -- which decides what happens (retry.after_lost) and writes it with record_lost in the same
 -- transaction.
+-- Only leases that expired at or after %(after)s: every lease is set to the future, so one that
+-- had not expired at the rescuer's previous look expires after it. The walk of
+-- tasks_q_running_idx then starts there, not at the entries of every task run since some
+-- session began holding the xmin horizon (see pick_any_queue); worker/rescuer.py looks from
+-- the start now and then.
 SELECT {task_columns}, worker_id, lease_expires_at, cancel_requested_at IS NOT NULL
 FROM django_tasks_q_task
-WHERE status = 'RUNNING' AND lease_expires_at < now()
+WHERE status = 'RUNNING' AND lease_expires_at < now() AND lease_expires_at >= %(after)s
 ORDER BY lease_expires_at
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
@@ -396,7 +408,7 @@ recorded AS (
         lease_expires_at = NULL
     FROM lost
     WHERE task.id = lost.id
-      AND task.status = 'RUNNING'
+      AND (task.status = 'RUNNING') IS TRUE  -- by id, not tasks_q_running_idx: see finish_and_claim
       AND task.attempts = lost.attempt
       AND task.worker_id = lost.holder
     RETURNING task.id, task.status, task.queue, task.priority, task.run_after

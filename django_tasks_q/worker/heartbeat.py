@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import psycopg
 
@@ -43,6 +43,7 @@ class Heartbeat:
         counters: Callable[[], tuple[int, int]],
         rescuer: Rescuer,
         on_cancel_requested: Callable[[list[int], list[int]], None],
+        held: Callable[[], Collection[int]],
         pruner: Pruner | None = None,
     ) -> None:
         check_heartbeat(interval=interval, lease_seconds=lease_seconds)
@@ -54,6 +55,7 @@ class Heartbeat:
         self.counters = counters
         self.rescuer = rescuer
         self.on_cancel_requested = on_cancel_requested
+        self.held = held
         self.pruner = pruner
         self.beats = 0
         self._reported = (0, 0)
@@ -65,6 +67,7 @@ class Heartbeat:
             lease_seconds=self.lease_seconds,
             succeeded=succeeded - self._reported[0],
             failed=failed - self._reported[1],
+            held=self.held(),
         )
         self._reported = (succeeded, failed)
         if cancel_requested:

@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from django_tasks_q.errors import described_entry
-from django_tasks_q.queue import LostTask, QueueConnection
+from django_tasks_q.queue import EARLIEST, LostTask, QueueConnection
 from django_tasks_q.retry import after_lost
 from django_tasks_q.worker.runner import WORKER_LOST, Runner
 
 logger = logging.getLogger("django_tasks_q.worker")
+
+# Every this many looks for expired leases, one starts from the earliest lease.
+FULL_LOOK_EVERY = 12
 
 
 class Rescuer:
@@ -50,17 +54,30 @@ class Rescuer:
         self.on_ready = on_ready
         self.notify = notify
         self.limit = limit
+        # Where the next look for expired leases starts (None: from the start).
+        self._after: datetime | None = None
+        self._looks = 0
 
     def run_once(self) -> int:
-        """Recover attempts whose lease expired; returns how many."""
-        return self._recover(
+        """Recover attempts whose lease expired; returns how many.
+
+        Each look starts at the database time of the previous one (``lost_expired`` says why
+        that is enough); every FULL_LOOK_EVERY looks, and after one that hit its limit, it
+        looks from the start, for a recovery that another worker began and rolled back."""
+        self._looks += 1
+        full = self._after is None or self._looks % FULL_LOOK_EVERY == 0
+        looked_at = self.connection.now()
+        recovered = self._recover(
             "expired",
             lambda lost: (
                 f"worker {lost.holder} stopped heartbeating: its lease on this attempt expired "
                 f"at {lost.lease_expires_at}"
             ),
             limit=self.limit,
+            after=EARLIEST if full else self._after,
         )
+        self._after = looked_at if recovered < self.limit else None
+        return recovered
 
     def recover_predecessors(self) -> int:
         """Recover what earlier processes under this worker's name held; mark them stopped."""

@@ -111,6 +111,8 @@ class Worker:
             counters=lambda: (self.succeeded, self.failed),
             rescuer=self.rescuer,
             on_cancel_requested=self._on_cancel_requested,
+            # A copy made in one step: the main thread changes the set meanwhile.
+            held=lambda: self._held.copy(),
             pruner=Pruner(
                 connection=heartbeat_connection,
                 keep_successful=options.keep_successful,
