@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from django_tasks_q.queue import FIRST_POSITION, ClaimedTask, ClaimPosition
 
 FULL_SCAN_INTERVAL = 1.0
-FULL_SCAN_SHARE = 0.02
+# Claims queued behind a slow claim from the start wait for it: kept to a share of the time
+# well under 1 %, they leave the claim lag's 99th percentile alone.
+FULL_SCAN_SHARE = 0.005
 
 
 @dataclass(frozen=True, slots=True)

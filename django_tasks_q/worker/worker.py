@@ -276,8 +276,9 @@ class Worker:
         self._look_for_work()
 
     def _after_recovery(self) -> None:
-        # Recovered tasks sit behind the claim floor; without notifications nothing else says so.
-        self.claim_floor.forget()
+        if not self.options.listen:
+            # Recovered tasks sit behind the claim floor, and no notification says where.
+            self.claim_floor.forget()
         self._look_for_work()
 
     def _say_stopped(self) -> None:
@@ -374,6 +375,7 @@ class Worker:
         anything."""
         gave_back = self._release_given_back()
         self._take_delivered()
+        self._give_back_unstarted()
         limit = self._claim_limit()
         if not self._unrecorded and not limit:
             return gave_back
@@ -458,20 +460,24 @@ class Worker:
             try:
                 outcome = self._outcomes.get_nowait()
             except stdlib_queue.Empty:
-                break
+                return
             (self._unrecorded if outcome.started else self._unstarted).append(outcome)
-        if self._unstarted:
-            ids = [outcome.id for outcome in self._unstarted]
-            # Due again shortly, not at once: the database refused this worker's executors a
-            # connection, and claiming them straight back would only spin. Kept until given
-            # back: a lost connection leaves them for the next try.
-            self.connection.release(
-                worker_id=self.worker_id, ids=ids, delay=UNREACHABLE_RETRY_DELAY, notify=False
-            )
-            self._unstarted = []
-            self._held.difference_update(ids)
-            if self.metrics:
-                self.metrics.released(ids)
+
+    def _give_back_unstarted(self) -> None:
+        """Give back the tasks that could not start, without counting their attempt. Due again
+        shortly, not at once: the database refused this worker's executors a connection, and
+        claiming them straight back would only spin. Kept until given back: a lost connection
+        leaves them for the next try."""
+        if not self._unstarted:
+            return
+        ids = [outcome.id for outcome in self._unstarted]
+        self.connection.release(
+            worker_id=self.worker_id, ids=ids, delay=UNREACHABLE_RETRY_DELAY, notify=False
+        )
+        self._unstarted = []
+        self._held.difference_update(ids)
+        if self.metrics:
+            self.metrics.released(ids)
 
     def _record_one_by_one(self, outcomes: list[Outcome], failure: psycopg.Error) -> set[int]:
         """Record ``outcomes`` one per statement after a batch failed with ``failure``; each
