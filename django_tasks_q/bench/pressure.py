@@ -30,6 +30,8 @@ from django_tasks_q.bench.workers import WorkerProcess, check_alive, worker_logs
 from django_tasks_q.queue import connection_params
 from django_tasks_q.tasks import BackgroundTask
 
+# Seconds a reader keeps its transaction, and so its snapshot, open after each scan.
+READER_HOLD = 1.0
 # The enqueuer commits this often, as a steady stream of web requests would.
 TICK = 0.01
 # Workers retry after 0.5 s at the soonest, so the slots their ended connections free are
@@ -243,11 +245,12 @@ def _read(
     index: int,
     failures: list[BaseException],
 ) -> None:
-    """Scan the task table in REPEATABLE READ transactions, one after another, until ``stop``:
-    the horizon moves between scans, yet never gets far."""
+    """Scan the task table in REPEATABLE READ transactions, one after another, each kept open
+    READER_HOLD seconds after its scan, until ``stop``: the horizon moves between
+    transactions, yet never gets far."""
     try:
         while not stop.is_set():
-            queries.repeatable_read_scan(database)
+            queries.repeatable_read_scan(database, then=lambda: stop.wait(READER_HOLD))
             scans[index] += 1
     except BaseException as exc:
         failures.append(exc)

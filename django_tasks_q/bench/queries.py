@@ -6,7 +6,7 @@ on a queue holding others, and never touches them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -160,13 +160,16 @@ def first_claim_after(
         return cursor.fetchone()[0]
 
 
-def repeatable_read_scan(database: str) -> None:
-    """Count the whole task table in a REPEATABLE READ transaction, as a report does: the
-    transaction's snapshot holds the xmin horizon until the scan ends."""
+def repeatable_read_scan(database: str, then: Callable[[], object]) -> None:
+    """Count the whole task table in a REPEATABLE READ transaction, as a report does, and call
+    ``then`` before committing (a report works on what it read): the transaction's snapshot
+    holds the xmin horizon until it commits."""
     with transaction.atomic(using=database), connections[database].cursor() as cursor:
         cursor.execute(sql("repeatable_read"))
+        cursor.execute(sql("reader_one_process"))
         cursor.execute(sql("reader_scan"))
         cursor.fetchone()
+        then()
 
 
 def terminate_workers(database: str) -> set[int]:

@@ -85,6 +85,11 @@ WHERE queue = %s AND name = %s AND last_attempted_at >= %s;
 -- The first statement of a reader's transaction: one snapshot for the whole scan.
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;
 
+-- name: reader_one_process
+-- A reader scans in its own process only: parallel workers would measure how many cores the
+-- machine has left for the queue, not what a held snapshot does to it.
+SET LOCAL max_parallel_workers_per_gather = 0;
+
 -- name: reader_scan
 -- What a report or an analytics job reads: every row of the table, in one snapshot.
 SELECT count(*), max(enqueued_at) FROM django_tasks_q_task;
