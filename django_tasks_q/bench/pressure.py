@@ -61,7 +61,7 @@ class Window:
     run_per_s: float
     claim_lag_p50_ms: float | None
     claim_lag_p99_ms: float | None
-    backlog: int  # still READY when the window closed
+    backlog: int  # offered and not yet run when the window closed
     xmin_held: bool
     readers: int
     reader_scans: int  # scans the readers completed in this window
@@ -165,6 +165,7 @@ def steady_load(
         if stress.hold_xmin and not held.wait(10):
             raise BenchError("Could not open the transaction that holds the xmin horizon.")
         since, began, scanned = started, time.monotonic(), 0
+        offered_so_far = run_so_far = 0
         while (elapsed := time.monotonic() - began) < seconds:
             time.sleep(min(window, seconds - elapsed))
             check_alive(workers)
@@ -173,13 +174,15 @@ def steady_load(
             until = queries.database_now(database)
             stats = queries.window(database, task.queue_name, task.name, since, until)
             span = max((until - since).total_seconds(), 1e-9)
+            offered_so_far += stats.offered
+            run_so_far += stats.run
             current = Window(
                 ends_after_s=(until - started).total_seconds(),
                 offered_per_s=stats.offered / span,
-                run_per_s=stats.claimed / span,
+                run_per_s=stats.run / span,
                 claim_lag_p50_ms=stats.lag_p50_ms,
                 claim_lag_p99_ms=stats.lag_p99_ms,
-                backlog=stats.backlog,
+                backlog=max(0, offered_so_far - run_so_far),
                 xmin_held=stress.hold_xmin,
                 readers=stress.readers,
                 reader_scans=sum(scans) - scanned,

@@ -183,10 +183,9 @@ def terminate_workers(database: str) -> set[int]:
 @dataclass(frozen=True)
 class WindowStats:
     offered: int
-    claimed: int
+    run: int  # finished
     lag_p50_ms: float | None
     lag_p99_ms: float | None
-    backlog: int
 
 
 def window(
@@ -197,11 +196,10 @@ def window(
         cursor.execute(
             sql("window"), {"queue": queue_name, "name": name, "since": since, "until": until}
         )
-        offered, claimed, p50, p99, backlog = cursor.fetchone()
+        offered, run, p50, p99 = cursor.fetchone()
     return WindowStats(
         offered=offered,
-        claimed=claimed,
+        run=run,
         lag_p50_ms=None if p50 is None else float(p50),
         lag_p99_ms=None if p99 is None else float(p99),
-        backlog=backlog,
     )

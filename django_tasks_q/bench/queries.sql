@@ -55,23 +55,25 @@ WHERE relid = 'django_tasks_q_task'::regclass;
 SELECT clock_timestamp();
 
 -- name: window
--- The steady load between two database times: tasks enqueued, tasks claimed and the claim
--- lag percentiles of those (enqueued to claimed, ms), and the backlog still READY.
+-- The steady load between two database times: tasks enqueued, tasks run (finished) and the
+-- claim lag percentiles of those (enqueued to claimed, ms). Both counts read index ranges
+-- (tasks_q_enqueued_idx, tasks_q_finished_idx): a window costs what it holds, not what the
+-- table holds, so measuring does not itself press on the database it measures (a count of the
+-- READY rows would walk every dead entry a held xmin horizon keeps; the caller works out the
+-- backlog from the two counts instead).
 SELECT
     (SELECT count(*) FROM django_tasks_q_task
      WHERE queue = %(queue)s AND name = %(name)s
        AND enqueued_at >= %(since)s AND enqueued_at < %(until)s),
     count(*),
     percentile_cont(0.5) WITHIN GROUP (ORDER BY lag_ms),
-    percentile_cont(0.99) WITHIN GROUP (ORDER BY lag_ms),
-    (SELECT count(*) FROM django_tasks_q_task
-     WHERE queue = %(queue)s AND name = %(name)s AND status = 'READY')
+    percentile_cont(0.99) WITHIN GROUP (ORDER BY lag_ms)
 FROM (
     SELECT extract(epoch FROM last_attempted_at - enqueued_at) * 1000 AS lag_ms
     FROM django_tasks_q_task
-    WHERE queue = %(queue)s AND name = %(name)s
-      AND last_attempted_at >= %(since)s AND last_attempted_at < %(until)s
-) AS claimed;
+    WHERE status = 'SUCCESSFUL' AND finished_at >= %(since)s AND finished_at < %(until)s
+      AND queue = %(queue)s AND name = %(name)s
+) AS run;
 
 -- name: last_finish
 SELECT max(finished_at) FROM django_tasks_q_task WHERE queue = %s AND name = %s;
