@@ -2,6 +2,7 @@
 that became ready behind it: through the NOTIFY of the transaction that made them ready, or
 through the claim from the start that follows every so often."""
 
+import contextlib
 import threading
 from datetime import timedelta
 
@@ -202,6 +203,29 @@ def ran(key):
     return Task.objects.filter(args=[key], status="SUCCESSFUL").exists()
 
 
+@contextlib.contextmanager
+def transaction_in_another_session(work):
+    """Run ``work`` in a transaction of another thread's connection, and keep that transaction
+    open until the block ends; then commit it."""
+    opened, release = threading.Event(), threading.Event()
+
+    def hold():
+        with transaction.atomic():
+            work()
+            opened.set()
+            release.wait(30)
+        django_connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert opened.wait(10)
+        yield
+    finally:
+        release.set()
+        holder.join(timeout=30)
+
+
 def test_a_task_committed_after_later_ones_ran_runs_when_its_transaction_commits(
     worker_in_thread, monkeypatch
 ):
@@ -209,27 +233,12 @@ def test_a_task_committed_after_later_ones_ran_runs_when_its_transaction_commits
     monkeypatch.setattr(claim_floor, "FULL_SCAN_INTERVAL", 3600.0)
     worker = worker_in_thread(listen=True)
     wait_for(lambda: worker.listener._connection is not None, message="the listener")
-    committed = threading.Event()
-    release = threading.Event()
-
-    def enqueue_late():
-        with transaction.atomic():
-            tasks.record.enqueue("late")  # run_after is this transaction's start
-            committed.set()
-            release.wait(30)
-        django_connection.close()
-
-    late = threading.Thread(target=enqueue_late)
-    late.start()
-    try:
-        assert committed.wait(10)
+    # run_after is the start of the transaction that enqueues it, which commits last.
+    with transaction_in_another_session(lambda: tasks.record.enqueue("late")):
         for key in ("early-1", "early-2"):
             tasks.record.enqueue(key)
         wait_for(lambda: ran("early-1") and ran("early-2"), message="the later tasks ran")
         assert worker.claim_floor.floors[0] > position_of(Task.objects.get(args=["early-1"]))
-    finally:
-        release.set()
-        late.join(timeout=30)
     wait_for(lambda: ran("late"), message="the late task ran")
 
 
@@ -237,28 +246,14 @@ def test_a_row_left_behind_without_a_notification_runs_after_the_next_claim_from
     worker_in_thread,
 ):
     behind = tasks.record.enqueue("left-behind")
-    locked = threading.Event()
-    release = threading.Event()
-
-    def hold_the_row():
-        # Another session holds the row while the worker claims past it, then lets go
-        # without changing it: no notification says it is ready.
-        with transaction.atomic():
-            list(Task.objects.select_for_update().filter(pk=behind.id))
-            locked.set()
-            release.wait(30)
-        django_connection.close()
-
-    holder = threading.Thread(target=hold_the_row)
-    holder.start()
-    try:
-        assert locked.wait(10)
+    # Another session holds the row while the worker claims past it, then lets go without
+    # changing it: no notification says it is ready.
+    with transaction_in_another_session(
+        lambda: list(Task.objects.select_for_update().filter(pk=behind.id))
+    ):
         worker = worker_in_thread(listen=True)
         tasks.record.enqueue("after")
         wait_for(lambda: ran("after"), message="the task after it ran")
         assert not ran("left-behind")
-    finally:
-        release.set()
-        holder.join(timeout=30)
     assert worker.claim_floor.floors[0] > position_of(Task.objects.get(pk=behind.id))
     wait_for(lambda: ran("left-behind"), message="the row left behind ran")
