@@ -1,5 +1,6 @@
 """The queue SQL on its own: claim order, locking, fencing, release, cancel."""
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -147,6 +148,49 @@ def test_cancel_stops_ready_tasks_at_once_and_flags_running_ones(qconn):
         worker_id="w1", lease_seconds=60, succeeded=0, failed=0, held=[int(running.id)]
     )
     assert (requested, terminate) == ([int(running.id)], [])
+
+
+def test_a_heartbeat_extends_the_leases_it_can_and_never_waits_for_a_locked_row(qconn):
+    # The worker's main connection locks rows while it records their outcomes, in its own
+    # order; a heartbeat waiting on them could deadlock with it.
+    busy, free = tasks.add.delay(1, 1), tasks.add.delay(2, 2)
+    claim(qconn, worker_id="w1")
+    Task.objects.filter(pk__in=[busy.id, free.id]).update(lease_expires_at=timezone.now())
+    other = QueueConnection("default")
+    beats = QueueConnection("default")
+    beat: list = []
+    thread = threading.Thread(
+        target=lambda: beat.append(
+            beats.heartbeat(
+                worker_id="w1", lease_seconds=60, succeeded=0, failed=0,
+                held=[int(busy.id), int(free.id)],
+            )
+        )
+    )  # fmt: skip
+    try:
+        with other.connect().transaction():
+            other.connect().execute(
+                "SELECT 1 FROM django_tasks_q_task WHERE id = %s FOR UPDATE", [int(busy.id)]
+            )
+            thread.start()
+            thread.join(timeout=10)
+            assert beat, "the heartbeat waited for a row another transaction locked"
+            leases = dict(Task.objects.values_list("pk", "lease_expires_at"))
+        assert beat[0][1] == 1
+        assert leases[int(free.id)] > timezone.now() + timedelta(seconds=30)
+        assert leases[int(busy.id)] < timezone.now()
+        # Once the lock is gone, the next beat extends it.
+        assert (
+            beats.heartbeat(
+                worker_id="w1", lease_seconds=60, succeeded=0, failed=0, held=[int(busy.id)]
+            )[1]
+            == 1
+        )
+    finally:
+        if thread.is_alive() or thread.ident:
+            thread.join(timeout=30)
+        other.close()
+        beats.close()
 
 
 ENTRY_KEYS = {"attempt", "worker_id", "type", "message", "traceback", "at"}

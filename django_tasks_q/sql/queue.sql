@@ -330,6 +330,10 @@ SET name = EXCLUDED.name, hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, queu
 -- taken for lost while its worker lives. A RUNNING row under this worker's id that it does not
 -- hold is one it never received; the worker gives those back (release, listed false). Returns whether the worker row still exists, how many leases were extended and the
 -- ids of held tasks someone asked to cancel.
+-- SKIP LOCKED: a row locked now is being finished by the worker's own main connection (or
+-- cancelled, or looked at by a rescuer). Waiting for it could deadlock with finish_and_claim,
+-- which locks the same rows in the order outcomes arrived, and a deadlock costs both
+-- statements deadlock_timeout. Its lease is extended at the next beat if it still runs.
 WITH alive AS (
     UPDATE django_tasks_q_worker
     SET last_heartbeat_at = now(),
@@ -339,12 +343,18 @@ WITH alive AS (
     RETURNING id
 ),
 extended AS (
-    UPDATE django_tasks_q_task
+    UPDATE django_tasks_q_task AS task
     SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-    WHERE id = ANY(%(ids)s::bigint[])
-      AND (status = 'RUNNING') IS TRUE  -- by id, not tasks_q_running_idx: see finish_and_claim
-      AND worker_id = %(worker_id)s
-    RETURNING id, cancel_requested_at, cancel_terminate
+    FROM (
+        SELECT id
+        FROM django_tasks_q_task
+        WHERE id = ANY(%(ids)s::bigint[])
+          AND (status = 'RUNNING') IS TRUE  -- by id, not tasks_q_running_idx: see finish_and_claim
+          AND worker_id = %(worker_id)s
+        FOR UPDATE SKIP LOCKED
+    ) AS free
+    WHERE task.id = free.id
+    RETURNING task.id, task.cancel_requested_at, task.cancel_terminate
 )
 SELECT (SELECT count(*) FROM alive),
        (SELECT count(*) FROM extended),
