@@ -52,6 +52,23 @@ def test_children_are_recycled_after_max_tasks(start_worker):
     assert len(per_child) >= 10 and max(per_child.values()) <= 10
 
 
+def test_a_child_that_grew_past_the_memory_limit_is_replaced_after_its_task(start_worker):
+    worker = start_worker(
+        "--pool", "processes", "--concurrency", "1", "--max-memory-per-child", "250"
+    )
+    before = tasks.record.delay("before")
+    assert before.wait(timeout=30).status == "SUCCESSFUL"
+    grown = tasks.grows.delay("grown", 300)
+    assert grown.wait(timeout=30).status == "SUCCESSFUL"
+    # Nothing else is queued: the child must not idle on with its memory.
+    after = tasks.record.delay("after")
+    assert after.wait(timeout=30).status == "SUCCESSFUL"
+    pids = dict(Execution.objects.values_list("key", "worker"))
+    assert pids["before"] == pids["grown"] != pids["after"]
+    worker.terminate()
+    assert worker.wait() == 0
+
+
 def test_the_soft_time_limit_raises_inside_the_task_first(start_worker):
     handle = tasks.cleans_up_at_the_soft_limit.delay("soft")
     worker = start_worker("--pool", "processes", "--concurrency", "1")

@@ -52,6 +52,15 @@ class ChildReport:
     outcome: Outcome
     max_rss_mb: float
 
+    def __reduce__(self) -> tuple:
+        # One per task: a tuple pickles in a fraction of the generic dataclass's time.
+        return ChildReport, (self.outcome, self.max_rss_mb)
+
+
+# Seconds between two readings of the child's peak memory: getrusage() costs more than running
+# a short task, and the limit (--max-memory-per-child) does not need it after every one.
+RSS_INTERVAL = 0.1
+
 
 def child_main(
     conn: Connection,
@@ -107,18 +116,25 @@ def child_main(
                 jobs.put(None)
             return
 
+    peak = _PeakMemory()
+    inbox = _Inbox(conn) if threads == 1 else None
+
+    def more_queued() -> bool:
+        return bool(inbox.jobs) if inbox else not jobs.empty()
+
     def report(outcome: Outcome) -> None:
         # At once, before the next task starts: if that task crashes the child, this one's
-        # outcome is known, not taken for a casualty of the crash.
-        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # outcome is known, not taken for a casualty of the crash. The memory reading is
+        # fresh when the child has nothing more to run, so one that grew past the limit is
+        # replaced before it idles.
+        report = ChildReport(outcome, peak.megabytes(fresh=not more_queued()))
         with send_lock:
-            conn.send(ChildReport(outcome, rss_mb))
+            conn.send(report)
 
     signal.signal(signal.SIGALRM, _soft_time_limit_reached)
-    if threads == 1:
+    if inbox:
         # One task at a time: the main thread reads the pipe itself, with no hand-off.
         conn.send(Ready())
-        inbox = _Inbox(conn)
         _execute(inbox.next_job, runner, report)
         return
     threading.Thread(target=receive, name="tasks-q-child-receiver", daemon=True).start()
@@ -136,6 +152,22 @@ def child_main(
     _execute(jobs.get, runner, report)
     for executor in executors:
         executor.join()
+
+
+class _PeakMemory:
+    """The child's peak resident memory, read again once :data:`RSS_INTERVAL` has passed, or
+    when asked for a fresh reading."""
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.read_at = float("-inf")
+
+    def megabytes(self, *, fresh: bool = False) -> float:
+        now = time.monotonic()
+        if fresh or now - self.read_at >= RSS_INTERVAL:
+            self.read_at = now
+            self.value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return self.value
 
 
 def _die_with_parent() -> None:

@@ -31,6 +31,17 @@ def record(key):
     return key
 
 
+_kept_alive: list[bytearray] = []
+
+
+@background_task
+def grows(key, megabytes):
+    """Keeps ``megabytes`` of memory for the rest of its process's life."""
+    Execution.objects.create(key=key, worker=str(os.getpid()))
+    _kept_alive.append(bytearray(megabytes * 1024 * 1024))
+    return key
+
+
 @background_task(bind=True)
 def record_attempt(context, key):
     Execution.objects.create(key=key, attempt=context.attempt)
