@@ -25,6 +25,14 @@ def test_a_busy_worker_refills_its_prefetch_only_once_half_a_batch_has_room():
     assert sizer.limit(held=6) == 5
 
 
+def test_a_claim_riding_on_recorded_outcomes_fills_whatever_room_there_is():
+    # The statement goes to the database anyway: even one free place is worth claiming.
+    sizer = ClaimSizer(capacity=1, batch_size=10, prefetch=10)
+    assert sizer.limit(held=10, riding=True) == 1
+    assert sizer.limit(held=11, riding=True) == 0
+    assert ClaimSizer(capacity=100, batch_size=10, prefetch=0).limit(held=0, riding=True) == 10
+
+
 def test_an_executor_with_nothing_to_do_always_gets_work():
     sizer = ClaimSizer(capacity=4, batch_size=10, prefetch=10)
     assert sizer.limit(held=3) == 10

@@ -36,18 +36,20 @@ class ClaimSizer:
     def observe_duration(self, seconds: float) -> None:
         self.mean_duration = mean_duration(self.mean_duration, seconds)
 
-    def limit(self, held: int) -> int:
-        """How many tasks to claim while holding ``held``: 0, or a batch worth a round trip.
+    def limit(self, held: int, *, riding: bool = False) -> int:
+        """How many tasks to claim while holding ``held`` (claimed and not finished): 0, or
+        a batch worth a round trip.
 
         Executors that have nothing to do always get work. Otherwise the prefetch buffer is
         refilled only once half a batch has room, so a steady stream of completions does not
-        turn into a stream of one-row claims.
+        turn into a stream of one-row claims; unless the claim is ``riding`` on a statement
+        that records outcomes anyway, which it then fills up at no extra round trip.
         """
         prefetch = self.prefetch()
         free = self.capacity + prefetch - held
         if free <= 0:
             return 0
-        if held < self.capacity or free >= min(self.batch_size, prefetch) // 2:
+        if riding or held < self.capacity or free >= min(self.batch_size, prefetch) // 2:
             return min(self.batch_size, free)
         return 0
 

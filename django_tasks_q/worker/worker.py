@@ -373,12 +373,16 @@ class Worker:
         # claimed that no thread will run. Give them back once the database answers again.
         self._reconcile = True
 
-    def _claim_limit(self) -> int:
+    def _claim_limit(self, *, recording: bool) -> int:
         """How many tasks to claim now: none unless a claim may find some and the pool can
-        take them."""
+        take them. ``recording``: a statement records outcomes anyway, so a claim costs no
+        round trip of its own."""
         if not self._maybe_ready or self._stopping.is_set() or not self.executor.ready:
             return 0
-        return self.claim_sizer.limit(held=len(self._held))
+        # A finished task frees its slot now, not once its outcome is recorded: the claim that
+        # replaces it then goes with that outcome, in the same statement.
+        held = len(self._held) - len(self._unrecorded)
+        return self.claim_sizer.limit(held=held, riding=recording)
 
     def _finish_and_claim(self) -> bool:
         """Record finished outcomes and claim more, in one round trip. Returns whether it did
@@ -386,8 +390,9 @@ class Worker:
         gave_back = self._release_given_back()
         self._take_delivered()
         self._give_back_unstarted()
-        limit = self._claim_limit()
-        if not limit and not self._outcomes_due():
+        recording = self._outcomes_due()
+        limit = self._claim_limit(recording=recording)
+        if not limit and not recording:
             return gave_back
         if self._reconcile:
             released = self.connection.release_unknown(
