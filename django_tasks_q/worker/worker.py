@@ -447,8 +447,6 @@ class Worker:
             self.processed += len(outcomes)
             if len(updated) != len(outcomes):
                 self._warn_lost(outcomes, updated)
-            if any(outcome.status == "READY" for outcome in outcomes):
-                self._maybe_ready = True  # a retry may be due at once
         if self.metrics:
             self.metrics.recorded(outcomes, updated)
             self.metrics.claimed(claimed)
@@ -467,6 +465,10 @@ class Worker:
             if len(claimed) + len(skipped) < limit:
                 self._maybe_ready = False  # drained: wait for a notification or the next poll
                 self._next_poll = time.monotonic() + self.options.poll_interval
+        if any(outcome.status == "READY" for outcome in outcomes):
+            # A retry may be due at once; the claim of the statement that made it READY again
+            # could not see it yet (one statement, one snapshot).
+            self._maybe_ready = True
         return True
 
     def _outcomes_due(self) -> bool:
