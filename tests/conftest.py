@@ -113,6 +113,30 @@ def run_burst_worker(**options):
     return worker
 
 
+@pytest.fixture
+def worker_in_thread():
+    """Start in-process workers on threads of the test (thread pool); stopped at the end."""
+    import threading
+
+    from django_tasks_q.backend import get_backend
+    from django_tasks_q.worker import Worker
+
+    started = []
+
+    def start(**options):
+        worker = Worker(backend=get_backend(), **{"concurrency": 2, "poll_interval": 0.05,
+                                                   **options})  # fmt: skip
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        started.append((worker, thread))
+        return worker
+
+    yield start
+    for worker, thread in started:
+        worker.stop()
+        thread.join(timeout=30)
+
+
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 

@@ -12,7 +12,6 @@ from django.db import connection as django_connection
 from django.db import transaction
 
 from django_tasks_q import queue
-from django_tasks_q.backend import get_backend
 from django_tasks_q.models import Task
 from django_tasks_q.queue import (
     FIRST_POSITION,
@@ -21,7 +20,7 @@ from django_tasks_q.queue import (
     QueueConnection,
     parse_ready_notice,
 )
-from django_tasks_q.worker import Worker, claim_floor
+from django_tasks_q.worker import claim_floor
 from django_tasks_q.worker.claim_floor import ClaimFloor
 from tests.conftest import database_url_for_subprocess, wait_for
 from tests.testapp import tasks
@@ -175,24 +174,6 @@ def test_the_ready_notification_carries_the_position_of_the_task_it_announces():
 
 
 # -- a real worker ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def worker_in_thread():
-    started = []
-
-    def start(**options):
-        worker = Worker(backend=get_backend(), **{"concurrency": 2, "poll_interval": 0.05,
-                                                   **options})  # fmt: skip
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        started.append((worker, thread))
-        return worker
-
-    yield start
-    for worker, thread in started:
-        worker.stop()
-        thread.join(timeout=30)
 
 
 def position_of(row):

@@ -1,36 +1,16 @@
 """The worker's main loop: when outcomes are recorded, and when it looks for tasks without a
 notification. Workers run in a thread of the test process (thread pool)."""
 
-import threading
 import time
 
 import pytest
 
-from django_tasks_q.backend import get_backend
 from django_tasks_q.models import Task
-from django_tasks_q.worker.worker import Worker
 from tests.conftest import wait_for
 from tests.testapp import tasks
 from tests.testapp.models import Execution
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def worker_in_thread():
-    started = []
-
-    def start(**options):
-        worker = Worker(backend=get_backend(), **options)
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        started.append((worker, thread))
-        return worker
-
-    yield start
-    for worker, thread in started:
-        worker.stop()
-        thread.join(timeout=30)
 
 
 def test_a_result_is_recorded_at_once_while_the_workers_other_tasks_still_run(worker_in_thread):
