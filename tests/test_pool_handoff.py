@@ -2,13 +2,17 @@
 outcomes that cross the pipe unchanged. The whole path runs with real processes in
 tests/test_process_pool.py."""
 
+import multiprocessing
 import pickle
+import select
+import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
 
 from django_tasks_q.queue import ClaimedTask, Outcome
-from django_tasks_q.worker.pool import MAX_QUEUED, QUEUED_WORK, queued_per_thread
+from django_tasks_q.worker.pool import MAX_QUEUED, QUEUED_WORK, _Inbound, queued_per_thread
 
 
 @pytest.mark.parametrize(
@@ -39,3 +43,26 @@ def test_tasks_and_outcomes_cross_the_pipe_unchanged():
     )  # fmt: skip
     assert pickle.loads(pickle.dumps(task)) == task
     assert pickle.loads(pickle.dumps(ended)) == ended
+
+
+def test_the_dispatcher_reads_whole_messages_in_order_however_the_pipe_splits_them():
+    supervisor_end, child_end = multiprocessing.Pipe()
+    inbound = _Inbound(supervisor_end)
+    # A large result arrives in many pieces, more than one read's worth, between small ones.
+    sent = [("first", 1), "x" * 3_000_000, {"after": [None, 2.5]}, ("last",)]
+    sender = threading.Thread(target=lambda: [child_end.send(message) for message in sent])
+    sender.start()
+    received: list = []
+    deadline = time.monotonic() + 10
+    while len(received) < len(sent) and time.monotonic() < deadline:
+        select.select([supervisor_end.fileno()], [], [], 0.5)
+        messages, still_open = inbound.read()
+        received.extend(messages)
+        assert still_open
+    sender.join(timeout=10)
+    assert received == sent
+    child_end.close()
+    messages, still_open = inbound.read()
+    assert (messages, still_open) == ([], False)
+    inbound.close()
+    supervisor_end.close()

@@ -69,6 +69,19 @@ def test_a_child_that_grew_past_the_memory_limit_is_replaced_after_its_task(star
     assert worker.wait() == 0
 
 
+def test_a_large_result_crosses_the_pipe_whole_between_small_ones(start_worker):
+    small = [tasks.add.delay(n, n) for n in range(5)]
+    large = tasks.returns_large.delay("big:", 3_000_000)
+    more = [tasks.add.delay(n, 1) for n in range(5)]
+    worker = start_worker("--pool", "processes", "--concurrency", "2")
+    result = large.wait(timeout=60).result
+    assert (len(result), result[:4], set(result[4:])) == (3_000_004, "big:", {"x"})
+    assert [h.wait(timeout=30).result for h in small] == [0, 2, 4, 6, 8]
+    assert [h.wait(timeout=30).result for h in more] == [1, 2, 3, 4, 5]
+    worker.terminate()
+    assert worker.wait() == 0
+
+
 def test_the_soft_time_limit_raises_inside_the_task_first(start_worker):
     handle = tasks.cleans_up_at_the_soft_limit.delay("soft")
     worker = start_worker("--pool", "processes", "--concurrency", "1")

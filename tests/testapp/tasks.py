@@ -31,6 +31,11 @@ def record(key):
     return key
 
 
+@background_task
+def returns_large(key, size):
+    return key + "x" * size
+
+
 _kept_alive: list[bytearray] = []
 
 
