@@ -109,7 +109,10 @@ class Child:
     cancel_sent: set[int] = field(default_factory=set)
     # Sent, not started: each starts when one of the child's threads frees, in this order.
     queued: deque[ClaimedTask] = field(default_factory=deque)
-    inbound: _Inbound | None = None
+    inbound: _Inbound = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inbound = _Inbound(self.conn)
 
     @classmethod
     def start(cls, *, worker_id: str, backend_alias: str, threads: int) -> Child:
@@ -124,10 +127,7 @@ class Child:
         )
         process.start()
         child_conn.close()
-        return cls(
-            process=process, conn=conn, threads=threads, cancelled=cancelled,
-            inbound=_Inbound(conn),
-        )  # fmt: skip
+        return cls(process=process, conn=conn, threads=threads, cancelled=cancelled)
 
     @property
     def free(self) -> int:
@@ -357,7 +357,7 @@ class ProcessPool:
     def _drain(self, child: Child) -> bool:
         """Handle every message the child has sent; False once its pipe is closed."""
         try:
-            messages, open_ = child.inbound.read() if child.inbound else ([], False)
+            messages, open_ = child.inbound.read()
             for message in messages:
                 if isinstance(message, Ready):
                     child.ready = True
@@ -571,8 +571,7 @@ class ProcessPool:
         self._selector.unregister(child.conn)
         self._selector.unregister(child.process.sentinel)
         child.conn.close()
-        if child.inbound:
-            child.inbound.close()
+        child.inbound.close()
 
 
 class _Inbound:
