@@ -1,6 +1,6 @@
 """How many tasks a worker claims at once, on its own (no database)."""
 
-from django_tasks_q.worker.claim_sizer import SPARE_BELOW, ClaimSizer
+from django_tasks_q.worker.claim_sizer import RECORD_WITHIN, SPARE_BELOW, ClaimSizer
 
 
 def test_idle_executors_get_a_claim_for_their_capacity_and_the_prefetch():
@@ -103,3 +103,18 @@ def test_a_switch_to_longer_tasks_stops_the_prefetch_within_a_few_outcomes():
     for _ in range(3):
         sizer.observe_duration(0.5)
     assert sizer.prefetch() == 0
+
+
+def test_an_outcome_is_recorded_at_once_when_nothing_else_runs():
+    sizer = ClaimSizer(capacity=4, batch_size=100, prefetch=None)
+    assert sizer.record_now(held=1, unrecorded=1, waited=0.0)
+    assert sizer.record_now(held=3, unrecorded=3, waited=0.0)
+    assert not sizer.record_now(held=0, unrecorded=0, waited=1.0)  # nothing to record
+
+
+def test_while_others_run_outcomes_wait_a_few_milliseconds_or_for_half_a_batch():
+    sizer = ClaimSizer(capacity=4, batch_size=100, prefetch=None)
+    assert not sizer.record_now(held=8, unrecorded=1, waited=RECORD_WITHIN / 2)
+    assert sizer.record_now(held=8, unrecorded=1, waited=RECORD_WITHIN)
+    assert sizer.record_now(held=80, unrecorded=50, waited=0.0)
+    assert not sizer.record_now(held=80, unrecorded=49, waited=0.0)

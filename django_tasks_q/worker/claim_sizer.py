@@ -1,8 +1,9 @@
-"""How many tasks a worker claims at a time.
+"""How many tasks a worker claims at a time, and when it records outcomes.
 
 Claiming costs a round trip; holding tasks nobody runs yet keeps them from idle workers. The
 sizer keeps running averages of both sides, the round trip and the task durations, and
-claims enough that the executors never wait for the database, and no more.
+claims enough that the executors never wait for the database, and no more. Outcomes are
+recorded by the same statement, so the sizer also says when enough of them wait.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ LONGER_WEIGHT = 0.5
 # Longer ones are not held beyond what can start, so a worker does not sit on a task another
 # worker could start.
 SPARE_BELOW = 0.25
+# Longest an outcome waits to be recorded while the worker's other tasks still run: outcomes
+# that finish close together are then recorded by one statement and one commit, not one each.
+RECORD_WITHIN = 0.003
 
 
 class ClaimSizer:
@@ -52,6 +56,19 @@ class ClaimSizer:
         if riding or held < self.capacity or free >= min(self.batch_size, prefetch) // 2:
             return min(self.batch_size, free)
         return 0
+
+    def record_now(self, *, held: int, unrecorded: int, waited: float) -> bool:
+        """Whether ``unrecorded`` outcomes, the oldest ``waited`` seconds old, are to be
+        recorded now, while holding ``held`` tasks (those included): at once when nothing
+        else runs (no one to wait for) or half a batch waits, else after
+        :data:`RECORD_WITHIN`."""
+        if not unrecorded:
+            return False
+        return (
+            held <= unrecorded
+            or unrecorded >= max(1, self.batch_size // 2)
+            or waited >= RECORD_WITHIN
+        )
 
     def prefetch(self) -> int:
         """Tasks to hold beyond the executors' capacity.

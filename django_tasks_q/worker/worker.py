@@ -27,7 +27,7 @@ from django_tasks_q.errors import described_entry
 from django_tasks_q.queue import ClaimedTask, Outcome, QueueConnection, parse_ready_notice
 from django_tasks_q.retry import UNKNOWN_TASK_DELAY, UNREACHABLE_RETRY_DELAY
 from django_tasks_q.worker.claim_floor import ClaimFloor
-from django_tasks_q.worker.claim_sizer import ClaimSizer
+from django_tasks_q.worker.claim_sizer import RECORD_WITHIN, ClaimSizer
 from django_tasks_q.worker.heartbeat import Heartbeat
 from django_tasks_q.worker.listener import Listener
 from django_tasks_q.worker.options import WorkerOptions
@@ -40,11 +40,6 @@ from django_tasks_q.worker.unknown_tasks import UnknownTasks
 
 if TYPE_CHECKING:
     from django_tasks_q.metrics import WorkerMetrics
-
-# Longest an outcome waits to be recorded while the worker's other tasks still run: outcomes
-# that finish close together are then recorded by one statement and one commit, not one each.
-# A task that finishes alone (nothing else held) is recorded at once, and so is half a batch.
-RECORD_WITHIN = 0.003
 
 logger = logging.getLogger("django_tasks_q.worker")
 
@@ -472,14 +467,15 @@ class Worker:
         return True
 
     def _outcomes_due(self) -> bool:
-        """Whether to record the unrecorded outcomes now (see :data:`RECORD_WITHIN`)."""
-        if not self._unrecorded:
-            return False
-        return (
-            len(self._held) <= len(self._unrecorded)  # nothing else runs: no one to wait for
-            or len(self._unrecorded) >= max(1, self.options.batch_size // 2)
-            or time.monotonic() - self._unrecorded_since >= RECORD_WITHIN
-            or self._stopping.is_set()
+        """Whether to record the unrecorded outcomes now: the sizer's rule, or the worker
+        is stopping."""
+        return bool(self._unrecorded) and (
+            self._stopping.is_set()
+            or self.claim_sizer.record_now(
+                held=len(self._held),
+                unrecorded=len(self._unrecorded),
+                waited=time.monotonic() - self._unrecorded_since,
+            )
         )
 
     def _idle_wait(self) -> float:
