@@ -1,16 +1,18 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,8 +118,6 @@ def run_burst_worker(**options):
 @pytest.fixture
 def worker_in_thread():
     """Start in-process workers on threads of the test (thread pool); stopped at the end."""
-    import threading
-
     from django_tasks_q.backend import get_backend
     from django_tasks_q.worker import Worker
 
@@ -135,6 +135,29 @@ def worker_in_thread():
     for worker, thread in started:
         worker.stop()
         thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def transaction_in_another_session(work):
+    """Run ``work`` in a transaction of another thread's connection, and keep that transaction
+    open until the block ends; then commit it."""
+    opened, release = threading.Event(), threading.Event()
+
+    def hold():
+        with transaction.atomic():
+            work()
+            opened.set()
+            release.wait(30)
+        connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert opened.wait(10)
+        yield
+    finally:
+        release.set()
+        holder.join(timeout=30)
 
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -2,14 +2,10 @@
 that became ready behind it: through the NOTIFY of the transaction that made them ready, or
 through the claim from the start that follows every so often."""
 
-import contextlib
-import threading
 from datetime import timedelta
 
 import psycopg
 import pytest
-from django.db import connection as django_connection
-from django.db import transaction
 
 from django_tasks_q import queue
 from django_tasks_q.models import Task
@@ -22,7 +18,7 @@ from django_tasks_q.queue import (
 )
 from django_tasks_q.worker import claim_floor
 from django_tasks_q.worker.claim_floor import ClaimFloor
-from tests.conftest import database_url_for_subprocess, wait_for
+from tests.conftest import database_url_for_subprocess, transaction_in_another_session, wait_for
 from tests.testapp import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -182,29 +178,6 @@ def position_of(row):
 
 def ran(key):
     return Task.objects.filter(args=[key], status="SUCCESSFUL").exists()
-
-
-@contextlib.contextmanager
-def transaction_in_another_session(work):
-    """Run ``work`` in a transaction of another thread's connection, and keep that transaction
-    open until the block ends; then commit it."""
-    opened, release = threading.Event(), threading.Event()
-
-    def hold():
-        with transaction.atomic():
-            work()
-            opened.set()
-            release.wait(30)
-        django_connection.close()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert opened.wait(10)
-        yield
-    finally:
-        release.set()
-        holder.join(timeout=30)
 
 
 def test_a_task_committed_after_later_ones_ran_runs_when_its_transaction_commits(

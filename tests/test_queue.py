@@ -10,6 +10,7 @@ from django.utils import timezone
 from django_tasks_q import queue
 from django_tasks_q.models import Task, TaskStatus
 from django_tasks_q.queue import Outcome, QueueConnection
+from tests.conftest import transaction_in_another_session
 from tests.testapp import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -156,22 +157,19 @@ def test_a_heartbeat_extends_the_leases_it_can_and_never_waits_for_a_locked_row(
     busy, free = tasks.add.delay(1, 1), tasks.add.delay(2, 2)
     claim(qconn, worker_id="w1")
     Task.objects.filter(pk__in=[busy.id, free.id]).update(lease_expires_at=timezone.now())
-    other = QueueConnection("default")
     beats = QueueConnection("default")
+
+    def heartbeat(held):
+        return beats.heartbeat(worker_id="w1", lease_seconds=60, succeeded=0, failed=0, held=held)
+
     beat: list = []
-    thread = threading.Thread(
-        target=lambda: beat.append(
-            beats.heartbeat(
-                worker_id="w1", lease_seconds=60, succeeded=0, failed=0,
-                held=[int(busy.id), int(free.id)],
-            )
-        )
-    )  # fmt: skip
+    thread = threading.Thread(target=lambda: beat.append(heartbeat([int(busy.id), int(free.id)])))
+
+    def lock_busy():
+        return Task.objects.select_for_update().filter(pk=busy.id).exists()
+
     try:
-        with other.connect().transaction():
-            other.connect().execute(
-                "SELECT 1 FROM django_tasks_q_task WHERE id = %s FOR UPDATE", [int(busy.id)]
-            )
+        with transaction_in_another_session(lock_busy):
             thread.start()
             thread.join(timeout=10)
             assert beat, "the heartbeat waited for a row another transaction locked"
@@ -180,16 +178,10 @@ def test_a_heartbeat_extends_the_leases_it_can_and_never_waits_for_a_locked_row(
         assert leases[int(free.id)] > timezone.now() + timedelta(seconds=30)
         assert leases[int(busy.id)] < timezone.now()
         # Once the lock is gone, the next beat extends it.
-        assert (
-            beats.heartbeat(
-                worker_id="w1", lease_seconds=60, succeeded=0, failed=0, held=[int(busy.id)]
-            )[1]
-            == 1
-        )
+        assert heartbeat([int(busy.id)])[1] == 1
     finally:
-        if thread.is_alive() or thread.ident:
+        if thread.ident:
             thread.join(timeout=30)
-        other.close()
         beats.close()
 
 
