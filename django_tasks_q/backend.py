@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
@@ -17,6 +19,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from django_tasks_q import queue, registry
+from django_tasks_q.canvas import Step
 from django_tasks_q.compat import (
     DEFAULT_TASK_BACKEND_ALIAS,
     TASK_MAX_PRIORITY,
@@ -35,7 +38,7 @@ from django_tasks_q.models import Cancellation, TaskStatus
 from django_tasks_q.models import Task as TaskRow
 from django_tasks_q.results import TaskHandle
 from django_tasks_q.serialization import check_arguments, dumps
-from django_tasks_q.tasks import BackgroundTask, MissingTask
+from django_tasks_q.tasks import BackgroundTask, MissingTask, expiry_time
 
 
 class PostgresBackend(BaseTaskBackend):
@@ -117,6 +120,13 @@ class PostgresBackend(BaseTaskBackend):
         when it expires (no attempt starts after ``expires_at``). With ``unique_key``, while a
         task with that key is READY or RUNNING, nothing is enqueued and that task's handle is
         returned instead."""
+        if getattr(task, "link", ()) or getattr(task, "link_error", ()):
+            if unique_key is not None or schedule_id is not None:
+                raise InvalidTask(
+                    f"Task {task.name} has link/link_error callbacks, which cannot be combined "
+                    "with unique_key or a schedule."
+                )
+            return task.apply_async(args, kwargs, expires=expires_at)
         self.validate_task(task)
         check_arguments(args, kwargs)
         args_json, kwargs_json = dumps(list(args)), dumps(kwargs)
@@ -180,6 +190,95 @@ class PostgresBackend(BaseTaskBackend):
                 )
             )
         return messages
+
+    def enqueue_workflow(self, steps: Sequence[Step]) -> list[TaskHandle]:
+        """Enqueue a workflow's steps and the edges between them, in one statement in the
+        caller's transaction (see django_tasks_q.canvas). Steps that depend only on tasks
+        of one existing workflow join it; otherwise the steps get a workflow of their own."""
+        rows: list[queue.WorkflowRow] = []
+        edges: list[queue.WorkflowEdge] = []
+        has_dependents = [False] * len(steps)
+        external: set[int] = set()
+        arguments: list[tuple[list, dict]] = []
+        for index, step in enumerate(steps):
+            task = step.task
+            self.validate_task(task)
+            args, receives = list(step.args), step.receives
+            if receives == "results" and not step.waits_for:
+                args, receives = [[], *args], ""  # after an empty group: its empty list
+            try:
+                check_arguments(args, step.kwargs)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"workflow step {index + 1} ({task.name}): {exc}") from None
+            for position, (parent, run_if) in enumerate(step.waits_for):
+                if isinstance(parent, int):
+                    edges.append(queue.WorkflowEdge(index, position, run_if, parent=parent))
+                    has_dependents[parent] = True
+                else:
+                    edges.append(
+                        queue.WorkflowEdge(index, position, run_if, parent_id=parent.task_id)
+                    )
+                    external.add(parent.task_id)
+            expires_at = step.expires
+            if isinstance(expires_at, str):
+                expires_at = datetime.fromisoformat(expires_at)
+            if expires_at is not None:
+                expires_at = expiry_time(expires_at, task.run_after)
+            arguments.append((args, dict(step.kwargs)))
+            rows.append(
+                queue.WorkflowRow(
+                    **{
+                        k: v for k, v in self._columns(task).items() if k not in ("using", "notify")
+                    },
+                    args_json=dumps(args),
+                    kwargs_json=dumps(step.kwargs),
+                    expires_at=expires_at,
+                    receives=receives,
+                    has_dependents=False,
+                )
+            )
+        rows = [
+            dataclasses.replace(row, has_dependents=flag)
+            for row, flag in zip(rows, has_dependents, strict=True)
+        ]
+        workflow_id = str(uuid.uuid4())
+        if external:
+            found = queue.existing_dependencies(external, using=self.database)
+            missing = sorted(external - found.keys())
+            if missing:
+                raise InvalidTask(
+                    f"depends_on names task {', '.join(f'#{n}' for n in missing)}, which does "
+                    "not exist (pruned, or an id from another database?)."
+                )
+            workflows = set(found.values())
+            if len(workflows) == 1 and None not in workflows:
+                workflow_id = workflows.pop()
+        enqueued = queue.enqueue_workflow(
+            using=self.database,
+            workflow_id=workflow_id,
+            rows=rows,
+            edges=edges,
+            notify=conf.LISTEN_NOTIFY,
+        )
+        handles = [
+            TaskHandle.build(
+                step.task,
+                backend=self.alias,
+                id=row.id,
+                status=TaskStatus(row.status),
+                args=args,
+                kwargs=kwargs,
+                max_attempts=getattr(step.task, "max_attempts", 1),
+                enqueued_at=row.enqueued_at,
+                run_after=row.run_after,
+                workflow_id=workflow_id,
+            )
+            for step, row, (args, kwargs) in zip(steps, enqueued, arguments, strict=True)
+        ]
+        if task_enqueued.receivers:
+            for handle in handles:
+                task_enqueued.send(type(self), task_result=handle)
+        return handles
 
     def enqueue_many(
         self, task: Task, args_list: Sequence[Sequence[Any]], kwargs_list: Sequence[dict[str, Any]]
@@ -268,6 +367,7 @@ class PostgresBackend(BaseTaskBackend):
             queue=row.queue,
             priority=row.priority,
             result_json=row.result,
+            workflow_id=None if row.workflow_id is None else str(row.workflow_id),
         )
 
     def cancel(self, result_id: str | int, *, terminate: bool = False) -> Cancellation:

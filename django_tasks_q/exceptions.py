@@ -59,6 +59,12 @@ class TaskCancelled(Exception):
     """Raised by ``context.raise_if_cancelled()``: someone cancelled the running task."""
 
 
+class DependencyNotMet(Exception):
+    """Recorded on a workflow step cancelled without running: a task it depends on did not
+    succeed (the entry's ``dependency`` names it), or, for an error callback, none failed.
+    Written by the database's dependency trigger; never raised inside a task."""
+
+
 class TaskExpired(Exception):
     """Recorded on a task cancelled because no attempt had started by its ``expires_at``
     (set by a schedule's ``expires_after``). Never raised inside a task."""

@@ -34,8 +34,10 @@ if TYPE_CHECKING:
 
 
 class TaskStatus(models.TextChoices):
-    """Django's ``TaskResultStatus`` values, plus CANCELLED."""
+    """Django's ``TaskResultStatus`` values, plus WAITING and CANCELLED."""
 
+    # Waits for the tasks it depends on (docs/workflows.md); becomes READY when they finish.
+    WAITING = "WAITING", _("Waiting")
     READY = "READY", _("Ready")
     RUNNING = "RUNNING", _("Running")
     SUCCESSFUL = "SUCCESSFUL", _("Successful")
@@ -59,6 +61,7 @@ class Cancellation(StrEnum):
 
 
 FINISHED_STATUSES = frozenset({TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskStatus.CANCELLED})
+UNFINISHED_STATUSES = frozenset({TaskStatus.WAITING, TaskStatus.READY, TaskStatus.RUNNING})
 
 
 class Task(models.Model):
@@ -112,6 +115,17 @@ class Task(models.Model):
     # with the key of one that is waiting or running returns that one instead.
     # NULL, not "": tasks without a key stay out of that index.
     unique_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    # Workflows (docs/workflows.md). A WAITING task waits for `waiting_for` more of the tasks
+    # it depends on (rows of Dependency) to finish; the statement that records the last one's
+    # outcome makes it READY, through the trigger of migration 0007. `has_dependents` marks
+    # the tasks that trigger must look at, so a plain task's outcome costs nothing more.
+    waiting_for = models.IntegerField(default=0, db_default=0)
+    has_dependents = models.BooleanField(default=False, db_default=False)
+    # What a dependent receives first when it becomes READY: "" nothing, "result" the result
+    # of its dependency, "results" the list of its dependencies' results (in order), "error"
+    # the failed dependency's id and last error entry.
+    receives = models.CharField(max_length=8, blank=True, default="", db_default="")
+    workflow_id = models.UUIDField(null=True, blank=True)
 
     objects = TaskQuerySet.as_manager()
 
@@ -156,6 +170,11 @@ class Task(models.Model):
             ),
             # The admin's date hierarchy and "enqueued" ordering.
             models.Index(fields=["enqueued_at"], name="tasks_q_enqueued_idx"),
+            models.Index(
+                fields=["workflow_id"],
+                name="tasks_q_workflow_idx",
+                condition=models.Q(workflow_id__isnull=False),
+            ),
         ]
         constraints = [
             models.CheckConstraint(
@@ -182,6 +201,46 @@ class Task(models.Model):
     @property
     def last_error(self) -> dict | None:
         return self.errors[-1] if self.errors else None
+
+
+class RunIf(models.TextChoices):
+    """When a dependent may run, by how one of its dependencies ended (the same values as
+    django_tasks_q.canvas.RUN_IF, which is imported before the models are)."""
+
+    SUCCEEDED = "succeeded", _("it succeeded")  # else the dependent is cancelled
+    FINISHED = "finished", _("it finished, however")
+    # Error callbacks: run at the first dependency that FAILED; not needed if none does.
+    FAILED = "failed", _("it failed")
+
+
+class Dependency(models.Model):
+    """An edge of a workflow: ``task`` runs after ``depends_on`` finished (``run_if``).
+
+    Inserting one fires a deferred trigger (migration 0007) that, at commit, marks the
+    dependency ``has_dependents`` under a row lock, or settles the edge if the dependency
+    has already finished: no finish can be missed between the two transactions."""
+
+    pk = models.CompositePrimaryKey("task", "depends_on")
+    # The constraints are created by migration 0007, ON DELETE CASCADE, so pruning finished
+    # tasks with plain SQL takes their edges along.
+    task = models.ForeignKey(
+        Task, on_delete=models.CASCADE, related_name="dependencies", db_constraint=False
+    )
+    depends_on = models.ForeignKey(
+        Task, on_delete=models.CASCADE, related_name="dependents", db_constraint=False
+    )
+    # Place among the task's dependencies: the order of a "results" list.
+    position = models.IntegerField(default=0)
+    run_if = models.CharField(max_length=10, choices=RunIf.choices, default=RunIf.SUCCEEDED)
+
+    class Meta:
+        db_table = "django_tasks_q_dependency"
+        verbose_name = _("dependency")
+        verbose_name_plural = _("dependencies")
+        indexes = [models.Index(fields=["depends_on"], name="tasks_q_dependents_idx")]
+
+    def __str__(self) -> str:
+        return f"#{self.task_id} after #{self.depends_on_id} ({self.run_if})"
 
 
 class Dashboard(Task):

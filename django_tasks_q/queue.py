@@ -208,9 +208,119 @@ def enqueue_many(
     return [Enqueued(task_id, run_after_, enqueued_at) for task_id in ids]
 
 
+@dataclass(frozen=True, slots=True)
+class WorkflowRow:
+    """One task of a workflow to insert (see ``enqueue_workflow``)."""
+
+    name: str
+    queue: str
+    priority: int
+    args_json: str
+    kwargs_json: str
+    run_after: datetime | None
+    max_attempts: int
+    max_lost_attempts: int
+    timeout: float | None
+    expires_at: datetime | None
+    receives: str
+    has_dependents: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowEdge:
+    """``task`` (a 0-based place in the rows) runs after ``parent``: a place in the rows, or
+    an existing task's id (``parent_id``)."""
+
+    task: int
+    position: int
+    run_if: str
+    parent: int | None = None
+    parent_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueuedStep:
+    id: int
+    status: str
+    run_after: datetime
+    enqueued_at: datetime
+
+
+def enqueue_workflow(
+    *,
+    using: str,
+    workflow_id: str,
+    rows: Sequence[WorkflowRow],
+    edges: Sequence[WorkflowEdge],
+    notify: bool,
+) -> list[EnqueuedStep]:
+    """Insert a workflow's tasks and edges in one statement, in the caller's transaction.
+    A task with edges is WAITING until its dependencies finished (migration 0007)."""
+    waiting_for = [0] * len(rows)
+    for edge in edges:
+        waiting_for[edge.task] += 1
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            sql("enqueue_workflow"),
+            {
+                "workflow_id": workflow_id,
+                "names": [row.name for row in rows],
+                "queues": [row.queue for row in rows],
+                "priorities": [row.priority for row in rows],
+                "args": [row.args_json for row in rows],
+                "kwargs": [row.kwargs_json for row in rows],
+                "run_afters": [row.run_after for row in rows],
+                "max_attempts": [row.max_attempts for row in rows],
+                "max_lost_attempts": [row.max_lost_attempts for row in rows],
+                "timeouts": [row.timeout for row in rows],
+                "expires": [row.expires_at for row in rows],
+                "waiting_for": waiting_for,
+                "receives": [row.receives for row in rows],
+                "has_dependents": [row.has_dependents for row in rows],
+                "edge_tasks": [edge.task + 1 for edge in edges],
+                "edge_parents": [
+                    edge.parent + 1 if edge.parent is not None else -edge.parent_id
+                    for edge in edges
+                ],
+                "edge_positions": [edge.position for edge in edges],
+                "edge_run_ifs": [edge.run_if for edge in edges],
+                "notify": notify,
+            },
+        )
+        ids, statuses, run_afters, enqueued_at, _, _ = cursor.fetchone()
+    return [
+        EnqueuedStep(task_id, status, run_after, enqueued_at)
+        for task_id, status, run_after in zip(ids, statuses, run_afters, strict=True)
+    ]
+
+
+def existing_dependencies(ids: Collection[int], *, using: str) -> dict[int, str | None]:
+    """Of ``ids``, those that name a task, with the workflow each belongs to."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql("existing_dependencies"), {"ids": list(ids)})
+        return {
+            task_id: None if workflow is None else str(workflow)
+            for task_id, workflow in cursor.fetchall()
+        }
+
+
+def cancel_workflow(
+    workflow_id: str, *, using: str, terminate: bool = False, notify: bool = True
+) -> dict[int, str]:
+    """Cancel every unfinished step of a workflow (running ones are asked to stop). Returns
+    each step changed with its status after the call."""
+    params = {
+        "workflow_id": workflow_id, "terminate": terminate, "notify": notify,
+        "channel": CANCEL_CHANNEL,
+    }  # fmt: skip
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql("cancel_workflow"), params)
+        return {task_id: status for task_id, status, _ in cursor.fetchall()}
+
+
 def cancel(task_id: int, *, using: str, terminate: bool = False, notify: bool = True) -> str | None:
-    """Cancel a READY task, or ask a RUNNING one to stop. Returns the status after the call
-    (``CANCELLED`` or ``RUNNING``), or ``None`` if the task had already finished."""
+    """Cancel a WAITING or READY task, or ask a RUNNING one to stop. Returns the status after
+    the call (``CANCELLED`` or ``RUNNING``), or ``None`` if the task had already finished."""
     params = {"id": task_id, "terminate": terminate, "notify": notify, "channel": CANCEL_CHANNEL}
     with connections[using].cursor() as cursor:
         cursor.execute(sql("cancel"), params)
@@ -249,6 +359,9 @@ class ClaimedTask:
     errors: list[dict[str, Any]]
     lost_attempts: int = 0
     max_lost_attempts: int = 3
+    # Other tasks wait for this one (docs/workflows.md): recording its outcome may make them
+    # READY, which the claim of the same statement cannot see.
+    has_dependents: bool = False
 
     @property
     def position(self) -> ClaimPosition:

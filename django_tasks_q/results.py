@@ -10,9 +10,10 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
+from django_tasks_q.canvas import WorkflowHandle
 from django_tasks_q.compat import Task, TaskError, TaskResult
 from django_tasks_q.exceptions import TaskTimeoutError
-from django_tasks_q.models import FINISHED_STATUSES, Cancellation, TaskStatus
+from django_tasks_q.models import FINISHED_STATUSES, Cancellation, Dependency, TaskStatus
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +53,8 @@ class TaskHandle(TaskResult):
     run_after: datetime | None = None
     queue: str = ""
     priority: int = 0
+    # The workflow this task is a step of (docs/workflows.md), if any.
+    workflow_id: str | None = None
     _result_json: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -82,6 +85,7 @@ class TaskHandle(TaskResult):
         queue: str | None = None,
         priority: int | None = None,
         result_json: Any = None,
+        workflow_id: str | None = None,
     ) -> TaskHandle:
         """The handle of a task in a given state: every handle is made here.
 
@@ -107,6 +111,7 @@ class TaskHandle(TaskResult):
             run_after=run_after,
             queue=task.queue_name if queue is None else queue,
             priority=task.priority if priority is None else priority,
+            workflow_id=workflow_id,
             _result_json=result_json,
         )
 
@@ -139,6 +144,31 @@ class TaskHandle(TaskResult):
     @property
     def name(self) -> str:
         return self.task.name
+
+    @property
+    def workflow(self) -> WorkflowHandle | None:
+        """The handle of the workflow this task is a step of, or None."""
+        if self.workflow_id is None:
+            return None
+        return WorkflowHandle.load(self.workflow_id, backend=self.backend)
+
+    def dependencies(self) -> list[TaskHandle]:
+        """Handles of the tasks this one depends on (its parents), in order."""
+        return self._related("dependencies", "depends_on")
+
+    def dependents(self) -> list[TaskHandle]:
+        """Handles of the tasks that depend on this one (its children)."""
+        return self._related("dependents", "task")
+
+    def _related(self, edges: str, other: str) -> list[TaskHandle]:
+        backend = self.task.get_backend()
+        related = (
+            Dependency.objects.using(backend.database)
+            .filter(**{"depends_on_id" if edges == "dependents" else "task_id": int(self.id)})
+            .select_related(other)
+            .order_by("position", f"{other}_id")
+        )
+        return [backend.handle_from_row(getattr(edge, other)) for edge in related]
 
     def refresh(self) -> None:
         """Reload the state from the database."""

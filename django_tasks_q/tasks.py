@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.utils import timezone
 
-from django_tasks_q import registry
+from django_tasks_q import canvas, registry
 from django_tasks_q.compat import (
     DEFAULT_TASK_BACKEND_ALIAS,
     DEFAULT_TASK_QUEUE_NAME,
@@ -52,6 +52,9 @@ class BackgroundTask(Task):
     max_lost_attempts: int | None = None
     # A cron expression, an interval, a one-off datetime or a dict; see declarations.py.
     schedule: Any = None
+    # Callbacks run after every enqueue of this task: signatures (docs/workflows.md).
+    link: tuple[dict[str, Any], ...] = ()
+    link_error: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         _validate_options(self)
@@ -107,12 +110,42 @@ class BackgroundTask(Task):
         priority: int | None = None,
         expires: float | timedelta | datetime | None = None,
         unique_key: str | None = None,
+        depends_on: Iterable[Any] | None = None,
+        link: Any = None,
+        link_error: Any = None,
     ) -> TaskHandle:
         """Enqueue with per-call options: start no sooner than ``countdown`` seconds from now
         or ``eta``; override the task's ``queue`` and ``priority``; with ``expires`` (seconds
         from now, a timedelta or an aware datetime), no attempt starts after that time: a task
         still waiting then is cancelled instead. With ``unique_key``, if a task with that key
-        is READY or RUNNING, nothing is enqueued and its handle is returned."""
+        is READY or RUNNING, nothing is enqueued and its handle is returned.
+
+        ``depends_on`` (handles, ids or :class:`~django_tasks_q.canvas.After`): the task
+        waits until those finished, and is cancelled if one did not succeed (unless its
+        ``After`` says otherwise). ``link`` / ``link_error``: signatures to run after it
+        succeeded (with its result) or once it failed (with its id and last error)."""
+        if (
+            depends_on is not None
+            or link is not None
+            or link_error is not None
+            or (self.link or self.link_error)
+        ):
+            if unique_key is not None:
+                raise InvalidTask(
+                    "unique_key cannot be combined with depends_on, link or link_error."
+                )
+            options = {
+                "countdown": countdown, "eta": eta, "queue": queue, "priority": priority,
+                "expires": expires, "link": link, "link_error": link_error,
+            }  # fmt: skip
+            sig = canvas.Signature(
+                self,
+                args or (),
+                kwargs,
+                {name: value for name, value in options.items() if value is not None},
+            )
+            plan = canvas.plan_for_task(sig, depends_on or ())
+            return plan.enqueue().steps[0]
         task = self.with_options(countdown=countdown, eta=eta, queue=queue, priority=priority)
         args, kwargs = tuple(args or ()), dict(kwargs or {})
         if expires is None and unique_key is None:
@@ -124,10 +157,29 @@ class BackgroundTask(Task):
                 f"unique_key must be a non-empty string of at most 255 characters, "
                 f"got {unique_key!r}."
             )
-        expires_at = None if expires is None else _expiry_time(expires, task.run_after)
+        expires_at = None if expires is None else expiry_time(expires, task.run_after)
         return task.get_backend().enqueue(
             task, args, kwargs, expires_at=expires_at, unique_key=unique_key
         )
+
+    def s(self, *args: Any, **kwargs: Any) -> canvas.Signature:
+        """A signature of this task with these arguments: a workflow step, or a callback.
+        In a chain it receives the previous step's result before ``args``."""
+        return canvas.Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> canvas.Signature:
+        """An immutable signature: in a chain or as a callback, it receives nothing more."""
+        return canvas.Signature(self, args, kwargs, immutable=True)
+
+    def signature(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        immutable: bool = False,
+        **options: Any,
+    ) -> canvas.Signature:
+        return canvas.Signature(self, args, kwargs, options, immutable=immutable)
 
     def with_options(
         self,
@@ -194,7 +246,7 @@ class MissingTask(BackgroundTask):
         )
 
 
-def _expiry_time(expires: float | timedelta | datetime, run_after: datetime | None) -> datetime:
+def expiry_time(expires: float | timedelta | datetime, run_after: datetime | None) -> datetime:
     if isinstance(expires, datetime):
         if timezone.is_naive(expires):
             raise InvalidTask(
@@ -275,7 +327,7 @@ _OPTION_NAMES = (
     "name", "queue", "priority", "max_retries", "retry_backoff", "retry_backoff_max",
     "retry_jitter", "autoretry_for", "default_retry_delay", "timeout", "soft_timeout",
     "ignore_result", "max_lost_attempts", "bind",
-    "takes_context", "backend", "schedule",
+    "takes_context", "backend", "schedule", "link", "link_error",
 )  # fmt: skip
 
 
@@ -299,6 +351,8 @@ def background_task(
     takes_context: bool = False,
     backend: str = DEFAULT_TASK_BACKEND_ALIAS,
     schedule: str | timedelta | float | datetime | Mapping[str, Any] | None = None,
+    link: Any = None,
+    link_error: Any = None,
     **unknown: Any,
 ) -> Any:
     """Turn a module-level function into a task. Usable bare or with options.
@@ -306,6 +360,9 @@ def background_task(
     ``schedule`` also runs it periodically once beat is running: a cron expression
     (``"*/5 * * * *"``), an interval (``timedelta(minutes=5)`` or seconds), a one-off aware
     datetime, or a dict of the keys a ``TASKS_Q["SCHEDULES"]`` entry takes.
+
+    ``link`` / ``link_error``: signatures (or lists of them) run after every enqueue of this
+    task succeeded, or once it failed (docs/workflows.md).
     """
     if unknown:
         option = next(iter(unknown))
@@ -337,6 +394,8 @@ def background_task(
             ignore_result=ignore_result,
             max_lost_attempts=max_lost_attempts,
             schedule=schedule,
+            link=tuple(canvas.callbacks(link)),
+            link_error=tuple(canvas.callbacks(link_error)),
         )
 
     if function is not None:

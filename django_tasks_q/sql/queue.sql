@@ -62,6 +62,88 @@ notified AS (
 SELECT array_agg(id ORDER BY id), min(run_after), min(enqueued_at), (SELECT count(*) FROM notified)
 FROM inserted;
 
+-- name: enqueue_workflow
+-- The tasks of a workflow and the edges between them, in one statement (docs/workflows.md).
+-- Tasks arrive as parallel arrays in workflow order; ids come from the sequence in that order
+-- (see enqueue_many), so %(edge_tasks)s and %(edge_parents)s name tasks by their 1-based place
+-- in the arrays, or, when negative, an existing task by its id negated. A task with
+-- dependencies is WAITING with waiting_for counting them all: the deferred trigger on the
+-- edges settles at commit those whose dependency had already finished (migration 0007).
+-- Tasks with dependents are inserted with has_dependents set, as that trigger would set it.
+WITH node AS (
+    SELECT *
+    FROM unnest(
+        %(names)s::text[], %(queues)s::text[], %(priorities)s::smallint[], %(args)s::jsonb[],
+        %(kwargs)s::jsonb[], %(run_afters)s::timestamptz[], %(max_attempts)s::integer[],
+        %(max_lost_attempts)s::integer[], %(timeouts)s::float8[], %(expires)s::timestamptz[],
+        %(waiting_for)s::integer[], %(receives)s::text[], %(has_dependents)s::boolean[]
+    ) WITH ORDINALITY AS node(name, queue, priority, args, kwargs, run_after, max_attempts,
+                              max_lost_attempts, timeout, expires_at, waiting_for, receives,
+                              has_dependents, n)
+),
+inserted AS (
+    INSERT INTO django_tasks_q_task
+        (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
+         attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors, expires_at,
+         waiting_for, receives, has_dependents, workflow_id)
+    SELECT name, queue, priority, CASE WHEN waiting_for > 0 THEN 'WAITING' ELSE 'READY' END,
+           args, kwargs, COALESCE(run_after, now()), now(),
+           0, max_attempts, max_lost_attempts, timeout, '', '[]'::jsonb, expires_at,
+           waiting_for, receives, has_dependents, %(workflow_id)s::uuid
+    FROM node
+    ORDER BY n
+    RETURNING id, status, queue, priority, run_after, enqueued_at
+),
+numbered AS (
+    SELECT array_agg(id ORDER BY id) AS ids FROM inserted
+),
+edges AS (
+    INSERT INTO django_tasks_q_dependency (task_id, depends_on_id, position, run_if)
+    SELECT numbered.ids[edge.task],
+           CASE WHEN edge.parent > 0 THEN numbered.ids[edge.parent] ELSE -edge.parent END,
+           edge.position, edge.run_if
+    FROM numbered, unnest(
+        %(edge_tasks)s::integer[], %(edge_parents)s::bigint[], %(edge_positions)s::integer[],
+        %(edge_run_ifs)s::text[]
+    ) AS edge(task, parent, position, run_if)
+    RETURNING 1
+),
+notified AS (
+    SELECT pg_notify('django_tasks_q', {ready_notice})
+    FROM (
+        SELECT DISTINCT queue, priority, run_after
+        FROM inserted WHERE %(notify)s AND status = 'READY' AND run_after <= now()
+    ) AS ready
+)
+SELECT array_agg(id ORDER BY id), array_agg(status ORDER BY id),
+       array_agg(run_after ORDER BY id), min(enqueued_at),
+       (SELECT count(*) FROM edges), (SELECT count(*) FROM notified)
+FROM inserted;
+
+-- name: existing_dependencies
+-- The tasks a new dependent names by id: which exist, and their workflow.
+SELECT id, workflow_id FROM django_tasks_q_task WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: cancel_workflow
+-- Every step of a workflow not finished yet: WAITING and READY ones are cancelled at once
+-- (their dependents follow, through the dependency trigger); RUNNING ones are asked to stop,
+-- as by cancel. Returns each step changed and its status after the call.
+WITH requested AS (
+    UPDATE django_tasks_q_task
+    SET status = CASE WHEN status = 'RUNNING' THEN status ELSE 'CANCELLED' END,
+        finished_at = CASE WHEN status = 'RUNNING' THEN finished_at ELSE now() END,
+        cancel_requested_at = COALESCE(cancel_requested_at, now()),
+        cancel_terminate = cancel_terminate OR %(terminate)s
+    WHERE workflow_id = %(workflow_id)s::uuid AND status IN ('WAITING', 'READY', 'RUNNING')
+    RETURNING id, status, cancel_terminate
+),
+notified AS (
+    SELECT pg_notify(%(channel)s, id::text || CASE WHEN cancel_terminate THEN ' terminate' ELSE '' END)
+    FROM requested
+    WHERE status = 'RUNNING' AND %(notify)s
+)
+SELECT id, status, (SELECT count(*) FROM notified) FROM requested;
+
 -- name: finish_and_claim
 -- The worker's hot path, one statement and one commit: record the outcomes of finished
 -- attempts, then claim up to %(limit)s ready tasks from every queue. Empty outcome arrays and
@@ -261,18 +343,18 @@ notified AS (
 SELECT id, status, (SELECT count(*) FROM notified) FROM released;
 
 -- name: cancel
--- A READY task is cancelled at once. A RUNNING one is asked to stop: the workers hear of it
+-- A WAITING or READY task is cancelled at once. A RUNNING one is asked to stop: the workers hear of it
 -- through a NOTIFY on the cancel channel at once (or at their next heartbeat without
 -- LISTEN/NOTIFY), so a task claimed but not started yet never starts, and a running task
 -- sees it through context.is_cancelled(). Returns the status after the call, or no row if
 -- the task had already finished.
 WITH requested AS (
     UPDATE django_tasks_q_task
-    SET status = CASE WHEN status = 'READY' THEN 'CANCELLED' ELSE status END,
-        finished_at = CASE WHEN status = 'READY' THEN now() ELSE finished_at END,
+    SET status = CASE WHEN status = 'RUNNING' THEN status ELSE 'CANCELLED' END,
+        finished_at = CASE WHEN status = 'RUNNING' THEN finished_at ELSE now() END,
         cancel_requested_at = COALESCE(cancel_requested_at, now()),
         cancel_terminate = cancel_terminate OR %(terminate)s
-    WHERE id = %(id)s AND status IN ('READY', 'RUNNING')
+    WHERE id = %(id)s AND status IN ('WAITING', 'READY', 'RUNNING')
     RETURNING id, status, cancel_terminate
 ),
 notified AS (
@@ -300,6 +382,9 @@ WITH retried AS (
         cancel_terminate = false,
         expires_at = NULL
     WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('FAILED', 'CANCELLED')
+      -- A step cancelled because a dependency did not succeed waits for that dependency:
+      -- retrying the dependency brings it back (migration 0007's trigger).
+      AND (errors -> -1 ->> 'type') IS DISTINCT FROM 'django_tasks_q.exceptions.DependencyNotMet'
     RETURNING id, queue, priority, run_after
 ),
 notified AS (

@@ -141,6 +141,7 @@ class Worker:
         self._stopped = threading.Event()  # set once shutdown is complete
         # Ids claimed by this worker whose outcome is not recorded yet.
         self._held: set[int] = set()
+        self._with_dependents: set[int] = set()  # held tasks other tasks wait for
         self._reconcile = False
         self._unrecorded: list[Outcome] = []
         self._unrecorded_since = 0.0  # time.monotonic() of the oldest
@@ -453,6 +454,8 @@ class Worker:
             deferred: list[ClaimedTask] = []
             for task in claimed:
                 (runnable if self.unknown_tasks.runs_here(task) else deferred).append(task)
+            self._with_dependents.update(task.id for task in claimed if task.has_dependents)
+            self._with_dependents.update(task.id for task in skipped if task.has_dependents)
             if runnable:
                 self.executor.submit(runnable)
             if deferred:
@@ -460,11 +463,22 @@ class Worker:
             if len(claimed) + len(skipped) < limit:
                 self._maybe_ready = False  # drained: wait for a notification or the next poll
                 self._next_poll = time.monotonic() + self.options.poll_interval
-        if any(outcome.status == "READY" for outcome in outcomes):
-            # A retry may be due at once; the claim of the statement that made it READY again
-            # could not see it yet (one statement, one snapshot).
+        if any(outcome.status == "READY" for outcome in outcomes) or self._settled_dependents(
+            outcomes, skipped
+        ):
+            # A retry may be due at once, or a dependent made READY by this outcome; the claim
+            # of the statement that did it could not see it yet (one statement, one snapshot).
             self._maybe_ready = True
         return True
+
+    def _settled_dependents(self, outcomes: list[Outcome], skipped: list[ClaimedTask]) -> bool:
+        """Whether a task just finished had dependents (that may be READY now)."""
+        if not self._with_dependents:
+            return False
+        finished = {outcome.id for outcome in outcomes} | {task.id for task in skipped}
+        settled = finished & self._with_dependents
+        self._with_dependents -= finished
+        return bool(settled)
 
     def _outcomes_due(self) -> bool:
         """Whether to record the unrecorded outcomes now: the sizer's rule, or the worker
