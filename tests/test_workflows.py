@@ -3,10 +3,12 @@
 import pytest
 from django.db import transaction
 
-from django_tasks_q.canvas import After, chain, chord, group
+from django_tasks_q import InvalidTask, SerializationError
+from django_tasks_q.canvas import WorkflowHandle, chain, chord, group, signature
 from django_tasks_q.models import Dependency, Task
 from tests.conftest import run_burst_worker
 from tests.testapp import tasks
+from tests.testapp.models import Execution
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -18,3 +20,199 @@ def test_a_chain_passes_each_result_to_the_next_step():
     workflow.wait(timeout=5)
     assert workflow.status == "SUCCESSFUL"
     assert workflow.result == 113
+
+
+def executions(key: str) -> int:
+    return Execution.objects.filter(key=key).count()
+
+
+def test_a_dependent_waits_and_runs_after_its_dependency_with_apply_async():
+    first = tasks.add.delay(1, 1)
+    second = tasks.record.apply_async(("after",), depends_on=[first])
+    assert second.status == "WAITING"
+    assert [h.id for h in second.dependencies()] == [first.id]
+    assert [h.id for h in first.dependents()] == [second.id]
+    assert second.workflow_id is not None
+    run_burst_worker()
+    assert second.wait(timeout=5).status == "SUCCESSFUL"
+    assert executions("after") == 1
+
+
+def test_a_dependency_that_already_finished_counts_at_once():
+    first = tasks.add.delay(1, 1)
+    run_burst_worker()
+    second = tasks.record.apply_async(("late",), depends_on=[first.id])
+    second.refresh()
+    assert second.status == "READY"
+
+
+def test_a_dependency_that_already_failed_cancels_the_new_dependent():
+    failed = tasks.fails_recording.delay("x")
+    run_burst_worker()
+    late = tasks.record.apply_async(("never",), depends_on=[failed])
+    late.refresh()
+    assert late.status == "CANCELLED"
+    assert late.errors[-1].type == "django_tasks_q.exceptions.DependencyNotMet"
+    assert f"#{failed.id}" in late.errors[-1].message and "FAILED" in late.errors[-1].message
+
+
+def test_depends_on_an_unknown_task_is_a_clear_error_and_writes_nothing():
+    with pytest.raises(InvalidTask, match="#987654"):
+        tasks.record.apply_async(("x",), depends_on=[987654])
+    assert Task.objects.count() == 0
+
+
+def test_a_failure_cancels_the_dependents_down_the_chain_and_fires_link_error_once():
+    workflow = (
+        chain(tasks.add.s(1, 2), tasks.fails_recording.si("mid"), tasks.record.si("end"))
+        .on_error(tasks.on_error.s("errback"))
+        .apply_async()
+    )
+    run_burst_worker()
+    workflow.wait(timeout=5)
+    first, middle, last, errback = workflow.steps
+    assert (first.status, middle.status, last.status) == ("SUCCESSFUL", "FAILED", "CANCELLED")
+    assert f"#{middle.id}" in last.errors[-1].message
+    assert errback.status == "SUCCESSFUL" and errback.result == int(middle.id)
+    assert list(Execution.objects.values_list("key", flat=True)) == [
+        "mid",
+        f"errback:{middle.id}:PermanentError",
+    ]
+    assert workflow.status == "FAILED"
+
+
+def test_an_error_callback_that_is_not_needed_is_cancelled_saying_so():
+    handle = tasks.add.apply_async((1, 2), link_error=tasks.on_error.s("unused"))
+    run_burst_worker()
+    [errback] = handle.dependents()
+    assert errback.status == "CANCELLED"
+    assert "none of its dependencies failed" in errback.errors[-1].message
+    assert Execution.objects.count() == 0
+
+
+def test_link_runs_the_callback_with_the_result_and_decorator_links_run_on_every_enqueue():
+    handle = tasks.add.apply_async((1, 2), link=tasks.add.s(10))
+    declared = tasks.add_then_more.delay(2, 3)
+    run_burst_worker()
+    [callback] = handle.dependents()
+    assert callback.result == 13
+    [declared_callback] = declared.dependents()
+    assert declared_callback.result == 1005
+
+
+def test_a_group_gives_its_results_in_order():
+    workflow = group(tasks.add.s(i, i) for i in range(5)).apply_async()
+    assert workflow.completed_count() == 0 and not workflow.ready()
+    run_burst_worker()
+    assert workflow.get(timeout=5) == [0, 2, 4, 6, 8]
+    assert workflow.completed_count() == 5 and workflow.ready()
+
+
+def test_a_chord_body_receives_every_header_result_in_order():
+    workflow = chord([tasks.add.s(i, 0) for i in range(10)])(tasks.tally.s("body"))
+    run_burst_worker(concurrency=4)
+    assert workflow.get(timeout=5) == [10, 45]
+    assert executions("body") == 1
+
+
+def test_a_failed_header_cancels_the_chord_body():
+    workflow = chord([tasks.add.s(1, 1), tasks.fails_recording.si("h")], tasks.tally.s("b"))
+    handle = workflow.apply_async()
+    run_burst_worker()
+    handle.wait(timeout=5)
+    body = handle.steps[-1]
+    assert body.status == "CANCELLED" and executions("b") == 0
+
+
+def test_nesting_a_group_in_a_chain_and_a_chord_in_a_chain():
+    workflow = (
+        tasks.add.s(1, 1)
+        | group(tasks.add.s(10), tasks.add.s(20))
+        | tasks.tally.s("sum")
+        | tasks.add.s(0, 0).set(immutable=True)
+    )
+    handle = workflow.apply_async()
+    run_burst_worker()
+    handle.wait(timeout=5)
+    # 2 -> [12, 22] -> [2, 34] -> add(0, 0), immutable
+    assert [step.result for step in handle.steps] == [2, 12, 22, [2, 34], 0]
+    group_in_chord = chord([chain(tasks.add.s(1, 1), tasks.add.s(1)), tasks.add.s(5, 5)],
+                           tasks.tally.s("nested"))  # fmt: skip
+    nested = group_in_chord.apply_async()
+    run_burst_worker()
+    # header: add(1, 1) | add(1) -> 3, and add(5, 5) -> 10
+    assert nested.get(timeout=5) == [2, 13]
+
+
+def test_rolling_back_the_enqueuing_transaction_leaves_nothing():
+    with pytest.raises(RuntimeError), transaction.atomic():
+        chord([tasks.add.s(1, 1)] * 3, tasks.tally.s("rolled")).apply_async()
+        assert Task.objects.count() == 4
+        raise RuntimeError("the view failed")
+    assert Task.objects.count() == 0 and Dependency.objects.count() == 0
+
+
+def test_a_signature_survives_json_and_runs_from_its_dict():
+    import json
+
+    sig = tasks.add.s(2, 3).set(priority=5, queue="default")
+    rebuilt = signature(json.loads(json.dumps(chain(sig, tasks.add.s(1)))))
+    handle = rebuilt.apply_async()
+    assert handle.steps[0].priority == 5
+    run_burst_worker()
+    assert handle.get(timeout=5) == 6
+
+
+def test_retrying_a_failed_step_resumes_the_workflow_without_rerunning_done_steps():
+    workflow = chain(
+        tasks.record.si("one"), tasks.fail_until.si("two", 2), tasks.record.si("three")
+    ).apply_async()
+    # fail_until retries up to 3 times; make the first attempts run out: one attempt only.
+    Task.objects.filter(pk=workflow.steps[1].id).update(max_attempts=1)
+    run_burst_worker()
+    workflow.refresh()
+    assert [s.status for s in workflow.steps] == ["SUCCESSFUL", "FAILED", "CANCELLED"]
+    from django_tasks_q import queue
+
+    assert queue.retry_now([int(workflow.steps[1].id)], more_attempts=1, using="default",
+                           notify=False) == [int(workflow.steps[1].id)]  # fmt: skip
+    assert Task.objects.get(pk=workflow.steps[2].id).status == "WAITING"
+    run_burst_worker()
+    workflow.wait(timeout=5)
+    assert workflow.status == "SUCCESSFUL"
+    assert [executions(k) for k in ("one", "three")] == [1, 1]
+
+
+def test_cancelling_a_workflow_cancels_every_step_not_finished():
+    workflow = chain(tasks.add.s(1, 1), tasks.add.s(1), tasks.add.s(1)).apply_async()
+    assert workflow.cancel() == 3
+    assert workflow.status == "CANCELLED"
+    assert {s.status for s in workflow.steps} == {"CANCELLED"}
+
+
+def test_cancelling_a_waiting_step_cancels_its_dependents():
+    workflow = chain(tasks.add.s(1, 1), tasks.add.s(1), tasks.add.s(1)).apply_async()
+    assert workflow.steps[1].cancel()
+    workflow.refresh()
+    assert [s.status for s in workflow.steps] == ["READY", "CANCELLED", "CANCELLED"]
+
+
+def test_a_workflow_handle_can_be_loaded_from_its_id():
+    workflow = group(tasks.add.s(1, 1), tasks.add.s(2, 2)).apply_async()
+    run_burst_worker()
+    loaded = WorkflowHandle.load(workflow.id)
+    assert loaded.get(timeout=5) == [2, 4]
+    assert tasks.add.delay(1, 1).workflow is None
+    assert workflow.steps[0].workflow.id == workflow.id
+
+
+def test_bad_canvas_input_is_a_clear_error():
+    with pytest.raises(InvalidTask, match="time_limit"):
+        tasks.add.s(1, 2).set(time_limit=3)
+    with pytest.raises(InvalidTask, match="signature"):
+        signature({"kind": "nope"})
+    with pytest.raises(InvalidTask, match="no body"):
+        chord([tasks.add.s(1, 1)]).apply_async()
+    with pytest.raises(SerializationError, match="step 2"):
+        chain(tasks.add.s(1, 1), tasks.add.s(object())).apply_async()
+    assert Task.objects.count() == 0

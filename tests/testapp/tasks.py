@@ -368,3 +368,28 @@ if not os.environ.get("TESTAPP_OLD_RELEASE"):
     def added_in_new_release(key):
         Execution.objects.create(key=key, worker=str(os.getpid()))
         return key
+
+
+@background_task
+def tally(values, key):
+    """A chord body: counts its runs and returns how many results it got, and their sum."""
+    Execution.objects.create(key=key, worker=str(os.getpid()))
+    return [len(values), sum(values)]
+
+
+@background_task
+def fails_recording(key):
+    Execution.objects.create(key=key)
+    raise PermanentError(f"{key} failed")
+
+
+@background_task
+def on_error(task_id, error, key):
+    """An error callback: records which task failed, and how."""
+    Execution.objects.create(key=f"{key}:{task_id}:{error['type'].rsplit('.', 1)[-1]}")
+    return task_id
+
+
+@background_task(link=add.s(1000))
+def add_then_more(x, y):
+    return x + y
