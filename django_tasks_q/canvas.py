@@ -291,9 +291,7 @@ class After:
 
     def __post_init__(self) -> None:
         if self.run_if not in RUN_IF:
-            raise InvalidTask(
-                f"run_if must be one of {', '.join(RUN_IF)}, got {self.run_if!r}."
-            )
+            raise InvalidTask(f"run_if must be one of {', '.join(RUN_IF)}, got {self.run_if!r}.")
 
     @property
     def task_id(self) -> int:
@@ -523,9 +521,7 @@ class WorkflowHandle:
         return all(step.status in _DONE for step in self.steps)
 
     def successful(self) -> bool:
-        return self.ready() and all(
-            step.status == "SUCCESSFUL" for step in self.output_steps
-        )
+        return self.ready() and all(step.status == "SUCCESSFUL" for step in self.output_steps)
 
     def failed(self) -> bool:
         return any(step.status == "FAILED" for step in self.steps)
