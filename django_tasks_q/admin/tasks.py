@@ -9,14 +9,24 @@ estimate.
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import IntegrityError, connections, transaction
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
-from django.http import HttpRequest
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+)
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
@@ -32,9 +42,10 @@ from django_tasks_q.admin.common import (
     pretty_json,
     status_badge,
 )
+from django_tasks_q.admin.workflow_graph import workflow_graph
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.exceptions import UnknownTaskError
-from django_tasks_q.models import Task, TaskStatus
+from django_tasks_q.models import UNFINISHED_STATUSES, Task, TaskStatus
 
 # Filtered lists are counted up to this many rows; past it the admin says "10,000+" pages.
 COUNT_LIMIT = 10_000
@@ -170,6 +181,7 @@ class TaskAdmin(ReadOnlyPages):
                 )
             },
         ),
+        (_("Workflow"), {"fields": ("workflow_display",)}),
         (_("Arguments and result"), {"fields": ("args_pretty", "kwargs_pretty", "result_pretty")}),
         (_("Errors, one per failed attempt"), {"fields": ("errors_pretty",)}),
     ]
@@ -179,10 +191,69 @@ class TaskAdmin(ReadOnlyPages):
                        "last_attempted_at", "finished_at", "queued_for", "ran_for",
                        "attempts_display", "worker_link", "lease_expires_at",
                        "cancel_requested_at", "args_pretty", "kwargs_pretty", "result_pretty",
-                       "errors_pretty")  # fmt: skip
+                       "errors_pretty", "workflow_display")  # fmt: skip
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # tasks are created by enqueueing them
+
+    def get_fieldsets(self, request: HttpRequest, obj: Task | None = None) -> list:
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or obj.workflow_id is None:
+            return [(name, options) for name, options in fieldsets if name != _("Workflow")]
+        return fieldsets
+
+    def get_urls(self) -> list:
+        cancel = self.admin_site.admin_view(self.cancel_workflow_view)
+        return [
+            path("<path:object_id>/cancel-workflow/", cancel,
+                 name="django_tasks_q_task_cancel_workflow"),
+            *super().get_urls(),
+        ]  # fmt: skip
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        task = self.get_object(request, object_id)
+        if (
+            task is not None
+            and task.workflow_id is not None
+            and self.has_change_permission(request, task)
+            and Task.objects.using(task._state.db)
+            .filter(workflow_id=task.workflow_id, status__in=UNFINISHED_STATUSES)
+            .exists()
+        ):
+            extra_context = {
+                **(extra_context or {}),
+                "workflow_cancel_url": reverse(
+                    "admin:django_tasks_q_task_cancel_workflow", args=[task.pk]
+                ),
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def cancel_workflow_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Cancel every unfinished step of the task's workflow (POST, change permission)."""
+        task = self.get_object(request, object_id)
+        if task is None or task.workflow_id is None:
+            raise Http404("No such task in a workflow.")
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_change_permission(request, task):
+            raise PermissionDenied
+        changed = queue.cancel_workflow(
+            str(task.workflow_id), using=task._state.db, notify=conf.LISTEN_NOTIFY
+        )
+        cancelled = sum(status == TaskStatus.CANCELLED for status in changed.values())
+        asked = len(changed) - cancelled
+        message = ngettext(
+            "%(n)d step of the workflow cancelled.", "%(n)d steps of the workflow cancelled.",
+            cancelled,
+        ) % {"n": cancelled}  # fmt: skip
+        if asked:
+            message += " " + ngettext(
+                "%(n)d running step was asked to stop.",
+                "%(n)d running steps were asked to stop.",
+                asked,
+            ) % {"n": asked}
+        self.message_user(request, message, messages.SUCCESS if changed else messages.WARNING)
+        return HttpResponseRedirect(reverse("admin:django_tasks_q_task_change", args=[task.pk]))
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Task]:
         # The list does not show arguments, results or tracebacks: do not fetch them.
@@ -273,6 +344,21 @@ class TaskAdmin(ReadOnlyPages):
         url = admin_url("django_tasks_q_schedule_change", task.schedule_id)
         return format_html('<a href="{}">{}</a>', url, task.schedule) if url else str(task.schedule)
 
+    @admin.display(description=_("steps"))
+    def workflow_display(self, task: Task) -> str:
+        if task.workflow_id is None:
+            return "—"
+        listed = reverse("admin:django_tasks_q_task_changelist")
+        query = urlencode({"workflow_id__exact": str(task.workflow_id)})
+        return format_html(
+            '<div class="tasks-q-graph-wrap">{}</div><p><a href="{}?{}">{}</a> · {}</p>',
+            workflow_graph(task),
+            listed,
+            query,
+            _("Every step in the task list"),
+            _("workflow %(id)s") % {"id": task.workflow_id},
+        )
+
     @admin.display(description=_("args"))
     def args_pretty(self, task: Task) -> str:
         return pretty_json(task.args)
@@ -355,7 +441,9 @@ class TaskAdmin(ReadOnlyPages):
         self._report(request, retried, len(selected) - len(conflicts),
                      ngettext("%(n)d task will run again now.",
                               "%(n)d tasks will run again now.", retried),
-                     _("only failed or cancelled tasks can be retried"))  # fmt: skip
+                     _("only failed or cancelled tasks can be retried, and a workflow step "
+                       "cancelled because a dependency did not succeed comes back when that "
+                       "dependency is retried"))  # fmt: skip
         if conflicts:
             listed = ", ".join(f"{name} #{task_id} (key {key!r})" for name, task_id, key in
                                sorted(conflicts, key=lambda c: c[1]))  # fmt: skip
@@ -378,12 +466,10 @@ class TaskAdmin(ReadOnlyPages):
             ids, more_attempts=more_attempts, using=database, notify=conf.LISTEN_NOTIFY
         )
 
-    @admin.action(description=_("Cancel (ready or running tasks)"), permissions=["change"])
+    @admin.action(description=_("Cancel (waiting, ready or running tasks)"), permissions=["change"])
     def cancel_tasks(self, request: HttpRequest, selected: QuerySet[Task]) -> None:
         cancelled = asked = 0
-        for task_id in selected.filter(
-            status__in=[TaskStatus.READY, TaskStatus.RUNNING]
-        ).values_list("id", flat=True):
+        for task_id in selected.filter(status__in=UNFINISHED_STATUSES).values_list("id", flat=True):
             outcome = queue.cancel(task_id, using=selected.db)
             cancelled += outcome == TaskStatus.CANCELLED
             asked += outcome == TaskStatus.RUNNING
@@ -397,7 +483,7 @@ class TaskAdmin(ReadOnlyPages):
                 asked,
             ) % {"n": asked}
         self._report(request, cancelled + asked, len(selected), message,
-                     _("only ready or running tasks can be cancelled"), formatted=True)  # fmt: skip
+                     _("only unfinished tasks can be cancelled"), formatted=True)  # fmt: skip
 
     @admin.action(description=_("Enqueue a copy"), permissions=["change"])
     def enqueue_copy(self, request: HttpRequest, selected: QuerySet[Task]) -> None:
