@@ -120,6 +120,7 @@ def _worker_phases(
         report(phase_line(label, drained, seconds, "tasks") + "  (results verified)")
 
         _io_bound_phase(options, database, workers, results, report)
+        _chord_phase(options, database, workers, results, report)
 
         if options.latency_samples:
             latencies = phases.measure_latency(
@@ -179,6 +180,27 @@ def _io_bound_phase(
         phase_line(label, drained, seconds, "tasks")
         + f"  ({results.io_pct_of_ideal:.0f}% of {results.io_ideal_per_s:,.0f}/s: "
         f"{options.slots} slots busy all the time)"
+    )
+
+
+def _chord_phase(
+    options: BenchOptions,
+    database: str,
+    workers: list[WorkerProcess],
+    results: Results,
+    report: Report,
+) -> None:
+    """A chord of no-op tasks: from the call that enqueues it to the end of its body, which
+    must have received every header's result."""
+    label = f"3c. chord, {options.chord_size:,} no-op tasks"
+    if not options.chord_size:
+        report(f"{label:<{LABEL_WIDTH}}skipped (--chord-size 0)")
+        return
+    seconds = phases.run_chord(database, options.queue, workers, options.chord_size)
+    results.chord_size, results.chord_seconds = options.chord_size, seconds
+    report(
+        f"{label:<{LABEL_WIDTH}}{seconds:>8.2f} s    from the enqueue call to the body's end "
+        f"({options.chord_size / seconds:,.0f} tasks/s)"
     )
 
 

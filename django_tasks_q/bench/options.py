@@ -28,6 +28,8 @@ class BenchOptions:
     # The I/O-bound phase: tasks that wait this long each, this many per slot (0: skip).
     io_task_ms: float = 10.0
     io_tasks_per_slot: int = 100
+    # The chord phase: this many no-op header tasks and one body (0: skip).
+    chord_size: int = 10_000
     # The steady-load phase: seconds (0: skip), tasks/s offered, or else that fraction of the
     # drain rate (None: DEFAULT_PRESSURE_LOAD), and seconds per reported window. Meanwhile,
     # optionally: a transaction holds the xmin horizon, sessions re-scan the task table in
@@ -57,6 +59,8 @@ class BenchOptions:
                 raise BenchError(f"--{name.replace('_', '-')} must be at least 1.")
         if resolved.latency_samples < 0:
             raise BenchError("--latency-samples must be 0 or more.")
+        if resolved.chord_size < 0:
+            raise BenchError("--chord-size must be 0 or more.")
         if resolved.io_tasks_per_slot < 0:
             raise BenchError("--io-tasks-per-slot must be 0 or more.")
         if resolved.pressure_seconds < 0:

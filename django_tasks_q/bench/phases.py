@@ -13,14 +13,16 @@ from django.db import connections
 from django_tasks_q import queue
 from django_tasks_q.bench import queries
 from django_tasks_q.bench.options import BenchError, BenchOptions
+from django_tasks_q.bench.tasks import joins, noop
 from django_tasks_q.bench.workers import (
     WORKER_ID_PREFIX,
     WorkerProcess,
     check_alive,
     worker_logs,
 )
+from django_tasks_q.canvas import chord
 from django_tasks_q.conf import settings as conf
-from django_tasks_q.models import TaskStatus
+from django_tasks_q.models import FINISHED_STATUSES, TaskStatus
 from django_tasks_q.serialization import dumps
 from django_tasks_q.tasks import BackgroundTask
 
@@ -66,6 +68,26 @@ def enqueue_in_bulk(task: BackgroundTask, arguments: Sequence[tuple]) -> float:
     for chunk in _chunks(arguments, BULK_CHUNK):
         task.enqueue_many(list(chunk))
     return time.perf_counter() - started
+
+
+def run_chord(database: str, queue_name: str, workers: Sequence[WorkerProcess], size: int) -> float:
+    """Seconds from the call enqueueing a chord of ``size`` no-op tasks to its body's end;
+    checks the body got every result."""
+    header = [noop.s(n).set(queue=queue_name) for n in range(size)]
+    started = time.perf_counter()
+    workflow = chord(header, joins.s().set(queue=queue_name)).apply_async()
+    body = workflow.steps[-1]
+    deadline = time.monotonic() + STALL_TIMEOUT
+    while (status := queries.status(database, int(body.id))) not in FINISHED_STATUSES:
+        check_alive(workers)
+        if time.monotonic() > deadline:
+            raise BenchError(f"The chord's body is still {status} after {STALL_TIMEOUT:.0f}s.")
+        time.sleep(LATENCY_POLL_INTERVAL)
+    seconds = time.perf_counter() - started
+    body.refresh()
+    if body.result != size:
+        raise BenchError(f"The chord's body got {body.result!r} results, expected {size}.")
+    return seconds
 
 
 def drain(

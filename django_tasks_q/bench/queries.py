@@ -15,7 +15,7 @@ from django.db import connections, transaction
 
 from django_tasks_q.bench.options import BenchError
 from django_tasks_q.bench.report import Report
-from django_tasks_q.bench.tasks import clock, noop, steady, waits
+from django_tasks_q.bench.tasks import clock, joins, noop, steady, waits
 from django_tasks_q.bench.workers import WORKER_ID_PREFIX
 from django_tasks_q.compat import InvalidTask
 from django_tasks_q.queue import load_statements
@@ -24,9 +24,10 @@ NOOP_NAME = noop.name
 CLOCK_NAME = clock.name
 WAITS_NAME = waits.name
 STEADY_NAME = steady.name
+JOINS_NAME = joins.name
 # Rows for the SQL ceiling are never run by a worker, so their name needs no registered task.
 CEILING_NAME = "django_tasks_q.bench.ceiling"
-BENCH_NAMES = (NOOP_NAME, CLOCK_NAME, WAITS_NAME, STEADY_NAME, CEILING_NAME)
+BENCH_NAMES = (NOOP_NAME, CLOCK_NAME, WAITS_NAME, STEADY_NAME, JOINS_NAME, CEILING_NAME)
 
 
 @cache

@@ -43,6 +43,9 @@ class Results:
     io_per_s: float | None = None
     io_ideal_per_s: float | None = None
     io_pct_of_ideal: float | None = None
+    # A chord of chord_size no-op tasks: seconds from the enqueue call to the body's end.
+    chord_size: int = 0
+    chord_seconds: float | None = None
     # The steady load: what was offered (pressure_load: as a fraction of drain_per_s, None
     # when --pressure-rate set it), what pressed on the database meanwhile, each window as
     # reported, and how long the backlog left when it stopped took to drain.
@@ -144,6 +147,10 @@ def summary(results: Results) -> str:
             "skipped"
             if results.io_pct_of_ideal is None
             else f"{rate(results.io_per_s, 'tasks')} ({results.io_pct_of_ideal:.0f}% of ideal)",
+        ),
+        (
+            f"chord of {results.chord_size:,}",
+            "skipped" if results.chord_seconds is None else f"{results.chord_seconds:.2f} s",
         ),
         ("start latency p50 / p95 / p99", latency),
         ("steady load, worst window p99", _worst_lag(results)),

@@ -26,6 +26,12 @@ def waits(milliseconds: float) -> float:
 
 
 @background_task
+def joins(results: list[int]) -> int:
+    """The chord phase's body: receives every header's result."""
+    return len(results)
+
+
+@background_task
 def steady(n: int) -> int:
     """The steady-load phase's task: a no-op of its own name, counted apart."""
     return n

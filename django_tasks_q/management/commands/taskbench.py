@@ -54,6 +54,11 @@ class Command(BaseCommand):
             f"(default: {defaults.io_tasks_per_slot}).",
         )  # fmt: skip
         parser.add_argument(
+            "--chord-size", type=int, default=defaults.chord_size,
+            help="Header tasks of the chord phase, 0 to skip "
+            f"(default: {defaults.chord_size}).",
+        )  # fmt: skip
+        parser.add_argument(
             "--pressure", type=float, default=defaults.pressure_seconds, metavar="SECONDS",
             help="Offer a steady load for this many seconds and report each window "
             "(default: 0, skipped).",
@@ -123,6 +128,7 @@ class Command(BaseCommand):
             latency_samples=options["latency_samples"],
             io_task_ms=options["io_task_ms"],
             io_tasks_per_slot=options["io_tasks_per_slot"],
+            chord_size=options["chord_size"],
             pressure_seconds=options["pressure"],
             pressure_rate=options["pressure_rate"],
             pressure_load=options["pressure_load"],
