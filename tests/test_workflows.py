@@ -4,7 +4,7 @@ import pytest
 from django.db import transaction
 
 from django_tasks_q import InvalidTask, SerializationError
-from django_tasks_q.canvas import WorkflowHandle, chain, chord, group, signature
+from django_tasks_q.canvas import After, WorkflowHandle, chain, chord, group, signature
 from django_tasks_q.models import Dependency, Task
 from tests.conftest import run_burst_worker
 from tests.testapp import tasks
@@ -216,3 +216,29 @@ def test_bad_canvas_input_is_a_clear_error():
     with pytest.raises(SerializationError, match="step 2"):
         chain(tasks.add.s(1, 1), tasks.add.s(object())).apply_async()
     assert Task.objects.count() == 0
+
+
+def test_a_cancelled_dependency_cancels_dependents_but_fires_no_error_callback():
+    handle = tasks.add.apply_async(
+        (1, 1), link=tasks.record.si("link"), link_error=tasks.on_error.s("err")
+    )
+    assert handle.cancel()
+    callback, errback = handle.dependents()
+    assert callback.status == "CANCELLED" and "ended CANCELLED" in callback.errors[-1].message
+    assert errback.status == "CANCELLED" and "none of its dependencies failed" in (
+        errback.errors[-1].message
+    )
+
+
+def test_decorator_callbacks_also_run_through_djangos_enqueue():
+    handle = tasks.add_then_more.enqueue(4, 5)
+    run_burst_worker()
+    [callback] = handle.dependents()
+    assert callback.wait(timeout=5).result == 1009
+
+
+def test_after_finished_runs_the_dependent_whatever_the_dependency_did():
+    failed = tasks.fails_recording.delay("f")
+    anyway = tasks.record.apply_async(("anyway",), depends_on=[After(failed, run_if="finished")])
+    run_burst_worker()
+    assert anyway.wait(timeout=5).status == "SUCCESSFUL"
