@@ -16,9 +16,10 @@ from functools import cache
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
-from django_tasks_q import queue, registry
+from django_tasks_q import canvas, queue, registry
 from django_tasks_q.canvas import Step
 from django_tasks_q.compat import (
     DEFAULT_TASK_BACKEND_ALIAS,
@@ -121,12 +122,15 @@ class PostgresBackend(BaseTaskBackend):
         task with that key is READY or RUNNING, nothing is enqueued and that task's handle is
         returned instead."""
         if getattr(task, "link", ()) or getattr(task, "link_error", ()):
-            if unique_key is not None or schedule_id is not None:
+            if unique_key is not None:
                 raise InvalidTask(
                     f"Task {task.name} has link/link_error callbacks, which cannot be combined "
-                    "with unique_key or a schedule."
+                    "with unique_key."
                 )
-            return task.apply_async(args, kwargs, expires=expires_at)
+            options = {"expires": expires_at} if expires_at is not None else None
+            plan = canvas.plan_for_task(canvas.Signature(task, args, kwargs, options), ())
+            schedule = (schedule_id, scheduled_for) if schedule_id is not None else None
+            return plan.enqueue(schedule=schedule).steps[0]
         self.validate_task(task)
         check_arguments(args, kwargs)
         args_json, kwargs_json = dumps(list(args)), dumps(kwargs)
@@ -191,18 +195,27 @@ class PostgresBackend(BaseTaskBackend):
             )
         return messages
 
-    def enqueue_workflow(self, steps: Sequence[Step]) -> list[TaskHandle]:
+    def enqueue_workflow(
+        self, steps: Sequence[Step], *, schedule: tuple[int, datetime] | None = None
+    ) -> list[TaskHandle]:
         """Enqueue a workflow's steps and the edges between them, in one statement in the
         caller's transaction (see django_tasks_q.canvas). Steps that depend only on tasks
-        of one existing workflow join it; otherwise the steps get a workflow of their own."""
+        of one existing workflow join it; otherwise the steps get a workflow of their own.
+        ``schedule``: the schedule and tick the first step stands for (beat)."""
         rows: list[queue.WorkflowRow] = []
         edges: list[queue.WorkflowEdge] = []
         has_dependents = [False] * len(steps)
         external: set[int] = set()
         arguments: list[tuple[list, dict]] = []
+        # What each distinct task object gives its rows (a chord's header is one task).
+        columns: dict[int, dict[str, Any]] = {}
         for index, step in enumerate(steps):
             task = step.task
-            self.validate_task(task)
+            if id(task) not in columns:
+                self.validate_task(task)
+                columns[id(task)] = {
+                    k: v for k, v in self._columns(task).items() if k not in ("using", "notify")
+                }
             args, receives = list(step.args), step.receives
             if receives == "results" and not step.waits_for:
                 args, receives = [[], *args], ""  # after an empty group: its empty list
@@ -227,9 +240,7 @@ class PostgresBackend(BaseTaskBackend):
             arguments.append((args, dict(step.kwargs)))
             rows.append(
                 queue.WorkflowRow(
-                    **{
-                        k: v for k, v in self._columns(task).items() if k not in ("using", "notify")
-                    },
+                    **columns[id(task)],
                     args_json=dumps(args),
                     kwargs_json=dumps(step.kwargs),
                     expires_at=expires_at,
@@ -241,6 +252,10 @@ class PostgresBackend(BaseTaskBackend):
             dataclasses.replace(row, has_dependents=flag)
             for row, flag in zip(rows, has_dependents, strict=True)
         ]
+        if schedule is not None:
+            rows[0] = dataclasses.replace(
+                rows[0], schedule_id=schedule[0], scheduled_for=schedule[1]
+            )
         workflow_id = str(uuid.uuid4())
         if external:
             found = queue.existing_dependencies(external, using=self.database)
@@ -283,6 +298,13 @@ class PostgresBackend(BaseTaskBackend):
     def enqueue_many(
         self, task: Task, args_list: Sequence[Sequence[Any]], kwargs_list: Sequence[dict[str, Any]]
     ) -> list[TaskHandle]:
+        if getattr(task, "link", ()) or getattr(task, "link_error", ()):
+            # Each task comes with its callbacks: one workflow each, all or none of them.
+            with transaction.atomic(using=self.database):
+                return [
+                    self.enqueue(task, args, kwargs)
+                    for args, kwargs in zip(args_list, kwargs_list, strict=True)
+                ]
         self.validate_task(task)
         for index, (args, kwargs) in enumerate(zip(args_list, kwargs_list, strict=True)):
             try:

@@ -12,9 +12,10 @@ one can be stored, or passed to a task as an argument and rebuilt there with
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -118,6 +119,23 @@ class Canvas(dict):
         self.options.setdefault("link_error", []).append(signature(errback))
         return errback
 
+    def set(self, immutable: bool | None = None, **options: Any) -> Canvas:
+        """Set options (``queue``, ``priority``, ``countdown``, ``eta``, ``expires``,
+        ``link``, ``link_error``); returns self. On a chain, group or chord, the first five
+        apply to every task in it that does not set its own; callbacks are added."""
+        _check_options(options)
+        for name, value in options.items():
+            if name in ("link", "link_error"):
+                for callback in callbacks(value):
+                    getattr(self, name)(callback)
+            else:
+                self.options[name] = _as_json_time(value)
+        if immutable is not None:
+            if not isinstance(self, Signature):
+                raise InvalidTask("Only a signature can be immutable.")
+            self["immutable"] = immutable
+        return self
+
     def on_error(self, errback: Mapping[str, Any]) -> Canvas:
         self.link_error(errback)
         return self
@@ -133,17 +151,14 @@ class Canvas(dict):
     ) -> Any:
         """Enqueue the workflow in the caller's transaction; ``args`` and ``kwargs`` are
         added to its first tasks' (partial application, as Celery does)."""
-        _check_options(options)
-        canvas = signature(self).clone() if options else self
-        if options:
-            canvas.options.update({k: _as_json_time(v) for k, v in options.items()})
+        canvas = self.clone().set(**options) if options else self
         plan = Plan()
-        place(plan, canvas, [], False, list(args or ()), dict(kwargs or {}))
+        inputs = Inputs(args=tuple(args or ()), kwargs=dict(kwargs or {}))
+        plan.outputs, plan.returns_list = place(plan, canvas, inputs)
         return plan.enqueue()
 
     def clone(self) -> Canvas:
-        import json
-
+        """A deep copy (through JSON, which is all a canvas holds)."""
         return signature(json.loads(json.dumps(self)))
 
 
@@ -182,15 +197,6 @@ class Signature(Canvas):
     @property
     def immutable(self) -> bool:
         return bool(self.get("immutable"))
-
-    def set(self, immutable: bool | None = None, **options: Any) -> Signature:
-        """Set options (``queue``, ``priority``, ``countdown``, ``eta``, ``expires``,
-        ``link``, ``link_error``) on this signature; returns it."""
-        _check_options(options)
-        self.options.update({k: _as_json_time(v) for k, v in options.items()})
-        if immutable is not None:
-            self["immutable"] = immutable
-        return self
 
     def __repr__(self) -> str:
         arguments = [repr(a) for a in self["args"]]
@@ -321,16 +327,31 @@ class Plan:
     # Where the workflow's output is: these steps' results, as a list or the one result.
     outputs: list[int] = field(default_factory=list)
     returns_list: bool = False
+    _tasks: dict[tuple, BackgroundTask] = field(default_factory=dict, repr=False)
+
+    def task_for(self, name: str, options: Mapping[str, Any]) -> BackgroundTask:
+        """The task ``name`` with a step's options; made once per plan for the same options
+        (a chord's 10,000 headers share one)."""
+        key = (name, *(options.get(k) for k in ("countdown", "eta", "queue", "priority")))
+        if key not in self._tasks:
+            eta = options.get("eta")
+            self._tasks[key] = registry.get(name).with_options(
+                countdown=options.get("countdown"),
+                eta=datetime.fromisoformat(eta) if isinstance(eta, str) else eta,
+                queue=options.get("queue"),
+                priority=options.get("priority"),
+            )
+        return self._tasks[key]
 
     def add(self, step: Step) -> int:
         self.steps.append(step)
         return len(self.steps) - 1
 
-    def enqueue(self) -> WorkflowHandle:
+    def enqueue(self, *, schedule: tuple[int, Any] | None = None) -> WorkflowHandle:
         if not self.steps:
             raise InvalidTask("This workflow has no task to run.")
         backend = self.steps[0].task.get_backend()
-        handles = backend.enqueue_workflow(self.steps)
+        handles = backend.enqueue_workflow(self.steps, schedule=schedule)
         return WorkflowHandle(
             id=handles[0].workflow_id,
             steps=handles,
@@ -340,72 +361,62 @@ class Plan:
         )
 
 
-def place(
-    plan: Plan,
-    canvas: Canvas,
-    incoming: list[int],
-    incoming_list: bool,
-    partial_args: list[Any],
-    partial_kwargs: dict[str, Any],
-) -> tuple[list[int], bool]:
-    """Add ``canvas`` to ``plan``, after the steps ``incoming`` (whose results it receives:
-    the one result, or a list if ``incoming_list``). Returns its exit steps and whether its
-    output is a list. Callbacks in its options are placed after it."""
+# Options a chain, group or chord passes to its tasks, unless a task sets its own.
+INHERITED_OPTIONS = ("queue", "priority", "countdown", "eta", "expires")
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """Where a canvas placed in a plan starts from."""
+
+    after: tuple[int, ...] = ()  # the steps whose results it receives
+    as_list: bool = False  # their results as one list (after a group), or the one result
+    args: tuple[Any, ...] = ()  # partial arguments for its first tasks
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)  # defaults from enclosing canvases
+
+    def then(self, after: Sequence[int], as_list: bool) -> Inputs:
+        """The inputs of what follows: no partial arguments, the same inherited options."""
+        return Inputs(tuple(after), as_list, options=self.options)
+
+
+def place(plan: Plan, canvas: Canvas, inputs: Inputs) -> tuple[list[int], bool]:
+    """Add ``canvas`` to ``plan`` after ``inputs.after``. Returns its exit steps and whether
+    its output is a list. Callbacks in its options are placed after it."""
     first = len(plan.steps)
+    own = canvas.get("options") or {}
     kind = canvas["kind"]
     if kind == "signature":
-        exits, as_list = [_place_signature(plan, canvas, incoming, incoming_list,
-                                           partial_args, partial_kwargs)], False  # fmt: skip
-    elif kind == "chain":
-        if not canvas["tasks"]:
-            raise InvalidTask("A chain needs at least one task.")
-        exits, as_list = incoming, incoming_list
-        for number, step in enumerate(canvas["tasks"]):
-            exits, as_list = place(
-                plan, step, exits, as_list,
-                partial_args if number == 0 else [], partial_kwargs if number == 0 else {},
-            )  # fmt: skip
-    elif kind == "group":
-        exits, as_list = [], True
-        for member in canvas["tasks"]:
-            member_exits, _ = place(
-                plan, member, incoming, incoming_list, partial_args, partial_kwargs
-            )
-            exits += member_exits
-    else:  # chord
-        header = Group(canvas["header"])
-        header_exits, _ = place(plan, header, incoming, incoming_list, partial_args, partial_kwargs)
-        exits, as_list = place(plan, canvas["body"], header_exits, True, [], {})
-    members = list(range(first, len(plan.steps)))
-    _place_callbacks(plan, canvas.get("options") or {}, exits, as_list, members)
-    if first == 0:
-        plan.outputs, plan.returns_list = exits, as_list
+        exits, as_list = [_place_signature(plan, canvas, inputs)], False
+    else:
+        inherited = {k: own[k] for k in INHERITED_OPTIONS if own.get(k) is not None}
+        inputs = replace(inputs, options={**inputs.options, **inherited})
+        if kind == "chain":
+            if not canvas["tasks"]:
+                raise InvalidTask("A chain needs at least one task.")
+            exits, as_list = place(plan, canvas["tasks"][0], inputs)
+            for step in canvas["tasks"][1:]:
+                exits, as_list = place(plan, step, inputs.then(exits, as_list))
+        elif kind == "group":
+            exits, as_list = [], True
+            for member in canvas["tasks"]:
+                exits += place(plan, member, inputs)[0]
+        else:  # chord
+            header_exits, _ = place(plan, Group(canvas["header"]), inputs)
+            exits, as_list = place(plan, canvas["body"], inputs.then(header_exits, True))
+    _place_callbacks(plan, own, exits, as_list, list(range(first, len(plan.steps))))
     return exits, as_list
 
 
-def _place_signature(
-    plan: Plan,
-    sig: Signature,
-    incoming: list[int],
-    incoming_list: bool,
-    partial_args: list[Any],
-    partial_kwargs: dict[str, Any],
-) -> int:
-    task = sig.task
-    options = sig.get("options") or {}
-    eta = options.get("eta")
-    task = task.with_options(
-        countdown=options.get("countdown"),
-        eta=datetime.fromisoformat(eta) if isinstance(eta, str) else eta,
-        queue=options.get("queue"),
-        priority=options.get("priority"),
-    )
+def _place_signature(plan: Plan, sig: Signature, inputs: Inputs) -> int:
+    options = {**inputs.options, **(sig.get("options") or {})}
+    task = plan.task_for(sig["task"], options)
     if sig.immutable:
         receives, args, kwargs = "", list(sig["args"]), dict(sig["kwargs"])
     else:
-        receives = "results" if incoming_list else ("result" if incoming else "")
-        args = partial_args + list(sig["args"])
-        kwargs = {**partial_kwargs, **sig["kwargs"]}
+        receives = "results" if inputs.as_list else ("result" if inputs.after else "")
+        args = [*inputs.args, *sig["args"]]
+        kwargs = {**inputs.kwargs, **sig["kwargs"]}
     index = plan.add(
         Step(
             task=task,
@@ -413,7 +424,7 @@ def _place_signature(
             kwargs=kwargs,
             expires=options.get("expires"),
             receives=receives,
-            waits_for=[(parent, SUCCEEDED) for parent in incoming],
+            waits_for=[(parent, SUCCEEDED) for parent in inputs.after],
         )
     )
     if task.link or task.link_error:  # the decorator's callbacks, on every enqueue
@@ -425,15 +436,17 @@ def _place_signature(
 def _place_callbacks(
     plan: Plan, options: Mapping[str, Any], exits: list[int], as_list: bool, members: list[int]
 ) -> None:
+    """``link`` callbacks after ``exits``; ``link_error`` callbacks after every step of
+    ``members``, run at the first that fails. Callbacks inherit no options."""
     for callback in callbacks(options.get("link")):
-        place(plan, callback, exits, as_list, [], {})
+        place(plan, callback, Inputs(tuple(exits), as_list))
     for errback in callbacks(options.get("link_error")):
         if not isinstance(errback, Signature):
             raise InvalidTask("link_error takes signatures (task.s(...)), not a chain or group.")
         options_of_errback = errback.get("options") or {}
         if options_of_errback.get("link") or options_of_errback.get("link_error"):
             raise InvalidTask("An error callback cannot have callbacks of its own.")
-        index = _place_signature(plan, errback, [], False, [], {})
+        index = _place_signature(plan, errback, Inputs())
         step = plan.steps[index]
         step.receives = "" if errback.immutable else "error"
         step.waits_for = [(member, FAILED) for member in members]
@@ -442,7 +455,7 @@ def _place_callbacks(
 def plan_for_task(sig: Signature, depends_on: Iterable[Any]) -> Plan:
     """The plan of one ``apply_async`` with ``depends_on``, ``link`` or ``link_error``."""
     plan = Plan()
-    place(plan, sig, [], False, [], {})
+    plan.outputs, plan.returns_list = place(plan, sig, Inputs())
     main = plan.steps[0]
     for item in depends_on:
         after = item if isinstance(item, After) else After(item)
@@ -554,17 +567,20 @@ class WorkflowHandle:
 
     def wait(self, timeout: float | None = None, *, poll_interval: float = 0.05) -> WorkflowHandle:
         """Block until every step has finished (or ``timeout`` seconds pass); returns self.
-        Raises :class:`~django_tasks_q.exceptions.TaskTimeoutError` on timeout."""
+        Raises :class:`~django_tasks_q.exceptions.TaskTimeoutError` on timeout. Each look is
+        one index lookup, whatever the number of steps; the steps are read once at the end."""
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = poll_interval
-        self.refresh()
-        while not self.ready():
+        while self._any_unfinished():
             if deadline is not None and time.monotonic() >= deadline:
+                self.refresh()
                 unfinished = [s for s in self.steps if s.status not in _DONE]
+                first = unfinished[0] if unfinished else None
                 raise TaskTimeoutError(
                     f"Workflow {self.id} still has {len(unfinished)} unfinished step(s) after "
-                    f"waiting {timeout}s (first: {unfinished[0].name} #{unfinished[0].id}, "
-                    f"{unfinished[0].status}). Is a worker running?"
+                    f"waiting {timeout}s"
+                    + (f" (first: {first.name} #{first.id}, {first.status})" if first else "")
+                    + ". Is a worker running?"
                 )
             pause = (
                 interval
@@ -573,8 +589,14 @@ class WorkflowHandle:
             )
             time.sleep(pause)
             interval = min(interval * 1.5, 1.0)
-            self.refresh()
+        self.refresh()
         return self
+
+    def _any_unfinished(self) -> bool:
+        from django_tasks_q.models import Task as TaskRow
+
+        rows = TaskRow.objects.using(_backend(self.backend).database)
+        return rows.filter(workflow_id=self.id).exclude(status__in=_DONE).exists()
 
     def get(self, timeout: float | None = None) -> Any:
         """``wait`` then ``result`` (Celery's spelling)."""

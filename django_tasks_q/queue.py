@@ -224,6 +224,8 @@ class WorkflowRow:
     expires_at: datetime | None
     receives: str
     has_dependents: bool
+    schedule_id: int | None = None
+    scheduled_for: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +279,8 @@ def enqueue_workflow(
                 "waiting_for": waiting_for,
                 "receives": [row.receives for row in rows],
                 "has_dependents": [row.has_dependents for row in rows],
+                "schedule_ids": [row.schedule_id for row in rows],
+                "scheduled_fors": [row.scheduled_for for row in rows],
                 "edge_tasks": [edge.task + 1 for edge in edges],
                 "edge_parents": [
                     edge.parent + 1 if edge.parent is not None else -edge.parent_id

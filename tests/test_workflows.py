@@ -242,3 +242,38 @@ def test_after_finished_runs_the_dependent_whatever_the_dependency_did():
     anyway = tasks.record.apply_async(("anyway",), depends_on=[After(failed, run_if="finished")])
     run_burst_worker()
     assert anyway.wait(timeout=5).status == "SUCCESSFUL"
+
+
+def test_a_scheduled_task_with_decorator_callbacks_is_enqueued_by_beat_with_them():
+    from datetime import timedelta
+
+    from django_tasks_q import queue
+    from django_tasks_q.beat import Beat
+    from django_tasks_q.models import Schedule
+
+    schedule = Schedule(name="linked", task=tasks.add_then_more.name, args=[1, 1],
+                        interval=timedelta(hours=1))  # fmt: skip
+    schedule.full_clean()
+    schedule.save()
+    tick = queue.database_now("default") - timedelta(seconds=2)
+    Schedule.objects.filter(pk=schedule.pk).update(next_run_at=tick)
+    Beat(listen=False, sync=False).run_once()
+    [task] = Task.objects.filter(schedule=schedule)
+    assert task.scheduled_for == tick
+    [callback] = Dependency.objects.filter(depends_on_id=task.pk).values_list("task", flat=True)
+    run_burst_worker()
+    assert Task.objects.get(pk=callback).result == 1002
+
+
+def test_enqueue_many_of_a_task_with_callbacks_enqueues_each_with_its_callbacks():
+    handles = tasks.add_then_more.enqueue_many([(1, 1), (2, 2)])
+    assert [len(h.dependents()) for h in handles] == [1, 1]
+    run_burst_worker()
+    assert [h.dependents()[0].result for h in handles] == [1002, 1004]
+
+
+def test_options_of_a_chain_apply_to_its_steps_unless_a_step_sets_its_own():
+    workflow = chain(tasks.add.s(1, 1), tasks.add.s(1).set(priority=9)).apply_async(
+        queue="bulk", priority=3
+    )
+    assert [(s.queue, s.priority) for s in workflow.steps] == [("bulk", 3), ("bulk", 9)]

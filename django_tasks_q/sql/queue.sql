@@ -70,26 +70,29 @@ FROM inserted;
 -- dependencies is WAITING with waiting_for counting them all: the deferred trigger on the
 -- edges settles at commit those whose dependency had already finished (migration 0007).
 -- Tasks with dependents are inserted with has_dependents set, as that trigger would set it.
+-- Beat passes the schedule and tick of a task with callbacks on its first row.
 WITH node AS (
     SELECT *
     FROM unnest(
         %(names)s::text[], %(queues)s::text[], %(priorities)s::smallint[], %(args)s::jsonb[],
         %(kwargs)s::jsonb[], %(run_afters)s::timestamptz[], %(max_attempts)s::integer[],
         %(max_lost_attempts)s::integer[], %(timeouts)s::float8[], %(expires)s::timestamptz[],
-        %(waiting_for)s::integer[], %(receives)s::text[], %(has_dependents)s::boolean[]
+        %(waiting_for)s::integer[], %(receives)s::text[], %(has_dependents)s::boolean[],
+        %(schedule_ids)s::bigint[], %(scheduled_fors)s::timestamptz[]
     ) WITH ORDINALITY AS node(name, queue, priority, args, kwargs, run_after, max_attempts,
                               max_lost_attempts, timeout, expires_at, waiting_for, receives,
-                              has_dependents, n)
+                              has_dependents, schedule_id, scheduled_for, n)
 ),
 inserted AS (
     INSERT INTO django_tasks_q_task
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
          attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors, expires_at,
-         waiting_for, receives, has_dependents, workflow_id)
+         waiting_for, receives, has_dependents, workflow_id, schedule_id, scheduled_for)
     SELECT name, queue, priority, CASE WHEN waiting_for > 0 THEN 'WAITING' ELSE 'READY' END,
            args, kwargs, COALESCE(run_after, now()), now(),
            0, max_attempts, max_lost_attempts, timeout, '', '[]'::jsonb, expires_at,
-           waiting_for, receives, has_dependents, %(workflow_id)s::uuid
+           waiting_for, receives, has_dependents, %(workflow_id)s::uuid, schedule_id,
+           scheduled_for
     FROM node
     ORDER BY n
     RETURNING id, status, queue, priority, run_after, enqueued_at
