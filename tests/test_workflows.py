@@ -1,12 +1,15 @@
 """Workflows: dependencies, chain, group, chord, callbacks (docs/workflows.md)."""
 
+import threading
+
 import pytest
-from django.db import transaction
+from django.db import connection, connections, transaction
+from django.db.models.functions import Now
 
 from django_tasks_q import InvalidTask, SerializationError
 from django_tasks_q.canvas import After, WorkflowHandle, chain, chord, group, signature
 from django_tasks_q.models import Dependency, Task
-from tests.conftest import run_burst_worker
+from tests.conftest import run_burst_worker, transaction_in_another_session, wait_for
 from tests.testapp import tasks
 from tests.testapp.models import Execution
 
@@ -277,3 +280,102 @@ def test_options_of_a_chain_apply_to_its_steps_unless_a_step_sets_its_own():
         queue="bulk", priority=3
     )
     assert [(s.queue, s.priority) for s in workflow.steps] == [("bulk", 3), ("bulk", 9)]
+
+
+def _finish(task_id: int, status: str = "SUCCESSFUL") -> bool:
+    """What a worker's outcome does to the row, as one statement."""
+    return bool(Task.objects.filter(pk=task_id).update(status=status, result=7, finished_at=Now()))
+
+
+def _waiting_on_a_lock(application_name: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND application_name = %s",
+            [application_name],
+        )
+        return cursor.fetchone()[0] > 0
+
+
+def _enqueue_in_thread(results: list, **options) -> threading.Thread:
+    def enqueue() -> None:
+        try:
+            with connections["default"].cursor() as cursor:
+                cursor.execute("SET application_name = 'adding-a-dependent'")
+            results.append(tasks.record.apply_async(("child",), **options))
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=enqueue)
+    thread.start()
+    return thread
+
+
+def test_a_dependent_committed_while_its_dependency_finishes_is_released_once():
+    # The finishing statement holds the dependency's row; the transaction adding the edge
+    # commits meanwhile: its deferred trigger waits for the row, then sees the dependency
+    # finished and releases the dependent itself.
+    parent = tasks.add.delay(1, 1)
+    added: list = []
+    with transaction_in_another_session(lambda: _finish(int(parent.id))):
+        thread = _enqueue_in_thread(added, depends_on=[parent])
+        wait_for(lambda: _waiting_on_a_lock("adding-a-dependent"), message="the edge's commit")
+    thread.join(timeout=10)
+    [child] = added
+    child.refresh()
+    assert child.status == "READY"
+
+
+def test_a_dependency_finished_after_the_edge_committed_releases_its_dependent():
+    parent = tasks.add.delay(1, 1)
+    child = tasks.record.apply_async(("child",), depends_on=[parent])
+    assert Task.objects.get(pk=parent.id).has_dependents
+    _finish(int(parent.id))
+    child.refresh()
+    assert child.status == "READY"
+    assert Task.objects.get(pk=child.id).args == ["child"]  # it receives nothing
+
+
+def test_a_dependent_added_in_a_long_transaction_does_not_hold_up_the_dependency():
+    # The lock on the dependency is taken at commit, not when the dependent is added: a view
+    # that adds one and goes on working does not stall the worker finishing the dependency.
+    parent = tasks.add.delay(1, 1)
+    added: list = []
+
+    def add_dependent() -> None:
+        added.append(tasks.record.apply_async(("child",), depends_on=[parent]))
+
+    with transaction_in_another_session(add_dependent):
+        assert _finish(int(parent.id))  # would block if the row were locked
+    [child] = added
+    child.refresh()
+    assert child.status == "READY"
+
+
+def test_a_steps_own_retries_keep_its_dependents_waiting_then_they_run_once():
+    workflow = chain(tasks.fail_until.si("flaky", 3), tasks.record.si("next")).apply_async()
+    run_burst_worker()
+    workflow.wait(timeout=10)
+    assert [s.status for s in workflow.steps] == ["SUCCESSFUL", "SUCCESSFUL"]
+    assert (executions("flaky"), executions("next")) == (3, 1)
+
+
+def test_a_chord_as_a_chain_step_passes_its_body_result_on():
+    workflow = chain(
+        tasks.add.s(1, 1), chord([tasks.add.s(1), tasks.add.s(2)], tasks.tally.s("c")),
+        tasks.record.si("after"),
+    ).apply_async()  # fmt: skip
+    run_burst_worker()
+    workflow.wait(timeout=10)
+    # 2 -> [3, 4] -> tally -> [2, 7] -> record("after")
+    assert [s.result for s in workflow.steps] == [2, 3, 4, [2, 7], "after"]
+
+
+def test_an_expired_dependency_cancels_its_dependents():
+    parent = tasks.add.apply_async((1, 1), expires=60)
+    child = tasks.record.apply_async(("never",), depends_on=[parent])
+    Task.objects.filter(pk=parent.id).update(expires_at=Now())
+    run_burst_worker()
+    child.refresh()
+    assert child.status == "CANCELLED" and "ended CANCELLED" in child.errors[-1].message
+    assert executions("never") == 0
