@@ -9,6 +9,7 @@ from django_tasks_q.canvas import chain, chord, group
 from django_tasks_q.models import Task
 from tests.conftest import run_burst_worker, save_screenshot
 from tests.testapp import tasks
+from tests.testapp.models import Execution
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -73,3 +74,33 @@ def test_cancelling_a_workflow_needs_the_change_permission(client, django_user_m
     assert client.post(url).status_code == 403
     assert client.get(url).status_code == 405
     assert set(Task.objects.values_list("status", flat=True)) == {"READY", "WAITING"}
+
+
+def test_retry_now_in_the_admin_resumes_the_workflow_from_the_failed_step(admin_client):
+    workflow = chain(
+        tasks.record.si("one"), tasks.fail_until.si("two", 2), tasks.record.si("three")
+    ).apply_async()
+    _, failing, last = workflow.steps
+    Task.objects.filter(pk=failing.id).update(max_attempts=1)  # its one attempt fails
+    run_burst_worker()
+    changelist = "/admin/django_tasks_q/task/"
+    # The step cancelled by the failure is not retried on its own: it waits for its dependency.
+    page = admin_client.post(changelist, {"action": "retry_now", "_selected_action": [last.id]},
+                             follow=True)  # fmt: skip
+    assert "a dependency did not succeed comes back when that dependency is retried" in (
+        page.content.decode()
+    )
+    assert Task.objects.get(pk=last.id).status == "CANCELLED"
+    page = admin_client.post(changelist, {"action": "retry_now",
+                                          "_selected_action": [failing.id]}, follow=True)  # fmt: skip
+    assert "1 task will run again now" in page.content.decode()
+    assert Task.objects.get(pk=last.id).status == "WAITING"
+    run_burst_worker()
+    workflow.wait(timeout=10)
+    assert workflow.status == "SUCCESSFUL"
+    assert list(Execution.objects.order_by("id").values_list("key", flat=True)) == [
+        "one",
+        "two",
+        "two",
+        "three",
+    ]
