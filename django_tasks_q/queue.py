@@ -420,6 +420,7 @@ class Outcome:
 
 
 _outcome_values = operator.attrgetter(*Outcome.__dataclass_fields__)
+_outcome_id = operator.attrgetter("id")
 
 
 class FinishedAndClaimed(NamedTuple):
@@ -482,6 +483,9 @@ class QueueConnection:
         considers only rows after ``after``: one position, or with ``queues`` one per queue
         in the same order; empty means from the start.
         """
+        # In id order: every statement that finishes tasks then locks them, and the dependents
+        # their trigger settles, in one order, so two workers' batches do not deadlock.
+        outcomes = sorted(outcomes, key=_outcome_id)
         params: dict[str, Any] = {
             "worker_id": worker_id,
             "limit": limit,

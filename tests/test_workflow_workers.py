@@ -1,9 +1,13 @@
 """Workflows run by several real ``runtaskworker`` processes (docs/workflows.md)."""
 
+import contextlib
+import logging
 import os
 import signal
+import threading
 
 import pytest
+from django.db import DatabaseError, connection, transaction
 
 from django_tasks_q.canvas import chain, chord
 from django_tasks_q.models import Task
@@ -66,3 +70,52 @@ def test_a_worker_killed_mid_workflow_and_the_workflow_completes_once(start_work
     assert middle.attempts == 2 and middle.result == rescuer.pid
     rescuer.terminate()
     assert rescuer.wait() == 0, rescuer.log()
+
+
+def _blocked_on_a_lock(application_name_prefix: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND application_name LIKE %s",
+            [application_name_prefix + "%"],
+        )
+        return cursor.fetchone()[0] > 0
+
+
+def test_a_worker_whose_statement_deadlocks_records_its_outcomes_again(worker_in_thread, caplog):
+    # Another session holds the dependent's row, so the worker's statement that finishes
+    # the first step waits for it in the dependency trigger; that session then asks for the
+    # first step's row, which the worker's statement holds: a deadlock. PostgreSQL rolls
+    # back the statement that waited first, the worker's; it records the outcome again.
+    workflow = chain(tasks.add.s(1, 1), tasks.add.s(10)).apply_async()
+    first, second = (int(step.id) for step in workflow.steps)
+    caplog.set_level(logging.WARNING, logger="django_tasks_q")
+    locked, go = threading.Event(), threading.Event()
+
+    def other_session() -> None:
+        try:
+            with transaction.atomic():
+                Task.objects.select_for_update().filter(pk=second).exists()
+                locked.set()
+                go.wait(30)
+                with contextlib.suppress(DatabaseError), transaction.atomic():
+                    Task.objects.filter(pk=first).update(priority=1)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=other_session)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        worker_in_thread(listen=False)
+        wait_for(lambda: _blocked_on_a_lock("django_tasks_q worker"), message="the worker to wait")
+    finally:
+        go.set()
+        holder.join(timeout=30)
+    assert workflow.get(timeout=30) == 12
+    assert "the queue statement was rolled back (deadlock detected" in caplog.text
+    assert executions_of_add() == 2
+
+
+def executions_of_add() -> int:
+    return Task.objects.filter(name=tasks.add.name, status="SUCCESSFUL").count()

@@ -109,6 +109,9 @@ edges AS (
         %(edge_tasks)s::integer[], %(edge_parents)s::bigint[], %(edge_positions)s::integer[],
         %(edge_run_ifs)s::text[]
     ) AS edge(task, parent, position, run_if)
+    -- The deferred trigger locks each edge's dependency at commit, in this order: by id, as
+    -- every other statement that locks tasks, so that two commits cannot deadlock.
+    ORDER BY 2, 1
     RETURNING 1
 ),
 notified AS (
@@ -419,9 +422,9 @@ SET name = EXCLUDED.name, hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, queu
 -- hold is one it never received; the worker gives those back (release, listed false). Returns whether the worker row still exists, how many leases were extended and the
 -- ids of held tasks someone asked to cancel.
 -- SKIP LOCKED: a row locked now is being finished by the worker's own main connection (or
--- cancelled, or looked at by a rescuer). Waiting for it could deadlock with finish_and_claim,
--- which locks the same rows in the order outcomes arrived, and a deadlock costs both
--- statements deadlock_timeout. Its lease is extended at the next beat if it still runs.
+-- cancelled, or looked at by a rescuer). Waiting for it could deadlock with finish_and_claim
+-- (which locks the rows it finishes in id order, and the dependents their triggers settle),
+-- and a deadlock costs both statements deadlock_timeout. Its lease is extended at the next beat if it still runs.
 WITH alive AS (
     UPDATE django_tasks_q_worker
     SET last_heartbeat_at = now(),

@@ -323,6 +323,15 @@ class Worker:
             try:
                 did_work = self._finish_and_claim()
                 backoff.reset()
+            except psycopg.errors.DeadlockDetected as exc:
+                # A deadlock (two statements settling shared workflow dependents in opposite
+                # orders, or another session's locks): PostgreSQL rolled this statement back
+                # and the connection is fine. Nothing was recorded; do it again at once.
+                logger.warning(
+                    "Worker %s: the queue statement was rolled back (%s); doing it again",
+                    self.worker_id, describe_database_error(exc),
+                )  # fmt: skip
+                continue
             except psycopg.OperationalError as exc:
                 delay = backoff.next()
                 lost_since = lost_since or time.monotonic()
