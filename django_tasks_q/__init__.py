@@ -32,8 +32,24 @@ __all__ = [
     "UnknownTaskError",
     "background_task",
     "get_result",
+    "pause",
+    "resume",
     "send_task",
 ]
+
+
+def pause(queue: str | None = None, *, task: object = None, reason: str = "") -> object:
+    """Pause a queue or a task for every worker (see :mod:`django_tasks_q.pausing`)."""
+    from django_tasks_q import pausing
+
+    return pausing.pause(queue, task=task, reason=reason)
+
+
+def resume(queue: str | None = None, *, task: object = None) -> object:
+    """Resume a paused queue or task (see :mod:`django_tasks_q.pausing`)."""
+    from django_tasks_q import pausing
+
+    return pausing.resume(queue, task=task)
 
 
 def get_result(task_id: str | int, *, backend: str = "default") -> TaskHandle:

@@ -344,7 +344,7 @@ class PostgresBackend(BaseTaskBackend):
             task,
             backend=self.alias,
             id=row.id,
-            status=TaskStatus.READY,
+            status=TaskStatus(row.status),
             args=args,
             kwargs=kwargs,
             max_attempts=getattr(task, "max_attempts", 1),

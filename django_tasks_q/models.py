@@ -126,6 +126,9 @@ class Task(models.Model):
     # the failed dependency's id and last error entry.
     receives = models.CharField(max_length=8, blank=True, default="", db_default="")
     workflow_id = models.UUIDField(null=True, blank=True)
+    # Set on a WAITING task held back by a pause ("queue:<name>" or "task:<name>"): resuming
+    # makes the tasks it holds READY again (docs/flow-control.md).
+    held_by = models.CharField(max_length=300, null=True, blank=True)  # noqa: DJ001
 
     objects = TaskQuerySet.as_manager()
 
@@ -174,6 +177,11 @@ class Task(models.Model):
                 fields=["workflow_id"],
                 name="tasks_q_workflow_idx",
                 condition=models.Q(workflow_id__isnull=False),
+            ),
+            models.Index(
+                fields=["held_by"],
+                name="tasks_q_held_idx",
+                condition=models.Q(status="WAITING", held_by__isnull=False),
             ),
         ]
         constraints = [
@@ -241,6 +249,39 @@ class Dependency(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.task_id} after #{self.depends_on_id} ({self.run_if})"
+
+
+class Pause(models.Model):
+    """A paused queue or task name: workers claim none of its tasks until it is resumed;
+    enqueueing goes on, and the tasks wait (docs/flow-control.md). Create and delete rows
+    through django_tasks_q.pausing (or the admin and ``manage.py tasks``), which hold back
+    and release the waiting tasks and tell the workers."""
+
+    queue = models.CharField(max_length=100, blank=True, default="")
+    task_name = models.CharField(max_length=255, blank=True, default="")
+    paused_at = models.DateTimeField(db_default=Now())
+    reason = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "django_tasks_q_pause"
+        verbose_name = _("paused queue or task")
+        verbose_name_plural = _("paused queues and tasks")
+        constraints = [
+            models.CheckConstraint(
+                condition=(models.Q(queue="") & ~models.Q(task_name=""))
+                | (~models.Q(queue="") & models.Q(task_name="")),
+                name="tasks_q_pause_one_target",
+            ),
+            models.UniqueConstraint(fields=["queue", "task_name"], name="tasks_q_pause_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"queue {self.queue}" if self.queue else f"task {self.task_name}"
+
+    @property
+    def key(self) -> str:
+        """What tasks it holds carry in ``held_by``."""
+        return f"queue:{self.queue}" if self.queue else f"task:{self.task_name}"
 
 
 class Dashboard(Task):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -28,6 +28,18 @@ NOTIFY_CHANNEL = "django_tasks_q"
 SCHEDULES_CHANNEL = "django_tasks_q_schedules"
 # Cancellation requests for RUNNING tasks: "<id>" or "<id> terminate".
 CANCEL_CHANNEL = "django_tasks_q_cancel"
+# A queue or task name was paused or resumed: workers read what is paused again.
+PAUSE_CHANNEL = "django_tasks_q_pause"
+
+# The pause that holds a task back, if any: "queue:<name>" or "task:<name>", over a row
+# source named task with queue and name columns (filled into the enqueue statements).
+HELD_BY_PAUSE_SQL = (
+    "SELECT CASE WHEN pause.queue <> '' THEN 'queue:' || pause.queue"
+    " ELSE 'task:' || pause.task_name END"
+    " FROM django_tasks_q_pause AS pause"
+    " WHERE pause.queue = task.queue OR pause.task_name = task.name"
+    " ORDER BY pause.id LIMIT 1"
+)
 
 
 class ClaimPosition(NamedTuple):
@@ -93,6 +105,7 @@ def statements() -> dict[str, str]:
         "task_columns": columns,
         "null_task_columns": nulls,
         "ready_notice": READY_NOTICE_SQL,
+        "held_by_pause": HELD_BY_PAUSE_SQL,
         **sql_entries(),
     }
     for name, code in found.items():
@@ -117,6 +130,7 @@ class Enqueued:
     id: int
     run_after: datetime
     enqueued_at: datetime
+    status: str = "READY"  # WAITING: held back by a pause of its queue or task
 
 
 def enqueue(
@@ -160,7 +174,7 @@ def enqueue(
             },
         )
         row = cursor.fetchone()
-    return Enqueued(row[0], row[1], row[2]) if row else None
+    return Enqueued(row[0], row[1], row[2], row[4]) if row else None
 
 
 def active_with_unique_key(unique_key: str, *, using: str) -> int | None:
@@ -204,8 +218,8 @@ def enqueue_many(
                 "notify": notify,
             },
         )
-        ids, run_after_, enqueued_at, _ = cursor.fetchone()
-    return [Enqueued(task_id, run_after_, enqueued_at) for task_id in ids]
+        ids, run_after_, enqueued_at, _, status = cursor.fetchone()
+    return [Enqueued(task_id, run_after_, enqueued_at, status) for task_id in ids]
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +334,59 @@ def cancel_workflow(
     with connections[using].cursor() as cursor:
         cursor.execute(sql("cancel_workflow"), params)
         return {task_id: status for task_id, status, _ in cursor.fetchall()}
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """What is paused: the queues and task names whose tasks no claim may take."""
+
+    queues: frozenset[str] = frozenset()
+    task_names: frozenset[str] = frozenset()
+
+
+NOTHING_PAUSED = Paused()
+
+
+def pause(
+    *, using: str, queue: str = "", task_name: str = "", reason: str = ""
+) -> tuple[bool, int]:
+    """Pause a queue or a task name (one of them) and tell the workers. Returns whether it
+    was not paused already, and how many waiting tasks it now holds."""
+    statement = "pause_queue" if queue else "pause_task"
+    params = {"queue": queue, "task_name": task_name, "reason": reason, "channel": PAUSE_CHANNEL}
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql(statement), params)
+        added, held, _ = cursor.fetchone()
+    return bool(added), held
+
+
+def resume(
+    *, using: str, queue: str = "", task_name: str = "", notify: bool = True
+) -> tuple[bool, int]:
+    """End a pause and make the tasks it held READY (unless another pause holds them).
+    Returns whether it was paused, and how many tasks are READY again."""
+    params = {
+        "queue": queue, "task_name": task_name, "notify": notify, "channel": PAUSE_CHANNEL,
+        "key": f"queue:{queue}" if queue else f"task:{task_name}",
+    }  # fmt: skip
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql("resume"), params)
+        removed, released, _, _ = cursor.fetchone()
+    return bool(removed), released
+
+
+def _paused_from(rows: Iterable[Sequence[Any]]) -> Paused:
+    queues, names = set(), set()
+    for queue, task_name, *_ in rows:
+        (queues.add(queue) if queue else names.add(task_name))
+    return Paused(frozenset(queues), frozenset(names)) if queues or names else NOTHING_PAUSED
+
+
+def paused(*, using: str) -> list[tuple[str, str, datetime, str]]:
+    """Every pause: (queue, task name, since, reason), the oldest first."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql("paused"))
+        return list(cursor.fetchall())
 
 
 def cancel(task_id: int, *, using: str, terminate: bool = False, notify: bool = True) -> str | None:
@@ -473,6 +540,7 @@ class QueueConnection:
         lease_seconds: float = 60.0,
         avoid: Sequence[int] = (),
         after: Sequence[ClaimPosition] = (),
+        paused: Paused = NOTHING_PAUSED,
     ) -> FinishedAndClaimed:
         """Record ``outcomes`` and claim up to ``limit`` tasks, in one statement and one commit.
 
@@ -499,6 +567,8 @@ class QueueConnection:
             "retry_delays": [float(o.retry_delay) for o in outcomes],
             "lost": [o.lost for o in outcomes],
             "avoid": list(avoid),
+            "paused_queues": list(paused.queues),
+            "paused_names": list(paused.task_names),
         }
         if queues:
             statement, params["queues"] = sql("finish_and_claim_from_queues"), list(queues)
@@ -523,6 +593,10 @@ class QueueConnection:
         # The UPDATE returns rows in no particular order; run them in claim order.
         claimed.sort(key=_position)
         return FinishedAndClaimed(finished, claimed, skipped)
+
+    def paused(self) -> Paused:
+        """What is paused now."""
+        return _paused_from(self.connect().execute(sql("paused")).fetchall())
 
     def claim(
         self, *, worker_id: str, queues: Sequence[str] | None, limit: int, lease_seconds: float
@@ -684,7 +758,7 @@ def listen_connection(
     ``also``; read it with ``conn.notifies()``."""
     channels = [channel, *also]
     for name in channels:
-        if name not in (NOTIFY_CHANNEL, SCHEDULES_CHANNEL, CANCEL_CHANNEL):
+        if name not in (NOTIFY_CHANNEL, SCHEDULES_CHANNEL, CANCEL_CHANNEL, PAUSE_CHANNEL):
             raise ValueError(f"unknown channel {name!r}")
     conn = psycopg.connect(**connection_params(using, application_name), autocommit=True)
     for name in channels:

@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"registry"},
     {"declarations"},
     {"models"},
-    {"tasks", "canvas"},
+    {"tasks", "canvas", "pausing"},
     {"results"},
     {"backend"},
     # What runs tasks and shows them: clients of everything below.

@@ -252,6 +252,8 @@ def explain_claim(statement: str, **extra) -> str:
             "retry_delays",
             "lost",
             "avoid",
+            "paused_queues",
+            "paused_names",
         )
     }
     first = queue.FIRST_POSITION

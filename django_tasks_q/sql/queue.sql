@@ -8,29 +8,36 @@
 -- One row; the NOTIFY is part of the same transaction, so it is delivered only if the
 -- caller commits, and only after the row is visible to the woken worker. Beat passes the
 -- schedule and tick; tasks_q_schedule_tick_uniq refuses a tick enqueued twice.
+-- A task of a paused queue or name is inserted WAITING, held by that pause ({held_by_pause}).
 -- With a unique key, nothing is inserted (no row returned) while a task with that key is
 -- READY or RUNNING: tasks_q_unique_key_active is the arbiter. An uncommitted insert of the
 -- same key by another transaction makes this one wait for it to commit or roll back.
-WITH inserted AS (
+WITH held AS (
+    SELECT ({held_by_pause}) AS held_by
+    FROM (VALUES (%(queue)s::text, %(name)s::text)) AS task(queue, name)
+),
+inserted AS (
     INSERT INTO django_tasks_q_task
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
          attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors,
-         expires_at, schedule_id, scheduled_for, unique_key)
-    VALUES
-        (%(name)s, %(queue)s, %(priority)s, 'READY', %(args)s::jsonb, %(kwargs)s::jsonb,
-         COALESCE(%(run_after)s::timestamptz, now()), now(),
-         0, %(max_attempts)s, %(max_lost_attempts)s, %(timeout)s, '', '[]'::jsonb,
-         %(expires_at)s::timestamptz, %(schedule_id)s::bigint, %(scheduled_for)s::timestamptz,
-         %(unique_key)s)
+         expires_at, schedule_id, scheduled_for, unique_key, held_by)
+    SELECT %(name)s, %(queue)s, %(priority)s,
+           CASE WHEN held.held_by IS NULL THEN 'READY' ELSE 'WAITING' END,
+           %(args)s::jsonb, %(kwargs)s::jsonb,
+           COALESCE(%(run_after)s::timestamptz, now()), now(),
+           0, %(max_attempts)s, %(max_lost_attempts)s, %(timeout)s, '', '[]'::jsonb,
+           %(expires_at)s::timestamptz, %(schedule_id)s::bigint, %(scheduled_for)s::timestamptz,
+           %(unique_key)s, held.held_by
+    FROM held
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('READY', 'RUNNING')
     DO NOTHING
-    RETURNING id, queue, priority, run_after, enqueued_at
+    RETURNING id, status, queue, priority, run_after, enqueued_at
 ),
 notified AS (
     SELECT pg_notify('django_tasks_q', {ready_notice})
-    FROM inserted WHERE %(notify)s AND run_after <= now()
+    FROM inserted WHERE %(notify)s AND status = 'READY' AND run_after <= now()
 )
-SELECT id, run_after, enqueued_at, (SELECT count(*) FROM notified)
+SELECT id, run_after, enqueued_at, (SELECT count(*) FROM notified), status
 FROM inserted;
 
 -- name: active_with_unique_key
@@ -41,25 +48,34 @@ WHERE unique_key = %(unique_key)s AND status IN ('READY', 'RUNNING');
 -- name: enqueue_many
 -- Ids come from the sequence in the order the SELECT produces rows (call order), so the sorted
 -- ids map back to the calls. run_after and enqueued_at are the same for every row.
-WITH inserted AS (
+WITH held AS (
+    SELECT ({held_by_pause}) AS held_by
+    FROM (VALUES (%(queue)s::text, %(name)s::text)) AS task(queue, name)
+),
+inserted AS (
     INSERT INTO django_tasks_q_task
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
-         attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors)
-    SELECT %(name)s, %(queue)s, %(priority)s, 'READY', call.args, call.kwargs,
+         attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors, held_by)
+    SELECT %(name)s, %(queue)s, %(priority)s,
+           CASE WHEN held.held_by IS NULL THEN 'READY' ELSE 'WAITING' END,
+           call.args, call.kwargs,
            COALESCE(%(run_after)s::timestamptz, now()), now(),
-           0, %(max_attempts)s, %(max_lost_attempts)s, %(timeout)s, '', '[]'::jsonb
-    FROM unnest(%(args)s::jsonb[], %(kwargs)s::jsonb[]) WITH ORDINALITY AS call(args, kwargs, n)
+           0, %(max_attempts)s, %(max_lost_attempts)s, %(timeout)s, '', '[]'::jsonb,
+           held.held_by
+    FROM held,
+         unnest(%(args)s::jsonb[], %(kwargs)s::jsonb[]) WITH ORDINALITY AS call(args, kwargs, n)
     ORDER BY call.n
-    RETURNING id, queue, priority, run_after, enqueued_at
+    RETURNING id, status, queue, priority, run_after, enqueued_at
 ),
 notified AS (
     SELECT pg_notify('django_tasks_q', {ready_notice})
     FROM (
         SELECT DISTINCT queue, priority, run_after
-        FROM inserted WHERE %(notify)s AND run_after <= now()
+        FROM inserted WHERE %(notify)s AND status = 'READY' AND run_after <= now()
     ) AS ready
 )
-SELECT array_agg(id ORDER BY id), min(run_after), min(enqueued_at), (SELECT count(*) FROM notified)
+SELECT array_agg(id ORDER BY id), min(run_after), min(enqueued_at), (SELECT count(*) FROM notified),
+       min(status)
 FROM inserted;
 
 -- name: enqueue_workflow
@@ -87,13 +103,16 @@ inserted AS (
     INSERT INTO django_tasks_q_task
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
          attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors, expires_at,
-         waiting_for, receives, has_dependents, workflow_id, schedule_id, scheduled_for)
-    SELECT name, queue, priority, CASE WHEN waiting_for > 0 THEN 'WAITING' ELSE 'READY' END,
+         waiting_for, receives, has_dependents, workflow_id, schedule_id, scheduled_for,
+         held_by)
+    SELECT name, queue, priority,
+           CASE WHEN waiting_for > 0 OR held.held_by IS NOT NULL THEN 'WAITING' ELSE 'READY' END,
            args, kwargs, COALESCE(run_after, now()), now(),
            0, max_attempts, max_lost_attempts, timeout, '', '[]'::jsonb, expires_at,
            waiting_for, receives, has_dependents, %(workflow_id)s::uuid, schedule_id,
-           scheduled_for
-    FROM node
+           scheduled_for, CASE WHEN waiting_for > 0 THEN NULL ELSE held.held_by END
+    FROM node AS task
+    CROSS JOIN LATERAL (SELECT ({held_by_pause}) AS held_by) AS held
     ORDER BY n
     RETURNING id, status, queue, priority, run_after, enqueued_at
 ),
@@ -149,6 +168,92 @@ notified AS (
     WHERE status = 'RUNNING' AND %(notify)s
 )
 SELECT id, status, (SELECT count(*) FROM notified) FROM requested;
+
+-- name: pause_queue
+-- Pause a queue: its READY tasks become WAITING, held by the pause, so no claim walks over
+-- them; what is enqueued meanwhile is inserted WAITING too (see enqueue). Tasks that become
+-- READY otherwise (a retry, a recovered attempt) are left out of claims by the workers,
+-- which hear of the pause through %(channel)s. Returns whether it was new, and the tasks held.
+WITH added AS (
+    INSERT INTO django_tasks_q_pause (queue, task_name, reason)
+    VALUES (%(queue)s, '', %(reason)s)
+    ON CONFLICT (queue, task_name) DO NOTHING
+    RETURNING id
+),
+held AS (
+    UPDATE django_tasks_q_task
+    SET status = 'WAITING', held_by = 'queue:' || %(queue)s
+    WHERE status = 'READY' AND queue = %(queue)s
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM held), pg_notify(%(channel)s, '');
+
+-- name: pause_task
+-- The same for a task name: its READY tasks in every queue.
+WITH added AS (
+    INSERT INTO django_tasks_q_pause (queue, task_name, reason)
+    VALUES ('', %(task_name)s, %(reason)s)
+    ON CONFLICT (queue, task_name) DO NOTHING
+    RETURNING id
+),
+held AS (
+    UPDATE django_tasks_q_task
+    SET status = 'WAITING', held_by = 'task:' || %(task_name)s
+    WHERE status = 'READY' AND name = %(task_name)s
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM held), pg_notify(%(channel)s, '');
+
+-- name: resume
+-- End a pause (%(queue)s or %(task_name)s, the other ''): the tasks it held are READY again,
+-- or held by another pause that still applies to them, and the workers are woken where they
+-- should look. Returns whether the pause existed and how many tasks are READY again.
+WITH removed AS (
+    DELETE FROM django_tasks_q_pause
+    WHERE queue = %(queue)s AND task_name = %(task_name)s
+    RETURNING id
+),
+mine AS (
+    SELECT id, queue, name
+    FROM django_tasks_q_task
+    WHERE status = 'WAITING' AND held_by = %(key)s
+    FOR UPDATE
+),
+released AS (
+    UPDATE django_tasks_q_task AS task
+    SET status = CASE WHEN still.held_by IS NULL THEN 'READY' ELSE 'WAITING' END,
+        held_by = still.held_by
+    FROM mine
+    LEFT JOIN LATERAL (
+        -- This statement's snapshot still has the removed pause: leave it out by hand.
+        SELECT CASE WHEN pause.queue <> '' THEN 'queue:' || pause.queue
+                    ELSE 'task:' || pause.task_name END AS held_by
+        FROM django_tasks_q_pause AS pause
+        WHERE (pause.queue = mine.queue OR pause.task_name = mine.name)
+          AND NOT (pause.queue = %(queue)s AND pause.task_name = %(task_name)s)
+        ORDER BY pause.id
+        LIMIT 1
+    ) AS still ON true
+    WHERE task.id = mine.id
+    RETURNING task.id, task.status, task.queue, task.priority, task.run_after
+),
+notified AS (
+    SELECT pg_notify('django_tasks_q', {ready_notice})
+    FROM (
+        SELECT DISTINCT ON (queue) queue, priority, run_after
+        FROM released WHERE status = 'READY' AND run_after <= now()
+        ORDER BY queue, priority * -1, run_after
+    ) AS earliest
+    WHERE %(notify)s
+)
+SELECT (SELECT count(*) FROM removed),
+       (SELECT count(*) FROM released WHERE status = 'READY'),
+       (SELECT count(*) FROM notified),
+       pg_notify(%(channel)s, '');
+
+-- name: paused
+-- What is paused now: the workers leave these out of their claims.
+SELECT queue, task_name, paused_at, reason FROM django_tasks_q_pause ORDER BY paused_at, id;
 
 -- name: finish_and_claim
 -- The worker's hot path, one statement and one commit: record the outcomes of finished
@@ -255,7 +360,10 @@ FROM skipped;
 
 -- name: pick_any_queue
 -- %(avoid)s: ids this worker gave back because it does not know their task, which it must
--- leave to a worker that does for a while (usually empty).
+-- leave to a worker that does for a while (usually empty). %(paused_queues)s and
+-- %(paused_names)s: what is paused (usually nothing); its tasks are held WAITING, but one
+-- that became READY since the pause (a retry, a recovered attempt, an enqueue racing the
+-- pause) must not be claimed either.
 -- The MATERIALIZED CTE is an optimisation fence. Postgres first picks and locks ids, walking
 -- the partial ready index in claim order and skipping rows other workers hold, then joins the
 -- UPDATE to exactly those ids. Inlined, the planner may lock rows it then discards. The
@@ -270,6 +378,7 @@ picked AS MATERIALIZED (
     SELECT id, expires_at, cancel_requested_at
     FROM django_tasks_q_task
     WHERE status = 'READY' AND run_after <= now() AND id <> ALL(%(avoid)s::bigint[])
+      AND queue <> ALL(%(paused_queues)s::text[]) AND name <> ALL(%(paused_names)s::text[])
       AND (priority * -1, run_after, id)
           > (%(floor_rank)s::integer, %(floor_run_after)s::timestamptz, %(floor_id)s::bigint)
     ORDER BY priority * -1, run_after, id
@@ -289,11 +398,13 @@ picked AS MATERIALIZED (
         %(queues)s::text[], %(floor_ranks)s::integer[], %(floor_run_afters)s::timestamptz[],
         %(floor_ids)s::bigint[]
     ) AS wanted(queue, floor_rank, floor_run_after, floor_id)
+    -- A paused queue is not read at all.
     CROSS JOIN LATERAL (
         SELECT id, priority, run_after, expires_at, cancel_requested_at
         FROM django_tasks_q_task
-        WHERE status = 'READY' AND queue = wanted.queue AND run_after <= now()
-          AND id <> ALL(%(avoid)s::bigint[])
+        WHERE wanted.queue <> ALL(%(paused_queues)s::text[])
+          AND status = 'READY' AND queue = wanted.queue AND run_after <= now()
+          AND id <> ALL(%(avoid)s::bigint[]) AND name <> ALL(%(paused_names)s::text[])
           AND (priority * -1, run_after, id)
               > (wanted.floor_rank, wanted.floor_run_after, wanted.floor_id)
         ORDER BY priority * -1, run_after, id

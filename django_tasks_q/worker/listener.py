@@ -1,11 +1,13 @@
 """The listener: turns NOTIFY into a wake-up of the worker's main loop.
 
 It runs on its own thread and connection, because waiting for notifications blocks the
-connection it waits on. Two channels: the queue's (a task became ready: look for work now
-rather than at the next poll) and the cancel channel (a task's cancellation was requested:
+connection it waits on. Three channels: the queue's (a task became ready: look for work now
+rather than at the next poll), the cancel channel (a task's cancellation was requested:
 a claimed task that has not started must never start, so the worker hears of it at once
-rather than at its next heartbeat). A notification missed while reconnecting costs at most
-one poll interval or one heartbeat.
+rather than at its next heartbeat) and the pause channel (a queue or task name was paused
+or resumed: read what is paused before the next claim). A notification missed while
+reconnecting costs at most one poll interval or one heartbeat; what is paused is read again
+after each reconnection.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable
 import psycopg
 
 from django_tasks_q.backoff import Backoff, describe_database_error
-from django_tasks_q.queue import CANCEL_CHANNEL, listen_connection
+from django_tasks_q.queue import CANCEL_CHANNEL, PAUSE_CHANNEL, listen_connection
 
 logger = logging.getLogger("django_tasks_q.worker")
 
@@ -35,12 +37,14 @@ class Listener:
         on_ready: Callable[[str], None],
         on_cancel: Callable[[int, bool], None],
         on_connected: Callable[[], None] | None = None,
+        on_pause: Callable[[], None] | None = None,
     ) -> None:
         self.database = database
         self.worker_id = worker_id
         self.on_ready = on_ready
         self.on_cancel = on_cancel
         self.on_connected = on_connected
+        self.on_pause = on_pause
         self._connection: psycopg.Connection | None = None
 
     def listen(self) -> psycopg.Connection:
@@ -50,7 +54,7 @@ class Listener:
             self._connection = listen_connection(
                 self.database,
                 application_name=f"django_tasks_q listener {self.worker_id}",
-                also=[CANCEL_CHANNEL],
+                also=[CANCEL_CHANNEL, PAUSE_CHANNEL],
             )
             if self.on_connected is not None:
                 self.on_connected()
@@ -61,6 +65,9 @@ class Listener:
         for notice in self.listen().notifies(timeout=timeout, stop_after=1):
             if notice.channel == CANCEL_CHANNEL:
                 self._cancel_notice(notice.payload)
+            elif notice.channel == PAUSE_CHANNEL:
+                if self.on_pause is not None:
+                    self.on_pause()
             else:
                 self.on_ready(notice.payload)
 

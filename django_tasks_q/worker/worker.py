@@ -24,7 +24,13 @@ import psycopg
 from django_tasks_q.backend import PostgresBackend
 from django_tasks_q.backoff import Backoff, describe_database_error
 from django_tasks_q.errors import described_entry
-from django_tasks_q.queue import ClaimedTask, Outcome, QueueConnection, parse_ready_notice
+from django_tasks_q.queue import (
+    NOTHING_PAUSED,
+    ClaimedTask,
+    Outcome,
+    QueueConnection,
+    parse_ready_notice,
+)
 from django_tasks_q.retry import UNKNOWN_TASK_DELAY, UNREACHABLE_RETRY_DELAY
 from django_tasks_q.worker.claim_floor import ClaimFloor
 from django_tasks_q.worker.claim_sizer import RECORD_WITHIN, ClaimSizer
@@ -48,6 +54,10 @@ def unique_worker_id(name: str) -> str:
     """The id of one process start under ``name``: never the id of an earlier start, so a
     restarted worker cannot mistake its predecessor's tasks for its own."""
     return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+# With notifications, what is paused is also read this often, in case one was missed.
+PAUSES_REREAD = 30.0
 
 
 class Worker:
@@ -129,7 +139,8 @@ class Worker:
             worker_id=self.worker_id,
             on_ready=self._on_ready_notice,
             on_cancel=self._on_cancel_notice,
-            on_connected=self._database_back.set,
+            on_connected=self._on_listener_connected,
+            on_pause=self._on_pause_notice,
         )
         self.processed = 0
         self.executor = self._make_pool()
@@ -142,6 +153,9 @@ class Worker:
         # Ids claimed by this worker whose outcome is not recorded yet.
         self._held: set[int] = set()
         self._with_dependents: set[int] = set()  # held tasks other tasks wait for
+        self._paused = NOTHING_PAUSED
+        self._pauses_stale = True  # read before the first claim
+        self._pauses_read_at = 0.0
         self._reconcile = False
         self._unrecorded: list[Outcome] = []
         self._unrecorded_since = 0.0  # time.monotonic() of the oldest
@@ -268,6 +282,32 @@ class Worker:
         claimed task that has not started must never start)."""
         if task_id in self._held:
             self._on_cancel_requested([task_id], [task_id] if terminate else [])
+
+    def _on_listener_connected(self) -> None:
+        self._pauses_stale = True  # a pause notification may have been missed meanwhile
+        self._database_back.set()
+
+    def _on_pause_notice(self) -> None:
+        self._pauses_stale = True
+        self._look_for_work()
+
+    def _read_pauses(self) -> None:
+        """Read what is paused if it may have changed: at once after a notification, else
+        every poll interval without notifications, and every PAUSES_REREAD seconds with
+        them (a notification missed while the listener reconnected)."""
+        every = PAUSES_REREAD if self.options.listen else self.options.poll_interval
+        now = time.monotonic()
+        if not self._pauses_stale and now - self._pauses_read_at < every:
+            return
+        self._pauses_stale = False
+        paused = self.connection.paused()
+        self._pauses_read_at = now
+        if not (
+            paused.queues >= self._paused.queues and paused.task_names >= self._paused.task_names
+        ):
+            # Resumed: what stayed READY while paused may sit behind the claim floor.
+            self.claim_floor.forget()
+        self._paused = paused
 
     def _look_for_work(self) -> None:
         self._maybe_ready = True
@@ -410,6 +450,8 @@ class Worker:
                     self.worker_id, released,
                 )  # fmt: skip
         outcomes = self._unrecorded
+        if limit:
+            self._read_pauses()
         start = self.claim_floor.start() if limit else None
         began = time.perf_counter()
         try:
@@ -421,6 +463,7 @@ class Worker:
                 lease_seconds=self.options.lease_seconds,
                 avoid=self.unknown_tasks.avoided(),
                 after=start.positions if start else (),
+                paused=self._paused,
             )
         except psycopg.OperationalError:
             self.claim_floor.forget()  # the notifications this claim took in are not used
