@@ -156,6 +156,26 @@ LIMIT %(limit)s
 """
 
 
+PAUSES = """
+SELECT pause.queue, pause.task_name, pause.paused_at, pause.reason,
+       (SELECT count(*) FROM django_tasks_q_task AS task
+        WHERE task.status = 'WAITING' AND task.held_by = CASE
+            WHEN pause.queue <> '' THEN 'queue:' || pause.queue
+            ELSE 'task:' || pause.task_name END)
+FROM django_tasks_q_pause AS pause
+ORDER BY pause.paused_at, pause.id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PausedNow:
+    queue: str  # "" for a paused task
+    task_name: str  # "" for a paused queue
+    since: datetime
+    reason: str
+    held: int  # tasks waiting for its resume (through tasks_q_held_idx)
+
+
 @dataclass(frozen=True, slots=True)
 class QueueBacklog:
     queue: str
@@ -248,6 +268,11 @@ def database_now(using: str) -> datetime:
 def queue_backlog(using: str) -> list[QueueBacklog]:
     """Per queue: tasks due now, waiting for later, running, and the oldest due task's age."""
     return [QueueBacklog(*row) for row in _rows(using, QUEUE_BACKLOG)]
+
+
+def pauses(using: str) -> list[PausedNow]:
+    """What is paused, since when, why, and how many tasks each pause holds."""
+    return [PausedNow(*row) for row in _rows(using, PAUSES)]
 
 
 def queue_finished(using: str, seconds: float = 3600) -> list[QueueFinished]:

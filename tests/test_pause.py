@@ -166,3 +166,14 @@ def test_running_workers_stop_claiming_a_paused_queue_within_a_second(start_work
         worker.terminate()
     for worker in workers:
         assert worker.wait() == 0, worker.log()
+
+
+def test_the_dashboard_shows_what_is_paused_and_how_many_tasks_each_holds(admin_client):
+    dashboard = "/admin/django_tasks_q/dashboard/"
+    assert "tasks-q-paused" not in admin_client.get(dashboard).content.decode()
+    tasks.record.using(queue_name="mail").enqueue_many([("a",), ("b",)])
+    pause("mail", reason="SMTP provider down")
+    page = admin_client.get(dashboard).content.decode()
+    assert 'id="tasks-q-paused"' in page and "queue mail" in page and "SMTP provider down" in page
+    assert 'data-cell="paused:1">2</td>' in page
+    assert "/admin/django_tasks_q/pause/" in page

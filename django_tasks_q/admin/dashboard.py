@@ -85,6 +85,9 @@ class Links:
     def workers(self) -> str | None:
         return self._reverse("worker_changelist")
 
+    def pauses(self) -> str | None:
+        return self._reverse("pause_changelist")
+
 
 @dataclass
 class QueueRow:
@@ -294,11 +297,26 @@ def collect(using: str, links: Links) -> dict[str, object]:
             using, lease=conf.LEASE_SECONDS, stale_after=2 * conf.HEARTBEAT_INTERVAL
         )
         schedules = stats.schedules_due(using)
+        paused = stats.pauses(using)
     hour_ago = now - timedelta(seconds=FINISHED_WINDOW)
     day_ago = now - timedelta(seconds=FAILING_WINDOW)
     return {
         "now": now,
         "queues": queue_rows(backlog, finished, now, links),
+        "paused": [
+            {
+                "what": (
+                    _("queue %(name)s") % {"name": item.queue}
+                    if item.queue
+                    else _("task %(name)s") % {"name": item.task_name}
+                ),
+                "since": format_duration((now - item.since).total_seconds()),
+                "reason": item.reason,
+                "held": item.held,
+            }
+            for item in paused
+        ],
+        "pauses_url": links.pauses(),
         "chart": throughput_chart(minutes, links),
         "failing": [
             {
