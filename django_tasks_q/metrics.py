@@ -6,7 +6,7 @@ Two sources, because the numbers live in two places:
   it started and how they ended. Each process counts its own; Prometheus sums the scrapes.
   A worker serves them on ``runtaskworker --metrics-port``.
 - **Gauges of the queue as it is now** (ready, scheduled, running, oldest ready task's age,
-  workers alive), read from the database at scrape time. They are the same whichever process
+  workers alive, tasks held by each pause), read from the database at scrape time. They are the same whichever process
   serves them, so one scrape target is enough: :func:`metrics_view` in your URLconf, or any
   worker's metrics port.
 """
@@ -153,7 +153,7 @@ def _queue_gauges(using: str) -> Iterator[Any]:
 
     from django_tasks_q.conf import settings as conf
     from django_tasks_q.models import Worker, WorkerState
-    from django_tasks_q.stats import queue_backlog
+    from django_tasks_q.stats import pauses, queue_backlog
 
     ready = GaugeMetricFamily(f"{PREFIX}_queue_ready", "Tasks due to run now.", labels=["queue"])
     scheduled = GaugeMetricFamily(
@@ -183,7 +183,14 @@ def _queue_gauges(using: str) -> Iterator[Any]:
         )
         .count(),
     )
-    yield from (ready, scheduled, running, oldest, alive)
+    paused = GaugeMetricFamily(
+        f"{PREFIX}_paused_held_tasks",
+        "Tasks held back by a pause, one series per paused queue or task (see pause()).",
+        labels=["queue", "task"],
+    )
+    for item in pauses(using):
+        paused.add_metric([item.queue, item.task_name], item.held)
+    yield from (ready, scheduled, running, oldest, alive, paused)
 
 
 if prometheus_client is not None:

@@ -49,6 +49,13 @@ def test_the_view_reports_the_queue_from_the_database():
     assert found["django_tasks_q_queue_ready", reports] == 0
     assert 90 <= found["django_tasks_q_queue_oldest_ready_age_seconds", mail] < 150
     assert found["django_tasks_q_workers_alive", ()] == 0
+    assert not any(name == "django_tasks_q_paused_held_tasks" for name, _ in found)
+
+    from django_tasks_q import pause
+
+    pause("mail")  # holds the two due tasks and the scheduled one
+    found = scrape_view()
+    assert found["django_tasks_q_paused_held_tasks", (("queue", "mail"), ("task", ""))] == 3
 
 
 @pytest.mark.django_db
