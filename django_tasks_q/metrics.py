@@ -6,9 +6,9 @@ Two sources, because the numbers live in two places:
   it started and how they ended. Each process counts its own; Prometheus sums the scrapes.
   A worker serves them on ``runtaskworker --metrics-port``.
 - **Gauges of the queue as it is now** (ready, scheduled, running, oldest ready task's age,
-  workers alive, tasks held by each pause), read from the database at scrape time. They are the same whichever process
-  serves them, so one scrape target is enough: :func:`metrics_view` in your URLconf, or any
-  worker's metrics port.
+  workers alive, tasks held by each pause), read from the database at scrape time. They are
+  the same whichever process serves them, so one scrape target is enough: :func:`metrics_view`
+  in your URLconf, or any worker's metrics port.
 """
 
 from __future__ import annotations
