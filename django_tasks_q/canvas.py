@@ -13,7 +13,6 @@ one can be stored, or passed to a task as an argument and rebuilt there with
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -24,6 +23,7 @@ from django.utils import timezone
 from django_tasks_q import registry
 from django_tasks_q.compat import InvalidTask
 from django_tasks_q.exceptions import TaskTimeoutError
+from django_tasks_q.polling import poll_until
 
 if TYPE_CHECKING:
     from django_tasks_q.results import TaskHandle
@@ -569,26 +569,16 @@ class WorkflowHandle:
         """Block until every step has finished (or ``timeout`` seconds pass); returns self.
         Raises :class:`~django_tasks_q.exceptions.TaskTimeoutError` on timeout. Each look is
         one index lookup, whatever the number of steps; the steps are read once at the end."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interval = poll_interval
-        while self._any_unfinished():
-            if deadline is not None and time.monotonic() >= deadline:
-                self.refresh()
-                unfinished = [s for s in self.steps if s.status not in _DONE]
-                first = unfinished[0] if unfinished else None
-                raise TaskTimeoutError(
-                    f"Workflow {self.id} still has {len(unfinished)} unfinished step(s) after "
-                    f"waiting {timeout}s"
-                    + (f" (first: {first.name} #{first.id}, {first.status})" if first else "")
-                    + ". Is a worker running?"
-                )
-            pause = (
-                interval
-                if deadline is None
-                else min(interval, max(0.0, deadline - time.monotonic()))
+        if not poll_until(lambda: not self._any_unfinished(), timeout, poll_interval):
+            self.refresh()
+            unfinished = [s for s in self.steps if s.status not in _DONE]
+            first = unfinished[0] if unfinished else None
+            raise TaskTimeoutError(
+                f"Workflow {self.id} still has {len(unfinished)} unfinished step(s) after "
+                f"waiting {timeout}s"
+                + (f" (first: {first.name} #{first.id}, {first.status})" if first else "")
+                + ". Is a worker running?"
             )
-            time.sleep(pause)
-            interval = min(interval * 1.5, 1.0)
         self.refresh()
         return self
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -14,6 +13,7 @@ from django_tasks_q.canvas import WorkflowHandle
 from django_tasks_q.compat import Task, TaskError, TaskResult
 from django_tasks_q.exceptions import TaskTimeoutError
 from django_tasks_q.models import FINISHED_STATUSES, Cancellation, Dependency, TaskStatus
+from django_tasks_q.polling import poll_until
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,24 +186,17 @@ class TaskHandle(TaskResult):
 
         Raises :class:`~django_tasks_q.exceptions.TaskTimeoutError` on timeout.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interval = poll_interval
-        self.refresh()
-        while not self.is_finished:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TaskTimeoutError(
-                    f"Task {self.task.name} #{self.id} is still {self.status} after waiting "
-                    f"{timeout}s. Is a worker running for queue {self.queue!r}? "
-                    "(python manage.py runtaskworker)"
-                )
-            pause = (
-                interval
-                if deadline is None
-                else min(interval, max(0.0, deadline - time.monotonic()))
-            )
-            time.sleep(pause)
-            interval = min(interval * 1.5, 1.0)
+
+        def finished() -> bool:
             self.refresh()
+            return self.is_finished
+
+        if not poll_until(finished, timeout, poll_interval):
+            raise TaskTimeoutError(
+                f"Task {self.task.name} #{self.id} is still {self.status} after waiting "
+                f"{timeout}s. Is a worker running for queue {self.queue!r}? "
+                "(python manage.py runtaskworker)"
+            )
         return self
 
     def cancel(self, *, terminate: bool = False) -> Cancellation:
