@@ -378,7 +378,10 @@ def resume(
 def _paused_from(rows: Iterable[Sequence[Any]]) -> Paused:
     queues, names = set(), set()
     for queue, task_name, *_ in rows:
-        (queues.add(queue) if queue else names.add(task_name))
+        if queue:
+            queues.add(queue)
+        else:
+            names.add(task_name)
     return Paused(frozenset(queues), frozenset(names)) if queues or names else NOTHING_PAUSED
 
 
@@ -551,8 +554,9 @@ class QueueConnection:
         considers only rows after ``after``: one position, or with ``queues`` one per queue
         in the same order; empty means from the start.
         """
-        # In id order: every statement that finishes tasks then locks them, and the dependents
-        # their trigger settles, in one order, so two workers' batches do not deadlock.
+        # In id order: two workers' batches then lock the rows they finish, and the dependents
+        # their triggers settle, in the same order, which makes deadlocks between them rare
+        # (the worker records a batch again if one happens).
         outcomes = sorted(outcomes, key=_outcome_id)
         params: dict[str, Any] = {
             "worker_id": worker_id,
