@@ -111,7 +111,8 @@ class Task(models.Model):
         db_index=False,
     )
     scheduled_for = models.DateTimeField(null=True, blank=True, help_text=_("the schedule's tick"))
-    # At most one READY or RUNNING task per key (tasks_q_unique_key_active): enqueueing a task
+    # At most one unfinished task per key (tasks_q_unique_key_active; WAITING counts, as a task
+    # held by a pause is one that will run): enqueueing a task
     # with the key of one that is waiting or running returns that one instead.
     # NULL, not "": tasks without a key stay out of that index.
     unique_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
@@ -193,7 +194,9 @@ class Task(models.Model):
             # should anything bypass that lock, the second insert fails here instead.
             models.UniqueConstraint(
                 fields=["unique_key"],
-                condition=models.Q(unique_key__isnull=False, status__in=["READY", "RUNNING"]),
+                condition=models.Q(
+                    unique_key__isnull=False, status__in=["WAITING", "READY", "RUNNING"]
+                ),
                 name="tasks_q_unique_key_active",
             ),
             models.UniqueConstraint(

@@ -152,7 +152,8 @@ def enqueue(
     unique_key: str | None = None,
 ) -> Enqueued | None:
     """Insert one READY task through the caller's connection (and transaction). None: a task
-    with ``unique_key`` is already READY or RUNNING, and nothing was inserted."""
+    with ``unique_key`` is already unfinished (WAITING, READY or RUNNING), and nothing was
+    inserted."""
     with connections[using].cursor() as cursor:
         cursor.execute(
             sql("enqueue"),
@@ -178,7 +179,7 @@ def enqueue(
 
 
 def active_with_unique_key(unique_key: str, *, using: str) -> int | None:
-    """The id of the READY or RUNNING task holding ``unique_key``, if there is one."""
+    """The id of the unfinished task holding ``unique_key``, if there is one."""
     with connections[using].cursor() as cursor:
         cursor.execute(sql("active_with_unique_key"), {"unique_key": unique_key})
         row = cursor.fetchone()

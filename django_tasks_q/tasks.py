@@ -118,7 +118,7 @@ class BackgroundTask(Task):
         or ``eta``; override the task's ``queue`` and ``priority``; with ``expires`` (seconds
         from now, a timedelta or an aware datetime), no attempt starts after that time: a task
         still waiting then is cancelled instead. With ``unique_key``, if a task with that key
-        is READY or RUNNING, nothing is enqueued and its handle is returned.
+        is waiting, ready or running, nothing is enqueued and its handle is returned.
 
         ``depends_on`` (handles, ids or :class:`~django_tasks_q.canvas.After`): the task
         waits until those finished, and is cancelled if one did not succeed (unless its

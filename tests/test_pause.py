@@ -177,3 +177,17 @@ def test_the_dashboard_shows_what_is_paused_and_how_many_tasks_each_holds(admin_
     assert 'id="tasks-q-paused"' in page and "queue mail" in page and "SMTP provider down" in page
     assert 'data-cell="paused:1">2</td>' in page
     assert "/admin/django_tasks_q/pause/" in page
+
+
+def test_a_task_held_by_a_pause_keeps_its_unique_key():
+    first = tasks.record.using(queue_name="mail").apply_async(("a",), unique_key="sync-42")
+    pause("mail")
+    again = tasks.record.using(queue_name="mail").apply_async(("b",), unique_key="sync-42")
+    assert again.id == first.id and Task.objects.count() == 1
+    waiting = tasks.record.using(queue_name="mail").apply_async(("c",), unique_key="sync-43")
+    assert waiting.status == "WAITING"
+    assert tasks.record.using(queue_name="mail").apply_async(("d",), unique_key="sync-43").id == (
+        waiting.id
+    )
+    assert resume("mail").tasks == 2
+    assert statuses(first, waiting) == ["READY", "READY"]

@@ -408,7 +408,7 @@ class TaskAdmin(ReadOnlyPages):
             .values_list("id", "name", "unique_key")
         )
         keys = {task_id: key for task_id, _, key in candidates if key is not None}
-        # A task whose key a READY or RUNNING task holds cannot be READY too (the index
+        # A task whose key an unfinished task holds cannot be READY too (the index
         # tasks_q_unique_key_active); one such row would make the database refuse the whole
         # update, so they are left out beforehand and named.
         held = _keys_held(database, set(keys.values()))
@@ -524,12 +524,12 @@ class TaskAdmin(ReadOnlyPages):
 
 
 def _keys_held(database: str, keys: set[str]) -> set[str]:
-    """Those of ``keys`` that a READY or RUNNING task holds."""
+    """Those of ``keys`` that an unfinished (waiting, ready or running) task holds."""
     if not keys:
         return set()
     return set(
         Task.objects.using(database)
-        .filter(unique_key__in=keys, status__in=[TaskStatus.READY, TaskStatus.RUNNING])
+        .filter(unique_key__in=keys, status__in=UNFINISHED_STATUSES)
         .values_list("unique_key", flat=True)
     )
 

@@ -124,4 +124,13 @@ class Migration(migrations.Migration):
             constraint=models.UniqueConstraint(fields=('queue', 'task_name'), name='tasks_q_pause_uniq'),
         ),
         migrations.RunSQL(RELEASE_SQL, UNDO_RELEASE_SQL),
+        # A task held by a pause (WAITING) keeps its unique key: it is one that will run.
+        migrations.RemoveConstraint(
+            model_name='task',
+            name='tasks_q_unique_key_active',
+        ),
+        migrations.AddConstraint(
+            model_name='task',
+            constraint=models.UniqueConstraint(condition=models.Q(('status__in', ['WAITING', 'READY', 'RUNNING']), ('unique_key__isnull', False)), fields=('unique_key',), name='tasks_q_unique_key_active'),
+        ),
     ]

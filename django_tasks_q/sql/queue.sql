@@ -10,7 +10,7 @@
 -- schedule and tick; tasks_q_schedule_tick_uniq refuses a tick enqueued twice.
 -- A task of a paused queue or name is inserted WAITING, held by that pause ({held_by_pause}).
 -- With a unique key, nothing is inserted (no row returned) while a task with that key is
--- READY or RUNNING: tasks_q_unique_key_active is the arbiter. An uncommitted insert of the
+-- WAITING (held by a pause), READY or RUNNING: tasks_q_unique_key_active is the arbiter. An uncommitted insert of the
 -- same key by another transaction makes this one wait for it to commit or roll back.
 WITH held AS (
     SELECT ({held_by_pause}) AS held_by
@@ -29,7 +29,8 @@ inserted AS (
            %(expires_at)s::timestamptz, %(schedule_id)s::bigint, %(scheduled_for)s::timestamptz,
            %(unique_key)s, held.held_by
     FROM held
-    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('READY', 'RUNNING')
+    ON CONFLICT (unique_key)
+        WHERE unique_key IS NOT NULL AND status IN ('WAITING', 'READY', 'RUNNING')
     DO NOTHING
     RETURNING id, status, queue, priority, run_after, enqueued_at
 ),
@@ -41,9 +42,9 @@ SELECT id, run_after, enqueued_at, (SELECT count(*) FROM notified), status
 FROM inserted;
 
 -- name: active_with_unique_key
--- The READY or RUNNING task holding a unique key, if any.
+-- The unfinished task holding a unique key, if any.
 SELECT id FROM django_tasks_q_task
-WHERE unique_key = %(unique_key)s AND status IN ('READY', 'RUNNING');
+WHERE unique_key = %(unique_key)s AND status IN ('WAITING', 'READY', 'RUNNING');
 
 -- name: enqueue_many
 -- Ids come from the sequence in the order the SELECT produces rows (call order), so the sorted
