@@ -119,8 +119,8 @@ class PostgresBackend(BaseTaskBackend):
     ) -> TaskHandle:
         """Django's enqueue. Beat also passes the schedule and tick the task stands for, and
         when it expires (no attempt starts after ``expires_at``). With ``unique_key``, while a
-        task with that key is unfinished (waiting, ready or running), nothing is enqueued and that task's handle is
-        returned instead."""
+        task with that key is unfinished (waiting, ready or running), nothing is enqueued and
+        that task's handle is returned instead."""
         if getattr(task, "link", ()) or getattr(task, "link_error", ()):
             if unique_key is not None:
                 raise InvalidTask(
