@@ -160,6 +160,11 @@ def _queue_gauges(using: str) -> Iterator[Any]:
         f"{PREFIX}_queue_scheduled", "Tasks waiting for a later run time.", labels=["queue"]
     )
     running = GaugeMetricFamily(f"{PREFIX}_queue_running", "Tasks running.", labels=["queue"])
+    waiting = GaugeMetricFamily(
+        f"{PREFIX}_queue_waiting",
+        "Tasks waiting for their dependencies or held by a pause.",
+        labels=["queue"],
+    )
     oldest = GaugeMetricFamily(
         f"{PREFIX}_queue_oldest_ready_age_seconds",
         "How long the oldest task due to run has been waiting.",
@@ -170,6 +175,7 @@ def _queue_gauges(using: str) -> Iterator[Any]:
         ready.add_metric(queue, row.ready)
         scheduled.add_metric(queue, row.scheduled)
         running.add_metric(queue, row.running)
+        waiting.add_metric(queue, row.waiting)
         oldest.add_metric(queue, max(row.oldest_ready_age or 0.0, 0.0))
     alive = GaugeMetricFamily(
         f"{PREFIX}_workers_alive", "Workers that heartbeat within their lease."
@@ -190,7 +196,7 @@ def _queue_gauges(using: str) -> Iterator[Any]:
     )
     for item in pauses(using):
         paused.add_metric([item.queue, item.task_name], item.held)
-    yield from (ready, scheduled, running, oldest, alive, paused)
+    yield from (ready, scheduled, running, waiting, oldest, alive, paused)
 
 
 if prometheus_client is not None:

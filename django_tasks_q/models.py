@@ -179,6 +179,12 @@ class Task(models.Model):
                 name="tasks_q_workflow_idx",
                 condition=models.Q(workflow_id__isnull=False),
             ),
+            # Monitoring: WAITING tasks per queue (workflow steps, tasks held by a pause).
+            models.Index(
+                fields=["queue"],
+                name="tasks_q_waiting_idx",
+                condition=models.Q(status="WAITING"),
+            ),
             models.Index(
                 fields=["held_by"],
                 name="tasks_q_held_idx",

@@ -3,8 +3,8 @@
 Each function is one statement shaped for an index, so it stays cheap however many finished
 rows the table keeps:
 
-- READY and RUNNING rows through their partial indexes (``tasks_q_ready_idx``,
-  ``tasks_q_running_idx``), which hold the backlog only;
+- READY, RUNNING and WAITING rows through their partial indexes (``tasks_q_ready_idx``,
+  ``tasks_q_running_idx``, ``tasks_q_waiting_idx``), which hold the backlog only;
 - finished rows through ``tasks_q_finished_idx (status, finished_at)``, always with the status
   and a lower bound on ``finished_at``, so a window reads only its own entries;
 - schedules through ``tasks_q_schedule_due_idx``.
@@ -30,20 +30,27 @@ SELECT queue,
        sum(ready)::bigint,
        sum(scheduled)::bigint,
        sum(running)::bigint,
-       extract(epoch FROM now() - min(oldest_due))::float8
+       extract(epoch FROM now() - min(oldest_due))::float8,
+       sum(waiting)::bigint
 FROM (
     SELECT queue,
            count(*) FILTER (WHERE run_after <= now()) AS ready,
            count(*) FILTER (WHERE run_after > now()) AS scheduled,
            0 AS running,
-           min(run_after) FILTER (WHERE run_after <= now()) AS oldest_due
+           min(run_after) FILTER (WHERE run_after <= now()) AS oldest_due,
+           0 AS waiting
     FROM django_tasks_q_task
     WHERE status = 'READY'
     GROUP BY queue
     UNION ALL
-    SELECT queue, 0, 0, count(*), NULL
+    SELECT queue, 0, 0, count(*), NULL, 0
     FROM django_tasks_q_task
     WHERE status = 'RUNNING'
+    GROUP BY queue
+    UNION ALL
+    SELECT queue, 0, 0, 0, NULL, count(*)
+    FROM django_tasks_q_task
+    WHERE status = 'WAITING'
     GROUP BY queue
 ) AS backlog
 GROUP BY queue
@@ -183,6 +190,7 @@ class QueueBacklog:
     scheduled: int  # waiting for a later run_after
     running: int
     oldest_ready_age: float | None  # seconds the oldest due task has waited; None: none due
+    waiting: int = 0  # for dependencies (workflows) or held by a pause
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,11 +203,11 @@ def scene(settings):
 def test_queues_show_ready_running_scheduled_and_the_last_hours_outcomes(admin_client, scene):
     found = cells(page(admin_client), within="tasks-q-queues")
     assert found == {
-        "mail:ready": "3", "mail:running": "2", "mail:scheduled": "2",
+        "mail:ready": "3", "mail:running": "2", "mail:scheduled": "2", "mail:waiting": "0",
         "mail:succeeded": "4", "mail:failed": "2", "mail:oldest": "1.5 min",
         "reports:ready": "1", "reports:running": "1", "reports:scheduled": "0",
-        "reports:succeeded": "0", "reports:failed": "1", "reports:oldest": "10.0 s",
-        "*:ready": "4", "*:running": "3", "*:scheduled": "2",
+        "reports:waiting": "0", "reports:succeeded": "0", "reports:failed": "1", "reports:oldest": "10.0 s",
+        "*:ready": "4", "*:running": "3", "*:scheduled": "2", "*:waiting": "0",
         "*:succeeded": "4", "*:failed": "3", "*:oldest": "1.5 min",
     }  # fmt: skip
 

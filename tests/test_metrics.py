@@ -56,6 +56,8 @@ def test_the_view_reports_the_queue_from_the_database():
     pause("mail")  # holds the two due tasks and the scheduled one
     found = scrape_view()
     assert found["django_tasks_q_paused_held_tasks", (("queue", "mail"), ("task", ""))] == 3
+    assert found["django_tasks_q_queue_waiting", mail] == 3
+    assert found["django_tasks_q_queue_ready", mail] == 0
 
 
 @pytest.mark.django_db

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import time
 
 import pytest
@@ -177,6 +178,9 @@ def test_the_dashboard_shows_what_is_paused_and_how_many_tasks_each_holds(admin_
     assert 'id="tasks-q-paused"' in page and "queue mail" in page and "SMTP provider down" in page
     assert 'data-cell="paused:1">2</td>' in page
     assert "/admin/django_tasks_q/pause/" in page
+    # The queue's row counts them as waiting, linked to the list of them.
+    waiting_cell = re.search(r'data-cell="mail:waiting">(.*?)</td>', page, re.S).group(1)
+    assert ">2</a>" in waiting_cell and "status__exact=WAITING" in waiting_cell
 
 
 def test_a_task_held_by_a_pause_keeps_its_unique_key():

@@ -98,6 +98,7 @@ class QueueRow:
     succeeded: int = 0
     failed: int = 0
     oldest_ready_age: float | None = None
+    waiting: int = 0
     cells: list[tuple[str, SafeString]] = field(default_factory=list)  # (column, html)
 
 
@@ -117,6 +118,7 @@ def queue_rows(
             item.scheduled,
             item.running,
             oldest_ready_age=item.oldest_ready_age,
+            waiting=item.waiting,
         )
     for item in finished:
         row = rows.setdefault(item.queue, QueueRow(item.queue))
@@ -131,6 +133,7 @@ def queue_rows(
                 for name in ("ready", "scheduled", "running", "succeeded", "failed")
             ),
             oldest_ready_age=max(ages, default=None),
+            waiting=sum(row.waiting for row in ordered),
         )
         ordered.append(total)
     since = now - timedelta(seconds=FINISHED_WINDOW)
@@ -139,6 +142,7 @@ def queue_rows(
         "ready": {"status__exact": "READY", "run_after__lte": now},
         "running": {"status__exact": "RUNNING"},
         "scheduled": {"status__exact": "READY", "run_after__gt": now},
+        "waiting": {"status__exact": "WAITING"},
         "succeeded": {"status__exact": "SUCCESSFUL", "finished_at__gte": since},
         "failed": {"status__exact": "FAILED", "finished_at__gte": since},
     }

@@ -133,4 +133,8 @@ class Migration(migrations.Migration):
             model_name='task',
             constraint=models.UniqueConstraint(condition=models.Q(('status__in', ['WAITING', 'READY', 'RUNNING']), ('unique_key__isnull', False)), fields=('unique_key',), name='tasks_q_unique_key_active'),
         ),
+            migrations.AddIndex(
+            model_name='task',
+            index=models.Index(condition=models.Q(('status', 'WAITING')), fields=['queue'], name='tasks_q_waiting_idx'),
+        ),
     ]
