@@ -263,23 +263,42 @@ _KINDS: dict[str, type[Canvas]] = {
 
 
 def signature(value: Any) -> Canvas:
-    """A signature or canvas object from itself, or from its dict (e.g. a task argument)."""
+    """A signature or canvas object from itself, or from its dict (e.g. a task argument).
+    A dict is checked as it is rebuilt: a task name, a list of arguments, a dict of keyword
+    arguments, known options."""
     if isinstance(value, Canvas):
         return value
-    if not isinstance(value, Mapping) or value.get("kind") not in _KINDS:
+    kind = _KINDS.get(value.get("kind")) if isinstance(value, Mapping) else None
+    if kind is None:
         raise InvalidTask(
             f"Expected a signature (task.s(...)), chain, group or chord, got {value!r}."
         )
-    kind = _KINDS[value["kind"]]
+    options = value.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise InvalidTask(f"A signature's options must be a dict, got {options!r}.")
     if kind is Signature:
-        return Signature(dict(value))
+        task, args, kwargs = value.get("task"), value.get("args", []), value.get("kwargs", {})
+        if (
+            not isinstance(task, str)
+            or not isinstance(args, list | tuple)
+            or not isinstance(kwargs, Mapping)
+        ):
+            raise InvalidTask(
+                "A signature needs a task name, a list of arguments and a dict of keyword "
+                f"arguments, got {value!r}."
+            )
+        return Signature(task, args, kwargs, options, immutable=bool(value.get("immutable")))
+    _check_options(options)
+    members = {key: value.get(key) for key in ("tasks", "header") if key in value}
+    if any(not isinstance(items, list | tuple) for items in members.values()):
+        raise InvalidTask(f"A {value['kind']}'s tasks must be a list, got {value!r}.")
     rebuilt = Canvas.__new__(kind)
     dict.__init__(rebuilt, value)
-    for key in ("tasks", "header"):
-        if key in rebuilt:
-            rebuilt[key] = [signature(item) for item in rebuilt[key]]
-    if rebuilt.get("body") is not None:
-        rebuilt["body"] = signature(rebuilt["body"])
+    for key, items in members.items():
+        rebuilt[key] = [signature(item) for item in items]
+    if kind is Chord:
+        rebuilt["body"] = None if value.get("body") is None else signature(value["body"])
+    rebuilt["options"] = dict(options)
     return rebuilt
 
 

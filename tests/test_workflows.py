@@ -379,3 +379,16 @@ def test_an_expired_dependency_cancels_its_dependents():
     child.refresh()
     assert child.status == "CANCELLED" and "ended CANCELLED" in child.errors[-1].message
     assert executions("never") == 0
+
+
+def test_a_signature_dict_from_outside_is_checked_as_it_is_rebuilt():
+    rebuilt = signature({"kind": "signature", "task": tasks.add.name, "args": [1, 2]})
+    handle = rebuilt.apply_async()
+    run_burst_worker()
+    assert handle.get(timeout=5) == 3
+    with pytest.raises(InvalidTask, match="task name"):
+        signature({"kind": "signature", "args": "not a list"})
+    with pytest.raises(InvalidTask, match="time_limit"):
+        signature({"kind": "chain", "tasks": [], "options": {"time_limit": 3}})
+    with pytest.raises(InvalidTask, match="must be a list"):
+        signature({"kind": "group", "tasks": "abc"})
