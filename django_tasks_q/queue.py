@@ -32,14 +32,9 @@ CANCEL_CHANNEL = "django_tasks_q_cancel"
 PAUSE_CHANNEL = "django_tasks_q_pause"
 
 # The pause that holds a task back, if any: "queue:<name>" or "task:<name>", over a row
-# source named task with queue and name columns (filled into the enqueue statements).
-HELD_BY_PAUSE_SQL = (
-    "SELECT CASE WHEN pause.queue <> '' THEN 'queue:' || pause.queue"
-    " ELSE 'task:' || pause.task_name END"
-    " FROM django_tasks_q_pause AS pause"
-    " WHERE pause.queue = task.queue OR pause.task_name = task.name"
-    " ORDER BY pause.id LIMIT 1"
-)
+# source named task with queue and name columns (filled into the enqueue statements). The
+# function is migration 0008's.
+HELD_BY_PAUSE_SQL = "django_tasks_q_held_by(task.queue, task.name)"
 
 
 class ClaimPosition(NamedTuple):

@@ -6,6 +6,24 @@ from django.db import migrations, models
 # A dependent released while its queue or task name is paused waits, held by the pause,
 # instead of becoming READY (docs/flow-control.md): 0007's function, plus the pause.
 RELEASE_SQL = """
+-- The pause holding back a task of this queue and name, if any: "queue:<name>" or
+-- "task:<name>". A function, so each enqueue plans one call instead of a subquery (its own
+-- plan is kept for the session): an enqueue costs what it did before pauses existed.
+CREATE FUNCTION django_tasks_q_held_by(of_queue text, of_name text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    held text;
+BEGIN
+    SELECT CASE WHEN pause.queue <> '' THEN 'queue:' || pause.queue
+                ELSE 'task:' || pause.task_name END
+    INTO held
+    FROM django_tasks_q_pause AS pause
+    WHERE pause.queue = of_queue OR pause.task_name = of_name
+    ORDER BY pause.id
+    LIMIT 1;
+    RETURN held;
+END $$;
+
 CREATE OR REPLACE FUNCTION django_tasks_q_release(released_id bigint) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -31,13 +49,9 @@ BEGIN
             ELSE task.args
         END
     FROM django_tasks_q_task AS current
-    LEFT JOIN LATERAL (
-        SELECT CASE WHEN pause.queue <> '' THEN 'queue:' || pause.queue
-                    ELSE 'task:' || pause.task_name END AS held_by
-        FROM django_tasks_q_pause AS pause
-        WHERE pause.queue = current.queue OR pause.task_name = current.name
-        ORDER BY pause.id LIMIT 1
-    ) AS held ON true
+    CROSS JOIN LATERAL (
+        SELECT django_tasks_q_held_by(current.queue, current.name) AS held_by
+    ) AS held
     WHERE task.id = released_id AND current.id = released_id AND task.status = 'WAITING'
       AND task.held_by IS NULL
     RETURNING task.status, task.queue, task.priority, task.run_after INTO ready;
@@ -50,6 +64,7 @@ END $$;
 """
 
 UNDO_RELEASE_SQL = """
+DROP FUNCTION django_tasks_q_held_by(text, text);
 CREATE OR REPLACE FUNCTION django_tasks_q_release(released_id bigint) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE

@@ -12,8 +12,8 @@
 -- With a unique key, nothing is inserted (no row returned) while a task with that key is
 -- WAITING (held by a pause), READY or RUNNING: tasks_q_unique_key_active is the arbiter. An uncommitted insert of the
 -- same key by another transaction makes this one wait for it to commit or roll back.
-WITH held AS (
-    SELECT ({held_by_pause}) AS held_by
+WITH held AS MATERIALIZED (
+    SELECT {held_by_pause} AS held_by
     FROM (VALUES (%(queue)s::text, %(name)s::text)) AS task(queue, name)
 ),
 inserted AS (
@@ -49,8 +49,8 @@ WHERE unique_key = %(unique_key)s AND status IN ('WAITING', 'READY', 'RUNNING');
 -- name: enqueue_many
 -- Ids come from the sequence in the order the SELECT produces rows (call order), so the sorted
 -- ids map back to the calls. run_after and enqueued_at are the same for every row.
-WITH held AS (
-    SELECT ({held_by_pause}) AS held_by
+WITH held AS MATERIALIZED (
+    SELECT {held_by_pause} AS held_by
     FROM (VALUES (%(queue)s::text, %(name)s::text)) AS task(queue, name)
 ),
 inserted AS (
@@ -113,7 +113,7 @@ inserted AS (
            waiting_for, receives, has_dependents, %(workflow_id)s::uuid, schedule_id,
            scheduled_for, CASE WHEN waiting_for > 0 THEN NULL ELSE held.held_by END
     FROM node AS task
-    CROSS JOIN LATERAL (SELECT ({held_by_pause}) AS held_by) AS held
+    CROSS JOIN LATERAL (SELECT {held_by_pause} AS held_by) AS held
     ORDER BY n
     RETURNING id, status, queue, priority, run_after, enqueued_at
 ),
