@@ -12,6 +12,7 @@ from django_tasks_q.exceptions import (
     TaskResultDoesNotExist,
     TaskTimeoutError,
     UnknownTaskError,
+    WaitInsideTransaction,
 )
 from django_tasks_q.serialization import SerializationError
 from django_tasks_q.tasks import BackgroundTask, BackgroundTaskContext, background_task, send_task
@@ -30,6 +31,7 @@ __all__ = [
     "TaskResultDoesNotExist",
     "TaskTimeoutError",
     "UnknownTaskError",
+    "WaitInsideTransaction",
     "background_task",
     "get_result",
     "pause",

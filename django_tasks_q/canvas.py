@@ -588,6 +588,14 @@ class WorkflowHandle:
         """Block until every step has finished (or ``timeout`` seconds pass); returns self.
         Raises :class:`~django_tasks_q.exceptions.TaskTimeoutError` on timeout. Each look is
         one index lookup, whatever the number of steps; the steps are read once at the end."""
+        from django_tasks_q import queue
+
+        if self._any_unfinished():
+            queue.refuse_wait_inside_transaction(
+                [int(step.id) for step in self.steps],
+                f"Workflow {self.id}",
+                using=_backend(self.backend).database,
+            )
         if not poll_until(lambda: not self._any_unfinished(), timeout, poll_interval):
             self.refresh()
             unfinished = [s for s in self.steps if s.status not in _DONE]

@@ -28,6 +28,11 @@ class TaskTimeoutError(TimeoutError):
     """``TaskHandle.wait()`` gave up before the task finished."""
 
 
+class WaitInsideTransaction(RuntimeError):
+    """``wait()`` was called inside the transaction that enqueued the task: no worker can
+    see the task before that transaction commits, so the wait could never end."""
+
+
 class Retry(Exception):
     """Raised by ``context.retry()`` to ask the worker to run the task again.
 

@@ -22,6 +22,7 @@ from django.db import connections
 from psycopg.types.json import Jsonb
 
 from django_tasks_q.errors import sql_entries
+from django_tasks_q.exceptions import WaitInsideTransaction
 
 NOTIFY_CHANNEL = "django_tasks_q"
 # Separate from the tasks' channel: beats are not woken by every enqueue, nor workers by edits.
@@ -306,6 +307,29 @@ def enqueue_workflow(
         EnqueuedStep(task_id, status, run_after, enqueued_at)
         for task_id, status, run_after in zip(ids, statuses, run_afters, strict=True)
     ]
+
+
+def written_by_this_transaction(ids: Collection[int], *, using: str) -> set[int]:
+    """Of ``ids``, the tasks the caller's open transaction enqueued: no worker sees them yet.
+    Empty outside a transaction."""
+    connection = connections[using]
+    if not connection.in_atomic_block:
+        return set()
+    with connection.cursor() as cursor:
+        cursor.execute(sql("written_by_this_transaction"), {"ids": list(ids)})
+        return {row[0] for row in cursor.fetchall()}
+
+
+def refuse_wait_inside_transaction(ids: Collection[int], what: str, *, using: str) -> None:
+    """Raise WaitInsideTransaction if the caller's open transaction enqueued any of ``ids``:
+    waiting for them there could never end."""
+    if written_by_this_transaction(ids, using=using):
+        raise WaitInsideTransaction(
+            f"{what} was enqueued in the transaction that is still open here, and no worker "
+            "can see it before that transaction commits: waiting for it inside the "
+            "transaction would never end. Wait after the `with transaction.atomic()` block, "
+            "or run the follow-up as a task of its own (link=, or transaction.on_commit)."
+        )
 
 
 def existing_dependencies(ids: Collection[int], *, using: str) -> dict[int, str | None]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
+from django_tasks_q import queue
 from django_tasks_q.canvas import WorkflowHandle
 from django_tasks_q.compat import Task, TaskError, TaskResult
 from django_tasks_q.exceptions import TaskTimeoutError
@@ -184,8 +185,17 @@ class TaskHandle(TaskResult):
     def wait(self, timeout: float | None = None, *, poll_interval: float = 0.05) -> TaskHandle:
         """Block until the task is finished (or ``timeout`` seconds pass) and return ``self``.
 
-        Raises :class:`~django_tasks_q.exceptions.TaskTimeoutError` on timeout.
+        Raises :class:`~django_tasks_q.exceptions.TaskTimeoutError` on timeout, and
+        :class:`~django_tasks_q.exceptions.WaitInsideTransaction` at once if the task is
+        unfinished and was enqueued in the transaction still open here.
         """
+        self.refresh()
+        if self.is_finished:
+            return self
+        database = self.task.get_backend().database
+        queue.refuse_wait_inside_transaction(
+            [int(self.id)], f"Task {self.task.name} #{self.id}", using=database
+        )
 
         def finished() -> bool:
             self.refresh()

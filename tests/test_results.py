@@ -13,8 +13,9 @@ from tests.testapp import tasks
 pytestmark = pytest.mark.django_db
 
 
+@pytest.mark.django_db(transaction=True)
 def test_wait_gives_up_with_a_clear_error():
-    handle = tasks.add.delay(1, 2)
+    handle = tasks.add.delay(1, 2)  # committed: no worker runs in this test
     started = time.monotonic()
     with pytest.raises(
         TaskTimeoutError,

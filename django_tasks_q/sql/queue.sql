@@ -146,6 +146,13 @@ SELECT array_agg(id ORDER BY id), array_agg(status ORDER BY id),
        (SELECT count(*) FROM edges), (SELECT count(*) FROM notified)
 FROM inserted;
 
+-- name: written_by_this_transaction
+-- Of %(ids)s, the tasks the current transaction inserted (and has not committed): their xmin
+-- is this transaction's id. xid8 to xid: the low 32 bits.
+SELECT id FROM django_tasks_q_task
+WHERE id = ANY(%(ids)s::bigint[])
+  AND xmin::text = mod(pg_current_xact_id_if_assigned()::text::numeric, 4294967296)::text;
+
 -- name: existing_dependencies
 -- The tasks a new dependent names by id: which exist, and their workflow.
 SELECT id, workflow_id FROM django_tasks_q_task WHERE id = ANY(%(ids)s::bigint[]);
