@@ -66,6 +66,11 @@ class PostgresBackend(BaseTaskBackend):
                 f"Task {task.name!r} is no longer in the code: a handle of one of its stored "
                 "rows can read it, not enqueue it again."
             )
+        if isinstance(task, BackgroundTask):
+            # The same rules as Django's but one: the context parameter of a bind=True task
+            # may have any name (Celery's `self` too), as the worker passes it by position.
+            self._explain_invalid(task)
+            return
         try:
             super().validate_task(task)
         except InvalidTask as exc:

@@ -113,6 +113,7 @@ class BackgroundTask(Task):
         depends_on: Iterable[Any] | None = None,
         link: Any = None,
         link_error: Any = None,
+        **unknown: Any,
     ) -> TaskHandle:
         """Enqueue with per-call options: start no sooner than ``countdown`` seconds from now
         or ``eta``; override the task's ``queue`` and ``priority``; with ``expires`` (seconds
@@ -124,6 +125,8 @@ class BackgroundTask(Task):
         waits until those finished, and is cancelled if one did not succeed (unless its
         ``After`` says otherwise). ``link`` / ``link_error``: signatures to run after it
         succeeded (with its result) or once it failed (with its id and last error)."""
+        if unknown:
+            _refuse_unknown_options(unknown)
         if (
             depends_on is not None
             or link is not None
@@ -220,6 +223,36 @@ class BackgroundTask(Task):
         return self.get_backend().enqueue_many(self, args_list, kwargs_list)
 
 
+# Celery's apply_async options that mean nothing here, and what to use instead.
+_CELERY_OPTIONS = {
+    "task_id": "ids come from the database; for idempotency pass unique_key=",
+    "time_limit": "set timeout= on @background_task (a hard limit, enforced by the worker)",
+    "soft_time_limit": "set soft_timeout= on @background_task",
+    "headers": "pass what the task needs as arguments",
+    "routing_key": "use queue=",
+    "exchange": "use queue=",
+    "serializer": "arguments are always JSON",
+    "compression": "arguments are stored as jsonb",
+    "retry": "enqueueing is an INSERT in your transaction; there is no broker to retry",
+    "retry_policy": "enqueueing is an INSERT in your transaction; there is no broker to retry",
+    "shadow": "the task's name is its registered name",
+    "ignore_result": "set ignore_result= on @background_task",
+}
+_APPLY_ASYNC_OPTIONS = ("countdown", "eta", "queue", "priority", "expires", "unique_key",
+                        "depends_on", "link", "link_error")  # fmt: skip
+
+
+def _refuse_unknown_options(unknown: Mapping[str, Any]) -> NoReturn:
+    option = next(iter(unknown))
+    if option in _CELERY_OPTIONS:
+        raise InvalidTask(
+            f"apply_async() does not take Celery's {option!r} option: {_CELERY_OPTIONS[option]}."
+        )
+    close = difflib.get_close_matches(option, _APPLY_ASYNC_OPTIONS, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(_APPLY_ASYNC_OPTIONS)}"
+    raise InvalidTask(f"apply_async() got an unknown option {option!r}; {hint}")
+
+
 def _missing_function(*args: Any, **kwargs: Any) -> NoReturn:
     raise UnknownTaskError("This task is no longer in the code; it cannot run.")
 
@@ -273,6 +306,20 @@ def expiry_time(expires: float | timedelta | datetime, run_after: datetime | Non
     return expires_at
 
 
+@dataclass(frozen=True, slots=True)
+class TaskRequest:
+    """Celery's ``self.request``, as far as it maps: what a bound task knows of its run."""
+
+    id: str
+    retries: int  # attempts before this one
+    attempt: int
+    max_attempts: int
+    name: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BackgroundTaskContext(TaskContext):
     """What a ``takes_context`` / ``bind`` task receives as its first argument."""
@@ -300,6 +347,21 @@ class BackgroundTaskContext(TaskContext):
     @property
     def max_attempts(self) -> int:
         return self.task_result.max_attempts
+
+    @property
+    def request(self) -> TaskRequest:
+        """Celery's spelling: ``self.request.id``, ``self.request.retries``..."""
+        result = self.task_result
+        return TaskRequest(
+            id=self.task_id,
+            retries=self.attempt - 1,
+            attempt=self.attempt,
+            max_attempts=result.max_attempts,
+            name=result.task.name,
+            queue=getattr(result, "queue", result.task.queue_name),
+            args=list(result.args),
+            kwargs=dict(result.kwargs),
+        )
 
     def retry(
         self,

@@ -393,3 +393,12 @@ def on_error(task_id, error, key):
 @background_task(link=add.s(1000))
 def add_then_more(x, y):
     return x + y
+
+
+@background_task(bind=True, max_retries=2, default_retry_delay=0)
+def celery_style(self, key):
+    """Written as in Celery: the context is `self`, `self.request`, `raise self.retry()`."""
+    Execution.objects.create(key=key, attempt=self.request.retries)
+    if self.request.retries < 1:
+        raise self.retry(countdown=0)
+    return [self.request.id, self.request.retries, self.request.args]

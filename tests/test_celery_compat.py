@@ -1,0 +1,37 @@
+"""Code written for Celery runs as it is, or is refused with what to use instead."""
+
+import pytest
+
+from django_tasks_q import InvalidTask
+from django_tasks_q.models import Task
+from tests.conftest import run_burst_worker
+from tests.testapp import tasks
+from tests.testapp.models import Execution
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_bound_task_with_self_and_self_request_and_raise_self_retry_runs():
+    handle = tasks.celery_style.delay("celery")
+    run_burst_worker()
+    handle.wait(timeout=5)
+    assert handle.status == "SUCCESSFUL"
+    assert handle.result == [handle.id, 1, ["celery"]]
+    assert list(Execution.objects.values_list("attempt", flat=True)) == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("option", "advice"),
+    [
+        ("task_id", "unique_key="),
+        ("time_limit", "timeout= on @background_task"),
+        ("soft_time_limit", "soft_timeout="),
+        ("headers", "as arguments"),
+        ("routing_key", "queue="),
+        ("contdown", "did you mean 'countdown'"),
+    ],
+)
+def test_celery_options_that_mean_nothing_here_say_what_to_use(option, advice):
+    with pytest.raises(InvalidTask, match=advice):
+        tasks.add.apply_async((1, 2), **{option: 1})
+    assert not Task.objects.exists()
