@@ -290,7 +290,7 @@ class Pause(models.Model):
     @property
     def key(self) -> str:
         """What tasks it holds carry in ``held_by``."""
-        return f"queue:{self.queue}" if self.queue else f"task:{self.task_name}"
+        return queue.pause_key(self.queue, self.task_name)
 
 
 class Dashboard(Task):

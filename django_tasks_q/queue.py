@@ -114,6 +114,10 @@ def statements() -> dict[str, str]:
     found["finish_and_claim_from_queues"] = template.replace(
         "{picked}", found.pop("pick_from_queues")
     )
+    # One pause statement, for a queue or for a task name (see the file).
+    template = found.pop("pause")
+    found["pause_queue"] = template.replace("{paused_rows}", "queue = %(queue)s")
+    found["pause_task"] = template.replace("{paused_rows}", "name = %(task_name)s")
     return found
 
 
@@ -367,13 +371,21 @@ class Paused:
 NOTHING_PAUSED = Paused()
 
 
+def pause_key(queue: str, task_name: str) -> str:
+    """What the tasks a pause holds carry in ``held_by``."""
+    return f"queue:{queue}" if queue else f"task:{task_name}"
+
+
 def pause(
     *, using: str, queue: str = "", task_name: str = "", reason: str = ""
 ) -> tuple[bool, int]:
     """Pause a queue or a task name (one of them) and tell the workers. Returns whether it
     was not paused already, and how many waiting tasks it now holds."""
     statement = "pause_queue" if queue else "pause_task"
-    params = {"queue": queue, "task_name": task_name, "reason": reason, "channel": PAUSE_CHANNEL}
+    params = {
+        "queue": queue, "task_name": task_name, "reason": reason, "channel": PAUSE_CHANNEL,
+        "key": pause_key(queue, task_name),
+    }  # fmt: skip
     with connections[using].cursor() as cursor:
         cursor.execute(sql(statement), params)
         added, held, _ = cursor.fetchone()
@@ -387,7 +399,7 @@ def resume(
     Returns whether it was paused, and how many tasks are READY again."""
     params = {
         "queue": queue, "task_name": task_name, "notify": notify, "channel": PAUSE_CHANNEL,
-        "key": f"queue:{queue}" if queue else f"task:{task_name}",
+        "key": pause_key(queue, task_name),
     }  # fmt: skip
     with connections[using].cursor() as cursor:
         cursor.execute(sql("resume"), params)

@@ -177,37 +177,24 @@ notified AS (
 )
 SELECT id, status, (SELECT count(*) FROM notified) FROM requested;
 
--- name: pause_queue
--- Pause a queue: its READY tasks become WAITING, held by the pause, so no claim walks over
--- them; what is enqueued meanwhile is inserted WAITING too (see enqueue). Tasks that become
--- READY otherwise (a retry, a recovered attempt) are left out of claims by the workers,
--- which hear of the pause through %(channel)s. Returns whether it was new, and the tasks held.
+-- name: pause
+-- Pause a queue (%(queue)s, with %(task_name)s '') or a task name (the other way round): its
+-- READY tasks become WAITING, held by the pause (%(key)s), so no claim walks over them; what
+-- is enqueued meanwhile is inserted WAITING too (see enqueue). Tasks that become READY
+-- otherwise (a retry, a recovered attempt) are left out of claims by the workers, which hear
+-- of the pause through %(channel)s. Returns whether it was new, and the tasks held.
+-- {paused_rows} is filled when the file is loaded: `queue = %(queue)s` for pause_queue (a
+-- range of tasks_q_ready_queue_idx), `name = %(task_name)s` for pause_task.
 WITH added AS (
     INSERT INTO django_tasks_q_pause (queue, task_name, reason)
-    VALUES (%(queue)s, '', %(reason)s)
+    VALUES (%(queue)s, %(task_name)s, %(reason)s)
     ON CONFLICT (queue, task_name) DO NOTHING
     RETURNING id
 ),
 held AS (
     UPDATE django_tasks_q_task
-    SET status = 'WAITING', held_by = 'queue:' || %(queue)s
-    WHERE status = 'READY' AND queue = %(queue)s
-    RETURNING id
-)
-SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM held), pg_notify(%(channel)s, '');
-
--- name: pause_task
--- The same for a task name: its READY tasks in every queue.
-WITH added AS (
-    INSERT INTO django_tasks_q_pause (queue, task_name, reason)
-    VALUES ('', %(task_name)s, %(reason)s)
-    ON CONFLICT (queue, task_name) DO NOTHING
-    RETURNING id
-),
-held AS (
-    UPDATE django_tasks_q_task
-    SET status = 'WAITING', held_by = 'task:' || %(task_name)s
-    WHERE status = 'READY' AND name = %(task_name)s
+    SET status = 'WAITING', held_by = %(key)s
+    WHERE status = 'READY' AND {paused_rows}
     RETURNING id
 )
 SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM held), pg_notify(%(channel)s, '');
