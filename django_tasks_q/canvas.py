@@ -369,7 +369,7 @@ class Plan:
     def enqueue(self, *, schedule: tuple[int, Any] | None = None) -> WorkflowHandle:
         if not self.steps:
             raise InvalidTask("This workflow has no task to run.")
-        backend = self.steps[0].task.get_backend()
+        backend = self.steps[0].task.postgres_backend("A workflow (chain, group, chord, callbacks)")
         handles = backend.enqueue_workflow(self.steps, schedule=schedule)
         return WorkflowHandle(
             id=handles[0].workflow_id,

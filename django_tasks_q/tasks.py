@@ -75,10 +75,38 @@ class BackgroundTask(Task):
 
         return resolve_backend(self.backend)
 
+    def postgres_backend(self, what: str) -> Any:
+        """This task's backend, which ``what`` (an option or a call) needs to be ours; a clear
+        error naming the configured backend when it is another (Django's ImmediateBackend or
+        DummyBackend in tests, say)."""
+        from django_tasks_q.backend import PostgresBackend
+
+        backend = self.get_backend()
+        if not isinstance(backend, PostgresBackend):
+            kind = f"{type(backend).__module__}.{type(backend).__name__}"
+            raise InvalidTask(
+                f"{what} needs django_tasks_q's PostgreSQL backend, but TASKS"
+                f"[{self.backend!r}] uses {kind}. Configure "
+                "'django_tasks_q.backend.PostgresBackend' there, or leave it out."
+            )
+        return backend
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the function here and now, like calling the undecorated function (for an
         ``async def`` task, that returns a coroutine to await)."""
         return self.func(*args, **kwargs)
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> TaskHandle:
+        """Django's ``enqueue``. A task with ``link`` / ``link_error`` callbacks needs our
+        backend: another would run it without them."""
+        if self.link or self.link_error:
+            self.postgres_backend("A task with link= or link_error= callbacks")
+        return Task.enqueue(self, *args, **kwargs)
+
+    async def aenqueue(self, *args: Any, **kwargs: Any) -> TaskHandle:
+        if self.link or self.link_error:
+            self.postgres_backend("A task with link= or link_error= callbacks")
+        return await Task.aenqueue(self, *args, **kwargs)
 
     def delay(self, *args: Any, **kwargs: Any) -> TaskHandle:
         """Enqueue with these arguments (Celery spelling of ``enqueue``)."""
@@ -137,6 +165,7 @@ class BackgroundTask(Task):
                 raise InvalidTask(
                     "unique_key cannot be combined with depends_on, link or link_error."
                 )
+            self.postgres_backend("apply_async(depends_on=, link=, link_error=)")
             options = {
                 "countdown": countdown, "eta": eta, "queue": queue, "priority": priority,
                 "expires": expires, "link": link, "link_error": link_error,
@@ -160,10 +189,9 @@ class BackgroundTask(Task):
                 f"unique_key must be a non-empty string of at most 255 characters, "
                 f"got {unique_key!r}."
             )
+        backend = self.postgres_backend("apply_async(expires=, unique_key=)")
         expires_at = None if expires is None else expiry_time(expires, task.run_after)
-        return task.get_backend().enqueue(
-            task, args, kwargs, expires_at=expires_at, unique_key=unique_key
-        )
+        return backend.enqueue(task, args, kwargs, expires_at=expires_at, unique_key=unique_key)
 
     def s(self, *args: Any, **kwargs: Any) -> canvas.Signature:
         """A signature of this task with these arguments: a workflow step, or a callback.
@@ -220,7 +248,11 @@ class BackgroundTask(Task):
                 f"enqueue_many got {len(args_list)} argument tuples but {len(kwargs_list)} "
                 "keyword dicts; pass one of each per task."
             )
-        return self.get_backend().enqueue_many(self, args_list, kwargs_list)
+        backend = self.get_backend()
+        if not hasattr(backend, "enqueue_many"):  # Django's own backends: one at a time
+            pairs = zip(args_list, kwargs_list, strict=True)
+            return [self.enqueue(*args, **kwargs) for args, kwargs in pairs]
+        return backend.enqueue_many(self, args_list, kwargs_list)
 
 
 # Celery's apply_async options that mean nothing here, and what to use instead.
