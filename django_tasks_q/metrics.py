@@ -114,8 +114,11 @@ class WorkerMetrics:
 
 
 def count_enqueued(sender: Any, task_result: Any, **kwargs: Any) -> None:
-    """``task_enqueued`` receiver: counts tasks this process enqueued."""
-    counters().enqueued.labels(task_result.task.name, task_result.queue).inc()
+    """``task_enqueued`` receiver: counts tasks this process enqueued. Django's own backends
+    send it too, with a plain ``TaskResult`` (no ``queue`` of its own)."""
+    task = task_result.task
+    queue = getattr(task_result, "queue", None) or task.queue_name
+    counters().enqueued.labels(getattr(task, "name", task.module_path), queue).inc()
 
 
 _connected = threading.Lock()

@@ -50,3 +50,11 @@ def test_enqueue_many_and_delay_work_on_djangos_backends(django_backend):
         assert [r.return_value for r in results] == [3, 7]
     assert tasks.add.delay(5, 5) is not None
     assert not Task.objects.exists()  # nothing went to the PostgreSQL queue
+
+
+def test_counting_enqueues_for_prometheus_does_not_break_djangos_backends(django_backend):
+    from django_tasks_q import metrics
+
+    metrics.count_enqueues()  # as a URLconf with metrics_view or a worker would
+    assert tasks.add.delay(1, 2) is not None
+    assert tasks.add.enqueue_many([(1, 2)])
