@@ -287,11 +287,6 @@ class Pause(models.Model):
     def __str__(self) -> str:
         return f"queue {self.queue}" if self.queue else f"task {self.task_name}"
 
-    @property
-    def key(self) -> str:
-        """What tasks it holds carry in ``held_by``."""
-        return queue.pause_key(self.queue, self.task_name)
-
 
 class Dashboard(Task):
     """No table of its own: gives the admin's monitoring dashboard a place in the app index."""

@@ -148,7 +148,7 @@ def test_the_admin_pauses_and_resumes_under_the_models_permissions(client, djang
 @pytest.mark.parametrize("listen", [True, False], ids=["notify", "polling"])
 def test_running_workers_stop_claiming_a_paused_queue_within_a_second(start_worker, listen):
     env = {} if listen else {"TASKS_Q_LISTEN_NOTIFY": "0"}
-    workers = [start_worker("--concurrency", "2", env=env) for _ in range(2)]
+    workers = [start_worker(env=env) for _ in range(2)]  # runtaskworker with no flags
     tasks.sleep_then_record.using(queue_name="mail").enqueue_many([("held", 0.02)] * 400)
     wait_for(lambda: Execution.objects.filter(key="held").count() >= 20, timeout=60,
              message="the workers to be busy")  # fmt: skip
