@@ -35,6 +35,7 @@ from django_tasks_q.compat import (
 )
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.exceptions import UnknownTaskError
+from django_tasks_q.limits import RECEIVED, RECEIVED_ARGUMENTS, limits_for
 from django_tasks_q.models import Cancellation, TaskStatus
 from django_tasks_q.models import Task as TaskRow
 from django_tasks_q.results import TaskHandle
@@ -138,6 +139,7 @@ class PostgresBackend(BaseTaskBackend):
             return plan.enqueue(schedule=schedule).steps[0]
         self.validate_task(task)
         check_arguments(args, kwargs)
+        found_limits = limits_for(task, task.queue_name, args, kwargs)
         args_json, kwargs_json = dumps(list(args)), dumps(kwargs)
         # A conflicting task can finish between the insert and the look-up; then try again.
         for _ in range(5):
@@ -149,6 +151,7 @@ class PostgresBackend(BaseTaskBackend):
                 schedule_id=schedule_id,
                 scheduled_for=scheduled_for,
                 unique_key=unique_key,
+                **found_limits.columns(),
             )
             if row is not None:
                 break
@@ -226,6 +229,9 @@ class PostgresBackend(BaseTaskBackend):
                 args, receives = [[], *args], ""  # after an empty group: its empty list
             try:
                 check_arguments(args, step.kwargs)
+                # What the step receives from its dependencies comes first in its arguments.
+                received = [RECEIVED] * RECEIVED_ARGUMENTS.get(receives, 0)
+                step_limits = limits_for(task, task.queue_name, [*received, *args], step.kwargs)
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"workflow step {index + 1} ({task.name}): {exc}") from None
             for position, (parent, run_if) in enumerate(step.waits_for):
@@ -251,6 +257,7 @@ class PostgresBackend(BaseTaskBackend):
                     expires_at=expires_at,
                     receives=receives,
                     has_dependents=False,
+                    **step_limits.columns(),
                 )
             )
         rows = [
@@ -318,8 +325,16 @@ class PostgresBackend(BaseTaskBackend):
                 raise type(exc)(f"task {index} of the batch: {exc}") from None
         args_json = [dumps(list(args)) for args in args_list]
         kwargs_json = [dumps(kwargs) for kwargs in kwargs_list]
+        columns = [
+            limits_for(task, task.queue_name, args, kwargs).columns()
+            for args, kwargs in zip(args_list, kwargs_list, strict=True)
+        ]
         rows = queue.enqueue_many(
-            **self._columns(task), args_json=args_json, kwargs_json=kwargs_json
+            **self._columns(task),
+            args_json=args_json,
+            kwargs_json=kwargs_json,
+            concurrency_limits=[c["concurrency_limits"] for c in columns],
+            rate_limits=[c["rate_limits"] for c in columns],
         )
         handles = [
             self._new_handle(task, row, list(args), dict(kwargs))

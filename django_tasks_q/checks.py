@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core import checks
 
 from django_tasks_q.conf import DEFAULTS, SETTING_NAME
+from django_tasks_q.limits import check_queue_limits
 
 _POSITIVE_NUMBERS = ("POLL_INTERVAL", "LEASE_SECONDS", "HEARTBEAT_INTERVAL", "BEAT_MISSED_AFTER")
 _POSITIVE_INTS = ("CONCURRENCY", "BATCH_SIZE")
@@ -131,6 +132,16 @@ def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 "Lower HEARTBEAT_INTERVAL or raise LEASE_SECONDS.",
                 "E010",
             )
+        )
+    if "QUEUE_LIMITS" in value:
+        errors.extend(
+            _error(
+                problem,
+                "For example {'emails': {'concurrency': 5, 'rate_limit': '100/m'}}; see "
+                "docs/flow-control.md.",
+                "E020",
+            )
+            for problem in check_queue_limits(value["QUEUE_LIMITS"])
         )
     alias = value.get("DATABASE", DEFAULTS["DATABASE"])
     if alias not in settings.DATABASES:

@@ -43,6 +43,9 @@ DEFAULTS: dict[str, Any] = {
     # them for good. Successful ones, and failed or cancelled ones (kept longer, to look into).
     "KEEP_SUCCESSFUL": 7 * 24 * 3600,
     "KEEP_FAILED": 30 * 24 * 3600,
+    # Limits of whole queues, across every worker: {"emails": {"concurrency": 5,
+    # "rate_limit": "100/m"}}. Written on each task when it is enqueued (docs/flow-control.md).
+    "QUEUE_LIMITS": {},
     # Schedules declared in code: a list of dicts, synced into the Schedule table by beat.
     "SCHEDULES": (),
     # Seconds after its time a tick still counts as late (enqueued) rather than missed (left

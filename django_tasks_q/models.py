@@ -130,6 +130,17 @@ class Task(models.Model):
     # Set on a WAITING task held back by a pause ("queue:<name>" or "task:<name>"): resuming
     # makes the tasks it holds READY again (docs/flow-control.md).
     held_by = models.CharField(max_length=300, null=True, blank=True)  # noqa: DJ001
+    # Flow control (docs/flow-control.md), from the task's options and its queue's when it is
+    # enqueued; migration 0009's triggers enforce them as a claim makes the task RUNNING.
+    # concurrency_limits {key: n}: at most n tasks holding the key run at once; a task over a
+    # limit waits, WAITING and held by "limit:<key>", until one of those finishes.
+    # rate_limits {key: seconds}: tasks holding the key start at most once per that many
+    # seconds; one over a rate is due again at the start it reserved, throttled_until.
+    # JSON objects, so a GIN index (tasks_q_limited_running_idx, made by the migration) can
+    # count the running tasks of a key without django.contrib.postgres.
+    concurrency_limits = models.JSONField(null=True, blank=True)
+    rate_limits = models.JSONField(null=True, blank=True)
+    throttled_until = models.DateTimeField(null=True, blank=True)
 
     objects = TaskQuerySet.as_manager()
 
@@ -185,9 +196,14 @@ class Task(models.Model):
                 name="tasks_q_waiting_idx",
                 condition=models.Q(status="WAITING"),
             ),
+            # The tasks a pause or a limit holds back, in claim order: a limit lets the
+            # first of them go each time one of its tasks finishes.
             models.Index(
-                fields=["held_by"],
-                name="tasks_q_held_idx",
+                F("held_by"),
+                F("priority") * -1,
+                F("run_after"),
+                F("id"),
+                name="tasks_q_held_order_idx",
                 condition=models.Q(status="WAITING", held_by__isnull=False),
             ),
         ]
@@ -286,6 +302,22 @@ class Pause(models.Model):
 
     def __str__(self) -> str:
         return f"queue {self.queue}" if self.queue else f"task {self.task_name}"
+
+
+class RateLimit(models.Model):
+    """Where a rate limit stands: the earliest start its next task may take. Written by the
+    claim's trigger (migration 0009); a row per key that has started a task."""
+
+    key = models.TextField(primary_key=True)
+    next_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "django_tasks_q_rate"
+        verbose_name = _("rate limit")
+        verbose_name_plural = _("rate limits")
+
+    def __str__(self) -> str:
+        return self.key
 
 
 class Dashboard(Task):

@@ -150,6 +150,8 @@ def enqueue(
     schedule_id: int | None = None,
     scheduled_for: datetime | None = None,
     unique_key: str | None = None,
+    concurrency_limits: str | None = None,
+    rate_limits: str | None = None,
 ) -> Enqueued | None:
     """Insert one READY task through the caller's connection (and transaction). None: a task
     with ``unique_key`` is already unfinished (WAITING, READY or RUNNING), and nothing was
@@ -172,6 +174,8 @@ def enqueue(
                 "schedule_id": schedule_id,
                 "scheduled_for": scheduled_for,
                 "unique_key": unique_key,
+                "concurrency_limits": concurrency_limits,
+                "rate_limits": rate_limits,
             },
         )
         row = cursor.fetchone()
@@ -199,8 +203,11 @@ def enqueue_many(
     max_lost_attempts: int,
     timeout: float | None,
     notify: bool,
+    concurrency_limits: Sequence[str | None] | None = None,
+    rate_limits: Sequence[str | None] | None = None,
 ) -> list[Enqueued]:
-    """Insert many READY tasks of one task in a single statement."""
+    """Insert many READY tasks of one task in a single statement. The limits (JSON text, see
+    django_tasks_q.limits) are one per task, or None for none."""
     if not args_json:
         return []
     with connections[using].cursor() as cursor:
@@ -212,6 +219,8 @@ def enqueue_many(
                 "priority": priority,
                 "args": list(args_json),
                 "kwargs": list(kwargs_json),
+                "concurrency_limits": list(concurrency_limits or [None] * len(args_json)),
+                "rate_limits": list(rate_limits or [None] * len(args_json)),
                 "run_after": run_after,
                 "max_attempts": max_attempts,
                 "max_lost_attempts": max_lost_attempts,
@@ -241,6 +250,8 @@ class WorkflowRow:
     has_dependents: bool
     schedule_id: int | None = None
     scheduled_for: datetime | None = None
+    concurrency_limits: str | None = None  # JSON text, see django_tasks_q.limits
+    rate_limits: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +307,8 @@ def enqueue_workflow(
                 "has_dependents": [row.has_dependents for row in rows],
                 "schedule_ids": [row.schedule_id for row in rows],
                 "scheduled_fors": [row.scheduled_for for row in rows],
+                "concurrency_limits": [row.concurrency_limits for row in rows],
+                "rate_limits": [row.rate_limits for row in rows],
                 "edge_tasks": [edge.task + 1 for edge in edges],
                 "edge_parents": [
                     edge.parent + 1 if edge.parent is not None else -edge.parent_id
@@ -468,6 +481,9 @@ class ClaimedTask:
     # Other tasks wait for this one (docs/workflows.md): recording its outcome may make them
     # READY, which the claim of the same statement cannot see.
     has_dependents: bool = False
+    # A concurrency limit holds it: its end may let tasks that limit held back go (READY),
+    # which the claim of the same statement cannot see either.
+    limited: bool = False
 
     @property
     def position(self) -> ClaimPosition:
@@ -484,8 +500,9 @@ _position = operator.attrgetter("position")
 
 # The task table's columns for ClaimedTask's fields, in order: the statements select
 # {task_columns}, so adding a field here and to the dataclass is the whole change.
+_COLUMN_OF = {"attempt": "attempts", "limited": "concurrency_limits IS NOT NULL"}
 TASK_COLUMNS: tuple[str, ...] = tuple(
-    "attempts" if name == "attempt" else name for name in ClaimedTask.__dataclass_fields__
+    _COLUMN_OF.get(name, name) for name in ClaimedTask.__dataclass_fields__
 )
 
 
@@ -530,6 +547,8 @@ class FinishedAndClaimed(NamedTuple):
     claimed: list[ClaimedTask]
     # Picked but cancelled instead of claimed (expired, or cancellation requested).
     skipped: list[ClaimedTask]
+    # Picked but held back by a concurrency or rate limit (docs/flow-control.md).
+    parked: list[ClaimedTask]
 
 
 def connection_params(using: str, application_name: str | None = None) -> dict[str, Any]:
@@ -581,8 +600,9 @@ class QueueConnection:
 
         Returns the ids whose outcome was recorded (the others' holder had lost the claim), the
         claimed tasks in claim order, and the picked tasks cancelled instead of claimed
-        (expired, or cancellation requested: they count towards ``limit``, so a short claim
-        still means the queue is drained). Tasks in ``avoid`` are not claimed. The claim
+        (expired, or cancellation requested), and the picked tasks a concurrency or rate
+        limit held back. Both count towards ``limit``, so a short claim still means the queue
+        is drained. Tasks in ``avoid`` are not claimed. The claim
         considers only rows after ``after``: one position, or with ``queues`` one per queue
         in the same order; empty means from the start.
         """
@@ -621,14 +641,16 @@ class QueueConnection:
         finished: set[int] = set()
         claimed: list[ClaimedTask] = []
         skipped: list[ClaimedTask] = []
+        parked: list[ClaimedTask] = []
+        by_kind = (None, claimed, skipped, parked)
         for kind, *row in self.connect().execute(statement, params).fetchall():
             if kind == 0:
                 finished.add(row[0])
             else:
-                (claimed if kind == 1 else skipped).append(ClaimedTask(*row))
+                by_kind[kind].append(ClaimedTask(*row))
         # The UPDATE returns rows in no particular order; run them in claim order.
         claimed.sort(key=_position)
-        return FinishedAndClaimed(finished, claimed, skipped)
+        return FinishedAndClaimed(finished, claimed, skipped, parked)
 
     def paused(self) -> Paused:
         """What is paused now."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.utils import timezone
 
-from django_tasks_q import canvas, registry
+from django_tasks_q import canvas, limits, registry
 from django_tasks_q.compat import (
     DEFAULT_TASK_BACKEND_ALIAS,
     DEFAULT_TASK_QUEUE_NAME,
@@ -55,6 +55,12 @@ class BackgroundTask(Task):
     # Callbacks run after every enqueue of this task: signatures (docs/workflows.md).
     link: tuple[dict[str, Any], ...] = ()
     link_error: tuple[dict[str, Any], ...] = ()
+    # Flow control across every worker (docs/flow-control.md): at most `concurrency` running
+    # at once, at most `rate_limit` starts ("10/s", "100/m"), per value of `limit_by` (a
+    # parameter's name or a function of the arguments) when given, else for the task.
+    concurrency: int | None = None
+    rate_limit: str | float | None = None
+    limit_by: str | Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         _validate_options(self)
@@ -421,7 +427,8 @@ _OPTION_NAMES = (
     "name", "queue", "priority", "max_retries", "retry_backoff", "retry_backoff_max",
     "retry_jitter", "autoretry_for", "default_retry_delay", "timeout", "soft_timeout",
     "ignore_result", "max_lost_attempts", "bind",
-    "takes_context", "backend", "schedule", "link", "link_error",
+    "takes_context", "backend", "schedule", "link", "link_error", "concurrency", "rate_limit",
+    "limit_by",
 )  # fmt: skip
 
 
@@ -447,6 +454,9 @@ def background_task(
     schedule: str | timedelta | float | datetime | Mapping[str, Any] | None = None,
     link: Any = None,
     link_error: Any = None,
+    concurrency: int | None = None,
+    rate_limit: str | float | None = None,
+    limit_by: str | Callable[..., Any] | None = None,
     **unknown: Any,
 ) -> Any:
     """Turn a module-level function into a task. Usable bare or with options.
@@ -457,6 +467,12 @@ def background_task(
 
     ``link`` / ``link_error``: signatures (or lists of them) run after every enqueue of this
     task succeeded, or once it failed (docs/workflows.md).
+
+    ``concurrency``: at most this many running at once, counted across every worker;
+    ``rate_limit``: at most this many starts, in Celery's syntax (``"10/s"``, ``"100/m"``,
+    ``"1000/h"``); with ``limit_by`` (a parameter's name, or a function of the task's
+    arguments returning a key), both apply per key instead of to the task as a whole
+    (docs/flow-control.md).
     """
     if unknown:
         option = next(iter(unknown))
@@ -490,6 +506,9 @@ def background_task(
             schedule=schedule,
             link=tuple(canvas.callbacks(link)),
             link_error=tuple(canvas.callbacks(link_error)),
+            concurrency=concurrency,
+            rate_limit=rate_limit,
+            limit_by=limit_by,
         )
 
     if function is not None:
@@ -561,6 +580,15 @@ def _validate_options(task: BackgroundTask) -> None:
         raise InvalidTask(f"{where}: queue must be a non-empty name of at most 100 characters.")
     if len(task.name) > 255:
         raise InvalidTask(f"{where}: the task name must be at most 255 characters.")
+    limits.check_concurrency(task.concurrency, where)
+    if task.rate_limit is not None:
+        limits.parse_rate(task.rate_limit, where)
+    if task.limit_by is not None and task.concurrency is None and task.rate_limit is None:
+        raise InvalidTask(
+            f"{where}: limit_by says what to limit by, but there is no limit: add "
+            "concurrency= and/or rate_limit=."
+        )
+    limits.check_limit_by(task.func, task.limit_by, task.takes_context, where)
     if task.schedule is not None:
         try:
             from_decorator(task.schedule, task.name)

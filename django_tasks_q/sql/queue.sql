@@ -20,14 +20,15 @@ inserted AS (
     INSERT INTO django_tasks_q_task
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
          attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors,
-         expires_at, schedule_id, scheduled_for, unique_key, held_by)
+         expires_at, schedule_id, scheduled_for, unique_key, held_by, concurrency_limits,
+         rate_limits)
     SELECT %(name)s, %(queue)s, %(priority)s,
            CASE WHEN held.held_by IS NULL THEN 'READY' ELSE 'WAITING' END,
            %(args)s::jsonb, %(kwargs)s::jsonb,
            COALESCE(%(run_after)s::timestamptz, now()), now(),
            0, %(max_attempts)s, %(max_lost_attempts)s, %(timeout)s, '', '[]'::jsonb,
            %(expires_at)s::timestamptz, %(schedule_id)s::bigint, %(scheduled_for)s::timestamptz,
-           %(unique_key)s, held.held_by
+           %(unique_key)s, held.held_by, %(concurrency_limits)s::jsonb, %(rate_limits)s::jsonb
     FROM held
     ON CONFLICT (unique_key)
         WHERE unique_key IS NOT NULL AND status IN ('WAITING', 'READY', 'RUNNING')
@@ -56,15 +57,18 @@ WITH held AS MATERIALIZED (
 inserted AS (
     INSERT INTO django_tasks_q_task
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
-         attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors, held_by)
+         attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors, held_by,
+         concurrency_limits, rate_limits)
     SELECT %(name)s, %(queue)s, %(priority)s,
            CASE WHEN held.held_by IS NULL THEN 'READY' ELSE 'WAITING' END,
            call.args, call.kwargs,
            COALESCE(%(run_after)s::timestamptz, now()), now(),
            0, %(max_attempts)s, %(max_lost_attempts)s, %(timeout)s, '', '[]'::jsonb,
-           held.held_by
+           held.held_by, call.concurrency_limits, call.rate_limits
     FROM held,
-         unnest(%(args)s::jsonb[], %(kwargs)s::jsonb[]) WITH ORDINALITY AS call(args, kwargs, n)
+         unnest(%(args)s::jsonb[], %(kwargs)s::jsonb[], %(concurrency_limits)s::jsonb[],
+                %(rate_limits)s::jsonb[])
+             WITH ORDINALITY AS call(args, kwargs, concurrency_limits, rate_limits, n)
     ORDER BY call.n
     RETURNING id, status, queue, priority, run_after, enqueued_at
 ),
@@ -95,23 +99,26 @@ WITH node AS (
         %(kwargs)s::jsonb[], %(run_afters)s::timestamptz[], %(max_attempts)s::integer[],
         %(max_lost_attempts)s::integer[], %(timeouts)s::float8[], %(expires)s::timestamptz[],
         %(waiting_for)s::integer[], %(receives)s::text[], %(has_dependents)s::boolean[],
-        %(schedule_ids)s::bigint[], %(scheduled_fors)s::timestamptz[]
+        %(schedule_ids)s::bigint[], %(scheduled_fors)s::timestamptz[],
+        %(concurrency_limits)s::jsonb[], %(rate_limits)s::jsonb[]
     ) WITH ORDINALITY AS node(name, queue, priority, args, kwargs, run_after, max_attempts,
                               max_lost_attempts, timeout, expires_at, waiting_for, receives,
-                              has_dependents, schedule_id, scheduled_for, n)
+                              has_dependents, schedule_id, scheduled_for,
+                              concurrency_limits, rate_limits, n)
 ),
 inserted AS (
     INSERT INTO django_tasks_q_task
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
          attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors, expires_at,
          waiting_for, receives, has_dependents, workflow_id, schedule_id, scheduled_for,
-         held_by)
+         held_by, concurrency_limits, rate_limits)
     SELECT name, queue, priority,
            CASE WHEN waiting_for > 0 OR held.held_by IS NOT NULL THEN 'WAITING' ELSE 'READY' END,
            args, kwargs, COALESCE(run_after, now()), now(),
            0, max_attempts, max_lost_attempts, timeout, '', '[]'::jsonb, expires_at,
            waiting_for, receives, has_dependents, %(workflow_id)s::uuid, schedule_id,
-           scheduled_for, CASE WHEN waiting_for > 0 THEN NULL ELSE held.held_by END
+           scheduled_for, CASE WHEN waiting_for > 0 THEN NULL ELSE held.held_by END,
+           concurrency_limits, rate_limits
     FROM node AS task
     CROSS JOIN LATERAL (SELECT {held_by_pause} AS held_by) AS held
     ORDER BY n
@@ -256,7 +263,9 @@ SELECT queue, task_name, paused_at, reason FROM django_tasks_q_pause ORDER BY pa
 -- a limit of 0 are fine. Returns one row per recorded outcome (kind 0, its id), one per
 -- claimed task (kind 1, with what the worker needs to run it) and one per picked task that
 -- was cancelled instead of claimed (kind 2: it had expired, or its cancellation was
--- requested), with the same columns.
+-- requested), with the same columns, and one per claimed task that a concurrency or rate
+-- limit held back (kind 3: WAITING until a task of its limit finishes, or READY again at the
+-- start it reserved; migration 0009's trigger decided, and undid the claim's changes).
 --
 -- finished: the WHERE clause is the fence. Only the worker holding this attempt may finish it,
 -- so a worker that lost its claim (cancelled, recovered) changes nothing. An outcome that
@@ -348,10 +357,13 @@ SELECT 0 AS kind, id, {null_task_columns}
 FROM finished
 UNION ALL
 SELECT 1, {task_columns}
-FROM claimed
+FROM claimed WHERE status = 'RUNNING'
 UNION ALL
 SELECT 2, {task_columns}
-FROM skipped;
+FROM skipped
+UNION ALL
+SELECT 3, {task_columns}
+FROM claimed WHERE status <> 'RUNNING';
 
 -- name: pick_any_queue
 -- %(avoid)s: ids this worker gave back because it does not know their task, which it must

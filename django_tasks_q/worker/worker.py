@@ -152,7 +152,7 @@ class Worker:
         self._stopped = threading.Event()  # set once shutdown is complete
         # Ids claimed by this worker whose outcome is not recorded yet.
         self._held: set[int] = set()
-        self._with_dependents: set[int] = set()  # held tasks other tasks wait for
+        self._with_dependents: set[int] = set()  # held tasks whose end may make others READY: their dependents, or what their limits hold back
         self._paused = NOTHING_PAUSED
         self._pauses_stale = True  # read before the first claim
         self._pauses_read_at = 0.0
@@ -455,7 +455,7 @@ class Worker:
         start = self.claim_floor.start() if limit else None
         began = time.perf_counter()
         try:
-            updated, claimed, skipped = self.connection.finish_and_claim(
+            updated, claimed, skipped, parked = self.connection.finish_and_claim(
                 worker_id=self.worker_id,
                 outcomes=outcomes,
                 queues=self.options.queues,
@@ -473,14 +473,18 @@ class Worker:
             if not outcomes:
                 raise
             # One outcome the database refuses must not take the others, or the worker, down.
-            updated, claimed, skipped = self._record_one_by_one(outcomes, exc), [], []
+            updated, claimed, skipped, parked = (
+                self._record_one_by_one(outcomes, exc), [], [], []
+            )
             limit = 0
         # Recorded: only now may they be forgotten (a lost connection keeps them for the retry).
         self._unrecorded = []
         took = time.perf_counter() - began
         self.claim_sizer.observe_round_trip(took)
         if start and limit:  # limit is 0 when outcomes had to be recorded one by one
-            self.claim_floor.advance(start, (*claimed, *skipped), limit=limit, seconds=took)
+            self.claim_floor.advance(
+                start, (*claimed, *skipped, *parked), limit=limit, seconds=took
+            )
         for outcome in outcomes:
             self.claim_sizer.observe_duration(outcome.duration)
         if outcomes:
@@ -506,13 +510,15 @@ class Worker:
             deferred: list[ClaimedTask] = []
             for task in claimed:
                 (runnable if self.unknown_tasks.runs_here(task) else deferred).append(task)
-            self._with_dependents.update(task.id for task in claimed if task.has_dependents)
+            self._with_dependents.update(
+                task.id for task in claimed if task.has_dependents or task.limited
+            )
             self._with_dependents.update(task.id for task in skipped if task.has_dependents)
             if runnable:
                 self.executor.submit(runnable)
             if deferred:
                 self._defer_unknown(deferred)
-            if len(claimed) + len(skipped) < limit:
+            if len(claimed) + len(skipped) + len(parked) < limit:
                 self._maybe_ready = False  # drained: wait for a notification or the next poll
                 self._next_poll = time.monotonic() + self.options.poll_interval
         if any(outcome.status == "READY" for outcome in outcomes) or self._settled_dependents(

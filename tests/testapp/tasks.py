@@ -402,3 +402,26 @@ def celery_style(self, key):
     if self.request.retries < 1:
         raise self.retry(countdown=0)
     return [self.request.id, self.request.retries, self.request.args]
+
+
+# Flow control (tests/test_limits.py).
+@background_task(concurrency=2)
+def two_at_a_time(key, seconds):
+    time.sleep(seconds)
+    Execution.objects.create(key=key)
+
+
+@background_task(concurrency=1, limit_by="customer_id")
+def one_per_customer(customer_id, key, seconds=0.0):
+    time.sleep(seconds)
+    Execution.objects.create(key=key)
+
+
+@background_task(concurrency=1, limit_by=lambda order, **_: order["shop"])
+def one_per_shop(order, key):
+    Execution.objects.create(key=key)
+
+
+@background_task(rate_limit="10/s")
+def ten_per_second(key):
+    Execution.objects.create(key=key)
