@@ -152,7 +152,9 @@ class Worker:
         self._stopped = threading.Event()  # set once shutdown is complete
         # Ids claimed by this worker whose outcome is not recorded yet.
         self._held: set[int] = set()
-        self._with_dependents: set[int] = set()  # held tasks whose end may make others READY: their dependents, or what their limits hold back
+        # Held tasks whose end may make others READY: their dependents, or the tasks their
+        # concurrency limits hold back.
+        self._with_dependents: set[int] = set()
         self._paused = NOTHING_PAUSED
         self._pauses_stale = True  # read before the first claim
         self._pauses_read_at = 0.0
@@ -473,9 +475,7 @@ class Worker:
             if not outcomes:
                 raise
             # One outcome the database refuses must not take the others, or the worker, down.
-            updated, claimed, skipped, parked = (
-                self._record_one_by_one(outcomes, exc), [], [], []
-            )
+            updated, claimed, skipped, parked = (self._record_one_by_one(outcomes, exc), [], [], [])
             limit = 0
         # Recorded: only now may they be forgotten (a lost connection keeps them for the retry).
         self._unrecorded = []
