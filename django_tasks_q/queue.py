@@ -547,8 +547,10 @@ class FinishedAndClaimed(NamedTuple):
     claimed: list[ClaimedTask]
     # Picked but cancelled instead of claimed (expired, or cancellation requested).
     skipped: list[ClaimedTask]
-    # Picked but held back by a concurrency or rate limit (docs/flow-control.md).
+    # Picked but held back (docs/flow-control.md): by a concurrency limit (WAITING, in its
+    # place), or by a rate limit (READY again at the start it reserved: its run_after).
     parked: list[ClaimedTask]
+    throttled: list[ClaimedTask]
 
 
 def connection_params(using: str, application_name: str | None = None) -> dict[str, Any]:
@@ -599,10 +601,10 @@ class QueueConnection:
         """Record ``outcomes`` and claim up to ``limit`` tasks, in one statement and one commit.
 
         Returns the ids whose outcome was recorded (the others' holder had lost the claim), the
-        claimed tasks in claim order, and the picked tasks cancelled instead of claimed
-        (expired, or cancellation requested), and the picked tasks a concurrency or rate
-        limit held back. Both count towards ``limit``, so a short claim still means the queue
-        is drained. Tasks in ``avoid`` are not claimed. The claim
+        claimed tasks in claim order, the picked tasks cancelled instead of claimed (expired,
+        or cancellation requested), and the picked tasks a limit held back: parked by a
+        concurrency limit, throttled by a rate limit. All count towards ``limit``, so a short
+        claim still means the queue is drained. Tasks in ``avoid`` are not claimed. The claim
         considers only rows after ``after``: one position, or with ``queues`` one per queue
         in the same order; empty means from the start.
         """
@@ -642,7 +644,8 @@ class QueueConnection:
         claimed: list[ClaimedTask] = []
         skipped: list[ClaimedTask] = []
         parked: list[ClaimedTask] = []
-        by_kind = (None, claimed, skipped, parked)
+        throttled: list[ClaimedTask] = []
+        by_kind = (None, claimed, skipped, parked, throttled)
         for kind, *row in self.connect().execute(statement, params).fetchall():
             if kind == 0:
                 finished.add(row[0])
@@ -650,7 +653,7 @@ class QueueConnection:
                 by_kind[kind].append(ClaimedTask(*row))
         # The UPDATE returns rows in no particular order; run them in claim order.
         claimed.sort(key=_position)
-        return FinishedAndClaimed(finished, claimed, skipped, parked)
+        return FinishedAndClaimed(finished, claimed, skipped, parked, throttled)
 
     def paused(self) -> Paused:
         """What is paused now."""

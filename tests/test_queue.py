@@ -352,7 +352,7 @@ def test_one_statement_records_outcomes_and_claims(qconn):
     done = tasks.add.delay(1, 1)
     [claimed] = claim(qconn, limit=1)
     waiting = tasks.add.delay(2, 2)
-    updated, more, _, _ = qconn.finish_and_claim(
+    updated, more, *_ = qconn.finish_and_claim(
         worker_id="w1",
         outcomes=[Outcome(id=claimed.id, attempt=1, status="SUCCESSFUL", result_json="2")],
         limit=5,

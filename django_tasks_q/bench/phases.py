@@ -175,7 +175,7 @@ def sql_ceiling(database: str, options: BenchOptions) -> tuple[int, float]:
         outcomes: list[queue.Outcome] = []
         try:
             while not stop.is_set():
-                _, claimed, _, _ = connection.finish_and_claim(
+                _, claimed, *_ = connection.finish_and_claim(
                     worker_id=worker_id,
                     outcomes=outcomes,
                     queues=[options.queue],

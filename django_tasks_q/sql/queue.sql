@@ -263,9 +263,10 @@ SELECT queue, task_name, paused_at, reason FROM django_tasks_q_pause ORDER BY pa
 -- a limit of 0 are fine. Returns one row per recorded outcome (kind 0, its id), one per
 -- claimed task (kind 1, with what the worker needs to run it) and one per picked task that
 -- was cancelled instead of claimed (kind 2: it had expired, or its cancellation was
--- requested), with the same columns, and one per claimed task that a concurrency or rate
--- limit held back (kind 3: WAITING until a task of its limit finishes, or READY again at the
--- start it reserved; migration 0009's trigger decided, and undid the claim's changes).
+-- requested), with the same columns, and one per claimed task that a limit held back:
+-- kind 3, a concurrency limit (WAITING until a task of its limit finishes), kind 4, a rate
+-- limit (READY again, at the start it reserved). Migration 0009's trigger decided, and undid
+-- the claim's changes.
 --
 -- finished: the WHERE clause is the fence. Only the worker holding this attempt may finish it,
 -- so a worker that lost its claim (cancelled, recovered) changes nothing. An outcome that
@@ -362,7 +363,7 @@ UNION ALL
 SELECT 2, {task_columns}
 FROM skipped
 UNION ALL
-SELECT 3, {task_columns}
+SELECT CASE WHEN status = 'WAITING' THEN 3 ELSE 4 END, {task_columns}
 FROM claimed WHERE status <> 'RUNNING';
 
 -- name: pick_any_queue

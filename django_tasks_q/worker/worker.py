@@ -8,6 +8,7 @@ seconds covers everything else.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import queue as stdlib_queue
@@ -17,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -155,6 +157,8 @@ class Worker:
         # Held tasks whose end may make others READY: their dependents, or the tasks their
         # concurrency limits hold back.
         self._with_dependents: set[int] = set()
+        # When starts a rate limit reserved for tasks this worker claimed come (monotonic).
+        self._reserved_starts: list[float] = []
         self._paused = NOTHING_PAUSED
         self._pauses_stale = True  # read before the first claim
         self._pauses_read_at = 0.0
@@ -409,6 +413,10 @@ class Worker:
             if now >= self._next_poll:
                 self._maybe_ready = True  # the poll: look again even without a notification
                 self._next_poll = now + self.options.poll_interval
+            if self._reserved_starts and now >= self._reserved_starts[0]:
+                self._maybe_ready = True  # a start a rate limit reserved has come
+                while self._reserved_starts and now >= self._reserved_starts[0]:
+                    heapq.heappop(self._reserved_starts)
 
     def _lost_database(self, exc: Exception, retry_in: float) -> None:
         logger.error(
@@ -457,7 +465,7 @@ class Worker:
         start = self.claim_floor.start() if limit else None
         began = time.perf_counter()
         try:
-            updated, claimed, skipped, parked = self.connection.finish_and_claim(
+            updated, claimed, skipped, parked, throttled = self.connection.finish_and_claim(
                 worker_id=self.worker_id,
                 outcomes=outcomes,
                 queues=self.options.queues,
@@ -475,7 +483,13 @@ class Worker:
             if not outcomes:
                 raise
             # One outcome the database refuses must not take the others, or the worker, down.
-            updated, claimed, skipped, parked = (self._record_one_by_one(outcomes, exc), [], [], [])
+            updated, claimed, skipped, parked, throttled = (
+                self._record_one_by_one(outcomes, exc),
+                [],
+                [],
+                [],
+                [],
+            )
             limit = 0
         # Recorded: only now may they be forgotten (a lost connection keeps them for the retry).
         self._unrecorded = []
@@ -518,9 +532,13 @@ class Worker:
                 self.executor.submit(runnable)
             if deferred:
                 self._defer_unknown(deferred)
-            if len(claimed) + len(skipped) + len(parked) < limit:
+            # Throttled tasks count as picked, but left their place in claim order for a later
+            # one: the floor (advanced above) must not follow them there.
+            if len(claimed) + len(skipped) + len(parked) + len(throttled) < limit:
                 self._maybe_ready = False  # drained: wait for a notification or the next poll
                 self._next_poll = time.monotonic() + self.options.poll_interval
+            if throttled:
+                self._look_again_at_reserved_starts(throttled)
         if any(outcome.status == "READY" for outcome in outcomes) or self._settled_dependents(
             outcomes, skipped
         ):
@@ -528,6 +546,18 @@ class Worker:
             # of the statement that did it could not see it yet (one statement, one snapshot).
             self._maybe_ready = True
         return True
+
+    def _look_again_at_reserved_starts(self, throttled: list[ClaimedTask]) -> None:
+        """Look again when each start a rate limit reserved for these tasks comes: no
+        notification announces them. Times are the database's; a host clock off by a little
+        makes the worker look a little early or late (a start never comes sooner than its
+        reservation: the claim compares with the database's clock)."""
+        now, monotonic = datetime.now(UTC), time.monotonic()
+        for task in throttled:
+            heapq.heappush(
+                self._reserved_starts,
+                monotonic + max(0.0, (task.run_after - now).total_seconds()),
+            )
 
     def _settled_dependents(self, outcomes: list[Outcome], skipped: list[ClaimedTask]) -> bool:
         """Whether a task just finished had dependents (that may be READY now)."""
@@ -551,10 +581,13 @@ class Worker:
         )
 
     def _idle_wait(self) -> float:
-        """Seconds the main loop may sleep: until the next poll, or until the oldest
-        unrecorded outcome is due. A delivery or a notification wakes it sooner."""
+        """Seconds the main loop may sleep: until the next poll, the next start a rate limit
+        reserved for a task this worker claimed, or the oldest unrecorded outcome is due. A
+        delivery or a notification wakes it sooner."""
         now = time.monotonic()
         wait = self._next_poll - now
+        if self._reserved_starts:
+            wait = min(wait, self._reserved_starts[0] - now)
         if self._unrecorded:
             wait = min(wait, self._unrecorded_since + RECORD_WITHIN - now)
         return max(0.0, wait)

@@ -417,7 +417,7 @@ def one_per_customer(customer_id, key, seconds=0.0):
     Execution.objects.create(key=key)
 
 
-@background_task(concurrency=1, limit_by=lambda order, **_: order["shop"])
+@background_task(concurrency=1, limit_by=lambda order, key: order["shop"])
 def one_per_shop(order, key):
     Execution.objects.create(key=key)
 
@@ -425,3 +425,16 @@ def one_per_shop(order, key):
 @background_task(rate_limit="10/s")
 def ten_per_second(key):
     Execution.objects.create(key=key)
+
+
+@background_task(bind=True, concurrency=1, limit_by="customer_id")
+def hangs_once_per_customer(context, customer_id, key):
+    """One at a time per customer; the first attempt of all hangs until its worker is killed."""
+    Execution.objects.create(key=key, attempt=context.attempt)
+    if Execution.objects.filter(key__startswith="hang-").count() == 1:
+        time.sleep(120)
+
+
+@background_task(concurrency=1, limit_by="customer_id")
+def first_is_the_customer(customer_id, note):
+    return note
