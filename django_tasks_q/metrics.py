@@ -156,7 +156,7 @@ def _queue_gauges(using: str) -> Iterator[Any]:
 
     from django_tasks_q.conf import settings as conf
     from django_tasks_q.models import Worker, WorkerState
-    from django_tasks_q.stats import pauses, queue_backlog
+    from django_tasks_q.stats import limited_by_task, pauses, queue_backlog
 
     ready = GaugeMetricFamily(f"{PREFIX}_queue_ready", "Tasks due to run now.", labels=["queue"])
     scheduled = GaugeMetricFamily(
@@ -199,7 +199,28 @@ def _queue_gauges(using: str) -> Iterator[Any]:
     )
     for item in pauses(using):
         paused.add_metric([item.queue, item.task_name], item.held)
+    labels = ["queue", "task"]
+    limited_running = GaugeMetricFamily(
+        f"{PREFIX}_limited_running_tasks",
+        "Running tasks that hold a concurrency limit (docs/flow-control.md).",
+        labels=labels,
+    )
+    limited_held = GaugeMetricFamily(
+        f"{PREFIX}_limited_held_tasks",
+        "Tasks a concurrency limit holds back until a task of that limit finishes.",
+        labels=labels,
+    )
+    throttled = GaugeMetricFamily(
+        f"{PREFIX}_throttled_tasks",
+        "Tasks a rate limit holds back until the start each reserved.",
+        labels=labels,
+    )
+    for item in limited_by_task(using):
+        limited_running.add_metric([item.queue, item.name], item.running)
+        limited_held.add_metric([item.queue, item.name], item.held)
+        throttled.add_metric([item.queue, item.name], item.throttled)
     yield from (ready, scheduled, running, waiting, oldest, alive, paused)
+    yield from (limited_running, limited_held, throttled)
 
 
 if prometheus_client is not None:

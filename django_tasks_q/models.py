@@ -206,6 +206,12 @@ class Task(models.Model):
                 name="tasks_q_held_order_idx",
                 condition=models.Q(status="WAITING", held_by__isnull=False),
             ),
+            # Monitoring: the tasks a rate limit holds back until the start each reserved.
+            models.Index(
+                fields=["throttled_until"],
+                name="tasks_q_throttled_idx",
+                condition=models.Q(status="READY", throttled_until__isnull=False),
+            ),
         ]
         constraints = [
             models.CheckConstraint(

@@ -174,6 +174,51 @@ ORDER BY pause.paused_at, pause.id
 """
 
 
+# Per limit key in use (docs/flow-control.md): its limit, the tasks holding it that run, the
+# tasks it holds back, and for a rate limit how far ahead its starts are reserved. Running
+# ones through tasks_q_running_idx, held ones through tasks_q_held_order_idx, throttled ones
+# through tasks_q_throttled_idx: only the backlog is read. The busiest %(limit)s keys.
+LIMITS = """
+WITH concurrency AS (
+    SELECT limit_.key, max(limit_.value::integer) AS most, count(*) AS running, 0 AS held
+    FROM django_tasks_q_task, jsonb_each_text(concurrency_limits) AS limit_(key, value)
+    WHERE status = 'RUNNING' AND concurrency_limits IS NOT NULL
+    GROUP BY limit_.key
+    UNION ALL
+    SELECT substr(held_by, 7), max((concurrency_limits ->> substr(held_by, 7))::integer),
+           0, count(*)
+    FROM django_tasks_q_task
+    WHERE status = 'WAITING' AND held_by IS NOT NULL AND starts_with(held_by, 'limit:')
+    GROUP BY held_by
+),
+rate AS (
+    SELECT limit_.key, min(limit_.value::float8) AS every, count(*) AS throttled
+    FROM django_tasks_q_task, jsonb_each_text(rate_limits) AS limit_(key, value)
+    WHERE status = 'READY' AND throttled_until IS NOT NULL
+    GROUP BY limit_.key
+)
+SELECT key, 'concurrency', max(most)::float8, sum(running)::bigint, sum(held)::bigint, 0::bigint,
+       NULL::timestamptz
+FROM concurrency GROUP BY key
+UNION ALL
+SELECT rate.key, 'rate', rate.every, 0, 0, rate.throttled, booked.next_at
+FROM rate LEFT JOIN django_tasks_q_rate AS booked ON booked.key = rate.key
+ORDER BY 5 DESC, 6 DESC, 4 DESC, 1
+LIMIT %(limit)s
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitNow:
+    key: str  # "task:<name>", "task:<name>:<limit_by value>" or "queue:<name>"
+    kind: str  # "concurrency" or "rate"
+    limit: float  # most running at once; for a rate, seconds between two starts
+    running: int  # tasks holding the key that run (claimed, or started)
+    held: int  # tasks a concurrency limit holds back (WAITING)
+    throttled: int  # tasks a rate limit holds back until the start each reserved
+    booked_until: datetime | None  # a rate's next free start
+
+
 @dataclass(frozen=True, slots=True)
 class PausedNow:
     queue: str  # "" for a paused task
@@ -281,6 +326,46 @@ def queue_backlog(using: str) -> list[QueueBacklog]:
 def pauses(using: str) -> list[PausedNow]:
     """What is paused, since when, why, and how many tasks each pause holds."""
     return [PausedNow(*row) for row in _rows(using, PAUSES)]
+
+
+def limits(using: str, limit: int = 50) -> list[LimitNow]:
+    """The limit keys in use now, the busiest first."""
+    return [LimitNow(*row) for row in _rows(using, LIMITS, {"limit": limit})]
+
+
+# Per queue and task name: tasks holding a concurrency limit that run, tasks a concurrency
+# limit holds back, tasks a rate limit holds back (the Prometheus gauges).
+LIMITED_BY_TASK = """
+SELECT queue, name,
+       count(*) FILTER (WHERE status = 'RUNNING'),
+       count(*) FILTER (WHERE status = 'WAITING'),
+       count(*) FILTER (WHERE status = 'READY')
+FROM (
+    SELECT queue, name, status FROM django_tasks_q_task
+    WHERE status = 'RUNNING' AND concurrency_limits IS NOT NULL
+    UNION ALL
+    SELECT queue, name, status FROM django_tasks_q_task
+    WHERE status = 'WAITING' AND held_by IS NOT NULL AND starts_with(held_by, 'limit:')
+    UNION ALL
+    SELECT queue, name, status FROM django_tasks_q_task
+    WHERE status = 'READY' AND throttled_until IS NOT NULL
+) AS limited
+GROUP BY queue, name
+ORDER BY queue, name
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitedTasks:
+    queue: str
+    name: str
+    running: int
+    held: int
+    throttled: int
+
+
+def limited_by_task(using: str) -> list[LimitedTasks]:
+    return [LimitedTasks(*row) for row in _rows(using, LIMITED_BY_TASK)]
 
 
 def queue_finished(using: str, seconds: float = 3600) -> list[QueueFinished]:

@@ -13,6 +13,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connection, transaction
 from django.test import override_settings
+from django.utils import timezone
 
 from django_tasks_q import InvalidTask, background_task, pause, resume
 from django_tasks_q.canvas import chain
@@ -297,3 +298,36 @@ def test_a_deleted_running_task_frees_its_slot():
     Task.objects.filter(pk=second.id).update(status="WAITING", held_by=f"limit:{ACME}")
     Task.objects.filter(pk=first.id).delete()
     assert Task.objects.get(pk=second.id).status == "READY"
+
+
+def test_the_dashboard_and_the_gauges_show_limits_running_and_held(admin_client):
+    dashboard = "/admin/django_tasks_q/dashboard/"
+    assert "tasks-q-limits" not in admin_client.get(dashboard).content.decode()
+    running = tasks.one_per_customer.delay("acme", "a")
+    held = [tasks.one_per_customer.delay("acme", k) for k in ("b", "c")]
+    Task.objects.filter(pk=running.id).update(status="RUNNING", attempts=1, worker_id="w")
+    Task.objects.filter(pk__in=[h.id for h in held]).update(
+        status="WAITING", held_by=f"limit:{ACME}"
+    )
+    throttled = tasks.ten_per_second.delay("t")
+    Task.objects.filter(pk=throttled.id).update(
+        run_after=timezone.now() + timedelta(seconds=30),
+        throttled_until=timezone.now() + timedelta(seconds=30),
+    )
+    page = admin_client.get(dashboard).content.decode()
+    assert 'id="tasks-q-limits"' in page and ACME in page and "1 running" in page
+    assert 'data-cell="limit-running:1">1</td>' in page
+    assert 'data-cell="limit-held:1">2</td>' in page
+    assert f"task:{tasks.ten_per_second.name}" in page and "1 start every" in page
+    # The task's page says what holds it back.
+    detail = admin_client.get(f"/admin/django_tasks_q/task/{held[0].id}/change/").content.decode()
+    assert "Flow control" in detail and f"limit:{ACME}" in detail
+
+    from tests.test_metrics import scrape_view
+
+    found = scrape_view()
+    customer = (("queue", "default"), ("task", tasks.one_per_customer.name))
+    rate = (("queue", "default"), ("task", tasks.ten_per_second.name))
+    assert found["django_tasks_q_limited_running_tasks", customer] == 1
+    assert found["django_tasks_q_limited_held_tasks", customer] == 2
+    assert found["django_tasks_q_throttled_tasks", rate] == 1

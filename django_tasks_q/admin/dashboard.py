@@ -283,6 +283,28 @@ def worker_rows(workers: Sequence[stats.WorkerActivity], links: Links) -> list[W
     ]
 
 
+def limit_row(item: stats.LimitNow, now: datetime, links: Links) -> dict[str, object]:
+    """One limit key: what it allows, and what it runs and holds back now."""
+    if item.kind == "concurrency":
+        allowed = _("%(count)d running") % {"count": item.limit}
+        held = item.held
+    else:
+        allowed = _("1 start every %(every)s") % {"every": format_duration(item.limit)}
+        held = item.throttled
+    booked = (
+        format_duration((item.booked_until - now).total_seconds())
+        if item.booked_until is not None and item.booked_until > now
+        else ""
+    )
+    return {
+        "key": item.key,
+        "allowed": allowed,
+        "running": item.running if item.kind == "concurrency" else "",
+        "held": held,
+        "booked": booked,
+    }
+
+
 def error_text(item: stats.FailingTask) -> str:
     text = ": ".join(part for part in (item.error_type, item.error_message) if part)
     return Truncator(text).chars(300) if text else str(_("no error recorded"))
@@ -302,6 +324,7 @@ def collect(using: str, links: Links) -> dict[str, object]:
         )
         schedules = stats.schedules_due(using)
         paused = stats.pauses(using)
+        limits = stats.limits(using)
     hour_ago = now - timedelta(seconds=FINISHED_WINDOW)
     day_ago = now - timedelta(seconds=FAILING_WINDOW)
     return {
@@ -321,6 +344,7 @@ def collect(using: str, links: Links) -> dict[str, object]:
             for item in paused
         ],
         "pauses_url": links.pauses(),
+        "limits": [limit_row(item, now, links) for item in limits],
         "chart": throughput_chart(minutes, links),
         "failing": [
             {

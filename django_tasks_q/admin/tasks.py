@@ -182,6 +182,10 @@ class TaskAdmin(ReadOnlyPages):
             },
         ),
         (_("Workflow"), {"fields": ("workflow_display",)}),
+        (
+            _("Flow control"),
+            {"fields": ("held_by", "concurrency_limits", "rate_limits", "throttled_until")},
+        ),
         (_("Arguments and result"), {"fields": ("args_pretty", "kwargs_pretty", "result_pretty")}),
         (_("Errors, one per failed attempt"), {"fields": ("errors_pretty",)}),
     ]
@@ -191,16 +195,20 @@ class TaskAdmin(ReadOnlyPages):
                        "last_attempted_at", "finished_at", "queued_for", "ran_for",
                        "attempts_display", "worker_link", "lease_expires_at",
                        "cancel_requested_at", "args_pretty", "kwargs_pretty", "result_pretty",
-                       "errors_pretty", "workflow_display")  # fmt: skip
+                       "errors_pretty", "workflow_display", "held_by", "concurrency_limits",
+                       "rate_limits", "throttled_until")  # fmt: skip
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # tasks are created by enqueueing them
 
     def get_fieldsets(self, request: HttpRequest, obj: Task | None = None) -> list:
         fieldsets = super().get_fieldsets(request, obj)
+        left_out = set()
         if obj is None or obj.workflow_id is None:
-            return [(name, options) for name, options in fieldsets if name != _("Workflow")]
-        return fieldsets
+            left_out.add(_("Workflow"))
+        if obj is None or not (obj.held_by or obj.concurrency_limits or obj.rate_limits):
+            left_out.add(_("Flow control"))
+        return [(name, options) for name, options in fieldsets if name not in left_out]
 
     def get_urls(self) -> list:
         cancel = self.admin_site.admin_view(self.cancel_workflow_view)

@@ -200,5 +200,9 @@ class Migration(migrations.Migration):
             model_name='task',
             index=models.Index(models.F('held_by'), django.db.models.expressions.CombinedExpression(models.F('priority'), '*', models.Value(-1)), models.F('run_after'), models.F('id'), condition=models.Q(('held_by__isnull', False), ('status', 'WAITING')), name='tasks_q_held_order_idx'),
         ),
+        migrations.AddIndex(
+            model_name='task',
+            index=models.Index(condition=models.Q(('status', 'READY'), ('throttled_until__isnull', False)), fields=['throttled_until'], name='tasks_q_throttled_idx'),
+        ),
         migrations.RunSQL(LIMITS_SQL, UNDO_LIMITS_SQL),
     ]
