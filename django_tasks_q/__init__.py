@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from django_tasks_q.exceptions import (
     InvalidTask,
+    LimitError,
     MaxRetriesExceededError,
     Retry,
     TaskCancelled,
@@ -24,6 +25,7 @@ __all__ = [
     "BackgroundTask",
     "BackgroundTaskContext",
     "InvalidTask",
+    "LimitError",
     "MaxRetriesExceededError",
     "Retry",
     "SerializationError",

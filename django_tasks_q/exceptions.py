@@ -6,6 +6,7 @@ from django_tasks_q.compat import InvalidTask, TaskResultDoesNotExist
 
 __all__ = [
     "InvalidTask",
+    "LimitError",
     "OutcomeNotStored",
     "ProcessDied",
     "Retry",
@@ -22,6 +23,11 @@ __all__ = [
 
 class UnknownTaskError(InvalidTask, LookupError):
     """No task is registered under the given name."""
+
+
+class LimitError(InvalidTask):
+    """A task's ``limit_by`` failed, or gave no usable key, for the arguments of one call;
+    nothing was enqueued (docs/flow-control.md)."""
 
 
 class TaskTimeoutError(TimeoutError):

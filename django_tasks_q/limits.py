@@ -22,6 +22,7 @@ from uuid import UUID
 from django_tasks_q.compat import InvalidTask
 from django_tasks_q.conf import SETTING_NAME
 from django_tasks_q.conf import settings as conf
+from django_tasks_q.exceptions import LimitError
 
 QUEUE_LIMIT_KEYS = ("concurrency", "rate_limit")
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([smh]))?\s*$")
@@ -34,11 +35,6 @@ MAX_KEY_LENGTH = 300
 # first arguments): a limit_by cannot read it at enqueue.
 RECEIVED = object()
 RECEIVED_ARGUMENTS = {"result": 1, "results": 1, "error": 2}
-
-
-class LimitError(InvalidTask):
-    """A limit_by function failed or gave no usable key for the arguments of one call:
-    nothing was enqueued."""
 
 
 def parse_rate(value: Any, where: str) -> float:

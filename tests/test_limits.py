@@ -17,7 +17,8 @@ from django.utils import timezone
 
 from django_tasks_q import InvalidTask, background_task, pause, resume
 from django_tasks_q.canvas import chain
-from django_tasks_q.limits import LimitError, parse_rate
+from django_tasks_q.exceptions import LimitError
+from django_tasks_q.limits import parse_rate
 from django_tasks_q.models import Task
 from tests.conftest import run_burst_worker, wait_for
 from tests.testapp import tasks

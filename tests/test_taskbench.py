@@ -27,7 +27,8 @@ def test_taskbench_reports_verified_rates_and_cleans_up(monkeypatch):
     out = io.StringIO()
     call_command(
         "taskbench", "--tasks", "300", "--workers", "1", "--concurrency", "2",
-        "--latency-samples", "5", "--enqueue-threads", "2", "--chord-size", "50", "--json",
+        "--latency-samples", "5", "--enqueue-threads", "2", "--chord-size", "50",
+        "--limited-tasks", "200", "--limited-keys", "10", "--json",
         stdout=out, stderr=io.StringIO(),
     )  # fmt: skip
     results = json.loads(out.getvalue())
@@ -36,6 +37,8 @@ def test_taskbench_reports_verified_rates_and_cleans_up(monkeypatch):
     assert results["latency_samples"] == 5
     # The chord's body checked it got every header's result; the time covers all of it.
     assert results["chord_size"] == 50 and results["chord_seconds"] > 0
+    # The limited phase: every task ran, never two of one key at once (from the rows).
+    assert (results["limited_tasks"], results["limited_most_per_key"]) == (200, 1)
     assert 0 < results["latency_p50_ms"] <= results["latency_p99_ms"]
     # The whole start latency includes the database's part, from the commit to the claim.
     assert 0 < results["claim_latency_p50_ms"] <= results["claim_latency_p99_ms"]
@@ -49,7 +52,7 @@ def test_the_steady_load_reports_each_window_while_the_xmin_horizon_is_held(monk
     out = io.StringIO()
     call_command(
         "taskbench", "--tasks", "100", "--workers", "1", "--concurrency", "2",
-        "--latency-samples", "0", "--io-tasks-per-slot", "0", "--chord-size", "0", "--skip-ceiling",
+        "--latency-samples", "0", "--io-tasks-per-slot", "0", "--chord-size", "0", "--limited-tasks", "0", "--skip-ceiling",
         "--enqueue-threads", "1", "--pressure", "2", "--pressure-window", "1",
         "--pressure-rate", "100", "--hold-xmin", "--json", stdout=out, stderr=io.StringIO(),
     )  # fmt: skip
@@ -68,7 +71,7 @@ def test_the_steady_load_offers_a_fraction_of_the_drain_while_readers_scan_the_t
     out = io.StringIO()
     call_command(
         "taskbench", "--tasks", "100", "--workers", "1", "--concurrency", "2",
-        "--latency-samples", "0", "--io-tasks-per-slot", "0", "--chord-size", "0", "--skip-ceiling",
+        "--latency-samples", "0", "--io-tasks-per-slot", "0", "--chord-size", "0", "--limited-tasks", "0", "--skip-ceiling",
         "--enqueue-threads", "1", "--pressure", "2", "--pressure-window", "1",
         "--pressure-load", "0.25", "--readers", "2", "--hold-xmin", "--json",
         stdout=out, stderr=io.StringIO(),
@@ -169,7 +172,7 @@ def test_the_steady_load_takes_every_connection_and_the_workers_come_back(small_
                          autocommit=True) as bystander:  # fmt: skip
         completed = subprocess.run(
             [*manage, "taskbench", "--tasks", "100", "--workers", "1", "--concurrency", "2",
-             "--latency-samples", "0", "--io-tasks-per-slot", "0", "--chord-size", "0", "--skip-ceiling",
+             "--latency-samples", "0", "--io-tasks-per-slot", "0", "--chord-size", "0", "--limited-tasks", "0", "--skip-ceiling",
              "--enqueue-threads", "1", "--pressure", "8", "--pressure-window", "1",
              "--pressure-rate", "100", "--exhaust-connections", "3", "--json"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,

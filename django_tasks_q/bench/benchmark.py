@@ -6,7 +6,7 @@ import os
 from importlib import metadata
 
 from django_tasks_q.bench import phases, pressure, queries
-from django_tasks_q.bench.options import BenchOptions
+from django_tasks_q.bench.options import BenchError, BenchOptions
 from django_tasks_q.bench.report import (
     LABEL_WIDTH,
     Report,
@@ -15,7 +15,7 @@ from django_tasks_q.bench.report import (
     megabytes,
     phase_line,
 )
-from django_tasks_q.bench.tasks import clock, noop, steady, waits
+from django_tasks_q.bench.tasks import clock, noop, one_per_key, steady, waits
 from django_tasks_q.bench.workers import (
     WorkerProcess,
     peak_memory_mb,
@@ -121,6 +121,7 @@ def _worker_phases(
 
         _io_bound_phase(options, database, workers, results, report)
         _chord_phase(options, database, workers, results, report)
+        _limited_phase(options, database, workers, results, report)
 
         if options.latency_samples:
             latencies = phases.measure_latency(
@@ -202,6 +203,34 @@ def _chord_phase(
         f"{label:<{LABEL_WIDTH}}{seconds:>8.2f} s    from the enqueue call to the body's end "
         f"({options.chord_size / seconds:,.0f} tasks/s)"
     )
+
+
+def _limited_phase(
+    options: BenchOptions,
+    database: str,
+    workers: list[WorkerProcess],
+    results: Results,
+    report: Report,
+) -> None:
+    """No-op tasks limited to one running per key (docs/flow-control.md): what the limit costs
+    the drain, and proof from the rows that it held."""
+    count, keys = options.limited_tasks, options.limited_keys
+    label = f"3d. limited, 1 per key, {keys:,} keys"
+    if not count:
+        report(f"{label:<{LABEL_WIDTH}}skipped (--limited-tasks 0)")
+        return
+    task = one_per_key.using(queue_name=options.queue)
+    phases.enqueue_in_bulk(task, [(n, f"key-{n % keys}") for n in range(count)])
+    drained, seconds = phases.drain(database, options.queue, workers, count, queries.LIMITED_NAME)
+    most = queries.most_running_per_key(database, options.queue, queries.LIMITED_NAME)
+    results.limited_tasks, results.limited_keys = drained, keys
+    results.limited_per_s, results.limited_most_per_key = drained / seconds, most
+    report(
+        phase_line(label, drained, seconds, "tasks")
+        + f"  (most running for one key at once: {most})"
+    )
+    if most > 1:
+        raise BenchError(f"{most} tasks of one key ran at once; the limit is 1.")
 
 
 def _steady_load_phase(

@@ -30,6 +30,10 @@ class BenchOptions:
     io_tasks_per_slot: int = 100
     # The chord phase: this many no-op header tasks and one body (0: skip).
     chord_size: int = 10_000
+    # The limited phase: this many tasks limited to one running per key, over this many keys
+    # (0 tasks: skip).
+    limited_tasks: int = 10_000
+    limited_keys: int = 100
     # The steady-load phase: seconds (0: skip), tasks/s offered, or else that fraction of the
     # drain rate (None: DEFAULT_PRESSURE_LOAD), and seconds per reported window. Meanwhile,
     # optionally: a transaction holds the xmin horizon, sessions re-scan the task table in
@@ -59,6 +63,8 @@ class BenchOptions:
                 raise BenchError(f"--{name.replace('_', '-')} must be at least 1.")
         if resolved.latency_samples < 0:
             raise BenchError("--latency-samples must be 0 or more.")
+        if resolved.limited_tasks < 0 or resolved.limited_keys < 1:
+            raise BenchError("--limited-tasks must be 0 or more, --limited-keys at least 1.")
         if resolved.chord_size < 0:
             raise BenchError("--chord-size must be 0 or more.")
         if resolved.io_tasks_per_slot < 0:

@@ -15,7 +15,7 @@ from django.db import connections, transaction
 
 from django_tasks_q.bench.options import BenchError
 from django_tasks_q.bench.report import Report
-from django_tasks_q.bench.tasks import clock, joins, noop, steady, waits
+from django_tasks_q.bench.tasks import clock, joins, noop, one_per_key, steady, waits
 from django_tasks_q.bench.workers import WORKER_ID_PREFIX
 from django_tasks_q.compat import InvalidTask
 from django_tasks_q.queue import load_statements
@@ -25,9 +25,12 @@ CLOCK_NAME = clock.name
 WAITS_NAME = waits.name
 STEADY_NAME = steady.name
 JOINS_NAME = joins.name
+LIMITED_NAME = one_per_key.name
 # Rows for the SQL ceiling are never run by a worker, so their name needs no registered task.
 CEILING_NAME = "django_tasks_q.bench.ceiling"
-BENCH_NAMES = (NOOP_NAME, CLOCK_NAME, WAITS_NAME, STEADY_NAME, JOINS_NAME, CEILING_NAME)
+BENCH_NAMES = (
+    NOOP_NAME, CLOCK_NAME, WAITS_NAME, STEADY_NAME, JOINS_NAME, LIMITED_NAME, CEILING_NAME
+)  # fmt: skip
 
 
 @cache
@@ -111,6 +114,14 @@ def verify(database: str, queue_name: str, name: str, expected: int) -> tuple[in
         f"Only {verified} of {expected} {name} tasks succeeded with the right result "
         f"(by status: {statuses or 'none'}). No rate is reported."
     )
+
+
+def most_running_per_key(database: str, queue_name: str, name: str) -> int:
+    """The most tasks of ``name`` that held one key's slot at once: from each row's claim to
+    its finish (database times)."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql("most_running_per_key"), [queue_name, name] * 2)
+        return cursor.fetchone()[0] or 0
 
 
 def refuse_foreign_workers(database: str, queue_name: str) -> None:

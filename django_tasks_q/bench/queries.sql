@@ -33,6 +33,22 @@ SELECT count(*) FILTER (WHERE status = 'SUCCESSFUL' AND result = args->0),
 FROM django_tasks_q_task
 WHERE queue = %s AND name = %s;
 
+-- name: most_running_per_key
+-- Per concurrency key, the running count after each claim and finish, in time order (a
+-- finish before a claim at the same instant); the highest of all keys.
+SELECT max(running) FROM (
+    SELECT sum(change) OVER (PARTITION BY key ORDER BY at, change, id) AS running
+    FROM (
+        SELECT id, key, last_attempted_at AS at, 1 AS change
+        FROM django_tasks_q_task, jsonb_object_keys(concurrency_limits) AS key
+        WHERE queue = %s AND name = %s
+        UNION ALL
+        SELECT id, key, finished_at, -1
+        FROM django_tasks_q_task, jsonb_object_keys(concurrency_limits) AS key
+        WHERE queue = %s AND name = %s
+    ) AS event
+) AS counted;
+
 -- name: statuses
 SELECT status, count(*) FROM django_tasks_q_task
 WHERE queue = %s AND name = %s GROUP BY status ORDER BY status;

@@ -46,6 +46,12 @@ class Results:
     # A chord of chord_size no-op tasks: seconds from the enqueue call to the body's end.
     chord_size: int = 0
     chord_seconds: float | None = None
+    # limited_tasks tasks at most one running per key over limited_keys keys: their drain,
+    # and the most that ran at once for one key (from the rows: must be 1).
+    limited_tasks: int = 0
+    limited_keys: int = 0
+    limited_per_s: float | None = None
+    limited_most_per_key: int | None = None
     # The steady load: what was offered (pressure_load: as a fraction of drain_per_s, None
     # when --pressure-rate set it), what pressed on the database meanwhile, each window as
     # reported, and how long the backlog left when it stopped took to drain.
@@ -151,6 +157,13 @@ def summary(results: Results) -> str:
         (
             f"chord of {results.chord_size:,}",
             "skipped" if results.chord_seconds is None else f"{results.chord_seconds:.2f} s",
+        ),
+        (
+            f"limited, 1 per key over {results.limited_keys:,} keys",
+            "skipped"
+            if results.limited_per_s is None
+            else f"{rate(results.limited_per_s, 'tasks')} "
+            f"(most per key at once: {results.limited_most_per_key})",
         ),
         ("start latency p50 / p95 / p99", latency),
         ("steady load, worst window p99", _worst_lag(results)),

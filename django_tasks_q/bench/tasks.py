@@ -25,6 +25,12 @@ def waits(milliseconds: float) -> float:
     return milliseconds
 
 
+@background_task(concurrency=1, limit_by="key")
+def one_per_key(n: int, key: str) -> int:
+    """The limited phase's task: at most one running per key, across every worker."""
+    return n
+
+
 @background_task
 def joins(results: list[int]) -> int:
     """The chord phase's body: receives every header's result."""

@@ -59,6 +59,16 @@ class Command(BaseCommand):
             f"(default: {defaults.chord_size}).",
         )  # fmt: skip
         parser.add_argument(
+            "--limited-tasks", type=int, default=defaults.limited_tasks,
+            help="Tasks of the limited phase (at most one running per key), 0 to skip "
+            f"(default: {defaults.limited_tasks}).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--limited-keys", type=int, default=defaults.limited_keys,
+            help="Keys the limited phase spreads its tasks over "
+            f"(default: {defaults.limited_keys}).",
+        )  # fmt: skip
+        parser.add_argument(
             "--pressure", type=float, default=defaults.pressure_seconds, metavar="SECONDS",
             help="Offer a steady load for this many seconds and report each window "
             "(default: 0, skipped).",
@@ -129,6 +139,8 @@ class Command(BaseCommand):
             io_task_ms=options["io_task_ms"],
             io_tasks_per_slot=options["io_tasks_per_slot"],
             chord_size=options["chord_size"],
+            limited_tasks=options["limited_tasks"],
+            limited_keys=options["limited_keys"],
             pressure_seconds=options["pressure"],
             pressure_rate=options["pressure_rate"],
             pressure_load=options["pressure_load"],
