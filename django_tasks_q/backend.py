@@ -23,6 +23,7 @@ from django_tasks_q import canvas, queue, registry
 from django_tasks_q.canvas import Step
 from django_tasks_q.compat import (
     DEFAULT_TASK_BACKEND_ALIAS,
+    DEFAULT_TASK_QUEUE_NAME,
     TASK_MAX_PRIORITY,
     TASK_MIN_PRIORITY,
     BaseTaskBackend,
@@ -39,6 +40,7 @@ from django_tasks_q.limits import RECEIVED, RECEIVED_ARGUMENTS, limits_for
 from django_tasks_q.models import Cancellation, TaskStatus
 from django_tasks_q.models import Task as TaskRow
 from django_tasks_q.results import TaskHandle
+from django_tasks_q.routing import route_for
 from django_tasks_q.serialization import check_arguments, dumps
 from django_tasks_q.tasks import BackgroundTask, MissingTask, expiry_time
 
@@ -127,6 +129,7 @@ class PostgresBackend(BaseTaskBackend):
         when it expires (no attempt starts after ``expires_at``). With ``unique_key``, while a
         task with that key is unfinished (waiting, ready or running), nothing is enqueued and
         that task's handle is returned instead."""
+        task = routed(task)
         if getattr(task, "link", ()) or getattr(task, "link_error", ()):
             if unique_key is not None:
                 raise InvalidTask(
@@ -217,13 +220,15 @@ class PostgresBackend(BaseTaskBackend):
         arguments: list[tuple[list, dict]] = []
         # What each distinct task object gives its rows (a chord's header is one task).
         columns: dict[int, dict[str, Any]] = {}
+        tasks: dict[int, Task] = {}  # each distinct task object, routed
         for index, step in enumerate(steps):
-            task = step.task
-            if id(task) not in columns:
+            if id(step.task) not in columns:
+                task = tasks[id(step.task)] = routed(step.task)
                 self.validate_task(task)
-                columns[id(task)] = {
+                columns[id(step.task)] = {
                     k: v for k, v in self._columns(task).items() if k not in ("using", "notify")
                 }
+            task = tasks[id(step.task)]
             args, receives = list(step.args), step.receives
             if receives == "results" and not step.waits_for:
                 args, receives = [[], *args], ""  # after an empty group: its empty list
@@ -251,7 +256,7 @@ class PostgresBackend(BaseTaskBackend):
             arguments.append((args, dict(step.kwargs)))
             rows.append(
                 queue.WorkflowRow(
-                    **columns[id(task)],
+                    **columns[id(step.task)],
                     args_json=dumps(args),
                     kwargs_json=dumps(step.kwargs),
                     expires_at=expires_at,
@@ -289,7 +294,7 @@ class PostgresBackend(BaseTaskBackend):
         )
         handles = [
             TaskHandle.build(
-                step.task,
+                tasks[id(step.task)],
                 backend=self.alias,
                 id=row.id,
                 status=TaskStatus(row.status),
@@ -310,6 +315,7 @@ class PostgresBackend(BaseTaskBackend):
     def enqueue_many(
         self, task: Task, args_list: Sequence[Sequence[Any]], kwargs_list: Sequence[dict[str, Any]]
     ) -> list[TaskHandle]:
+        task = routed(task)
         if getattr(task, "link", ()) or getattr(task, "link_error", ()):
             # Each task comes with its callbacks: one workflow each, all or none of them.
             with transaction.atomic(using=self.database):
@@ -427,6 +433,21 @@ class PostgresBackend(BaseTaskBackend):
         if status is None:
             return Cancellation.ALREADY_FINISHED
         return Cancellation.CANCELLED if status == "CANCELLED" else Cancellation.STOP_REQUESTED
+
+
+def routed(task: Task) -> Task:
+    """``task`` with the queue and priority TASKS_Q["ROUTES"] gives it, where its code did
+    not choose them. A Django ``@task`` counts as choosing them when they differ from the
+    defaults."""
+    route = route_for(task.name)
+    if route is None:
+        return task
+    changes: dict[str, Any] = {}
+    if route.queue and not getattr(task, "queue_given", task.queue_name != DEFAULT_TASK_QUEUE_NAME):
+        changes["queue_name"] = route.queue
+    if route.priority is not None and not getattr(task, "priority_given", task.priority != 0):
+        changes["priority"] = route.priority
+    return dataclasses.replace(task, **changes) if changes else task
 
 
 def _has_first_parameter(func: Any) -> bool:

@@ -10,6 +10,7 @@ from django.core import checks
 
 from django_tasks_q.conf import DEFAULTS, SETTING_NAME
 from django_tasks_q.limits import check_queue_limits
+from django_tasks_q.routing import check_routes
 
 _POSITIVE_NUMBERS = ("POLL_INTERVAL", "LEASE_SECONDS", "HEARTBEAT_INTERVAL", "BEAT_MISSED_AFTER")
 _POSITIVE_INTS = ("CONCURRENCY", "BATCH_SIZE")
@@ -142,6 +143,16 @@ def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 "E020",
             )
             for problem in check_queue_limits(value["QUEUE_LIMITS"])
+        )
+    if "ROUTES" in value:
+        errors.extend(
+            _error(
+                problem,
+                "For example {'billing.tasks.*': 'billing', 'app.tasks.report': "
+                "{'queue': 'reports', 'priority': -10}}; see docs/settings.md.",
+                "E021",
+            )
+            for problem in check_routes(value["ROUTES"])
         )
     alias = value.get("DATABASE", DEFAULTS["DATABASE"])
     if alias not in settings.DATABASES:

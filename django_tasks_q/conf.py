@@ -46,6 +46,10 @@ DEFAULTS: dict[str, Any] = {
     # Limits of whole queues, across every worker: {"emails": {"concurrency": 5,
     # "rate_limit": "100/m"}}. Written on each task when it is enqueued (docs/flow-control.md).
     "QUEUE_LIMITS": {},
+    # Queue and priority by task name or glob, for tasks whose code does not give them
+    # (Celery's task_routes): {"billing.tasks.*": "billing", "app.tasks.report":
+    # {"queue": "reports", "priority": -10}}.
+    "ROUTES": {},
     # Schedules declared in code: a list of dicts, synced into the Schedule table by beat.
     "SCHEDULES": (),
     # Seconds after its time a tick still counts as late (enqueued) rather than missed (left

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 from django.db import connections
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, JsonbLoader, JsonLoader
 
 from django_tasks_q.errors import sql_entries
 from django_tasks_q.exceptions import WaitInsideTransaction
@@ -566,13 +566,42 @@ def connection_params(using: str, application_name: str | None = None) -> dict[s
     return params
 
 
+class _DjangoConnection:
+    """Django's connection of this thread, in whatever transaction it has open, read with
+    psycopg's own JSON loaders (Django's leave jsonb as text for its ORM)."""
+
+    closed = False
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+
+    def execute(self, query: str, params: Any = None) -> psycopg.Cursor:
+        connection = connections[self.using]
+        connection.ensure_connection()
+        cursor = connection.connection.cursor()
+        cursor.adapters.register_loader("jsonb", JsonbLoader)
+        cursor.adapters.register_loader("json", JsonLoader)
+        return cursor.execute(query, params)
+
+    def close(self) -> None:
+        """Django's to close."""
+
+
 class QueueConnection:
     """A worker's connection for claim / finish / release. Not thread-safe: one owner thread."""
 
     def __init__(self, using: str, *, application_name: str = "django_tasks_q") -> None:
         self.using = using
         self.application_name = application_name
-        self._conn: psycopg.Connection | None = None
+        self._conn: psycopg.Connection | _DjangoConnection | None = None
+
+    @classmethod
+    def in_djangos_transaction(cls, using: str) -> QueueConnection:
+        """Statements on Django's own connection of this thread, inside its open transaction
+        (django_tasks_q.testing runs tasks inside a test's transaction)."""
+        shared = cls(using)
+        shared._conn = _DjangoConnection(using)
+        return shared
 
     def connect(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:

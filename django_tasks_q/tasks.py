@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -61,6 +61,10 @@ class BackgroundTask(Task):
     concurrency: int | None = None
     rate_limit: str | float | None = None
     limit_by: str | Callable[..., Any] | None = None
+    # Whether the queue and priority were chosen in code (the decorator, using(), apply_async):
+    # TASKS_Q["ROUTES"] decides the others (django_tasks_q.routing).
+    queue_given: bool = False
+    priority_given: bool = False
 
     def __post_init__(self) -> None:
         _validate_options(self)
@@ -96,6 +100,26 @@ class BackgroundTask(Task):
                 "'django_tasks_q.backend.PostgresBackend' there, or leave it out."
             )
         return backend
+
+    def using(
+        self,
+        *,
+        priority: int | None = None,
+        queue_name: str | None = None,
+        run_after: datetime | None = None,
+        backend: str | None = None,
+    ) -> BackgroundTask:
+        """Django's ``using``: a copy with other defaults. A queue or priority given here is
+        not changed by a route."""
+        task = Task.using(
+            self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
+        )
+        given = {}
+        if queue_name is not None:
+            given["queue_given"] = True
+        if priority is not None:
+            given["priority_given"] = True
+        return replace(task, **given) if given else task
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the function here and now, like calling the undecorated function (for an
@@ -436,8 +460,8 @@ def background_task(
     function: Callable[..., Any] | None = None,
     *,
     name: str | None = None,
-    queue: str = DEFAULT_TASK_QUEUE_NAME,
-    priority: int = 0,
+    queue: str | None = None,
+    priority: int | None = None,
     max_retries: int = 0,
     retry_backoff: bool | float = False,
     retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
@@ -468,6 +492,9 @@ def background_task(
     ``link`` / ``link_error``: signatures (or lists of them) run after every enqueue of this
     task succeeded, or once it failed (docs/workflows.md).
 
+    ``queue`` and ``priority`` left out: ``TASKS_Q["ROUTES"]`` may choose them, else
+    ``"default"`` and 0.
+
     ``concurrency``: at most this many running at once, counted across every worker;
     ``rate_limit``: at most this many starts, in Celery's syntax (``"10/s"``, ``"100/m"``,
     ``"1000/h"``); with ``limit_by`` (a parameter's name, or a function of the task's
@@ -488,8 +515,10 @@ def background_task(
         return BackgroundTask(
             func=func,
             task_name=name or "",
-            queue_name=queue,
-            priority=priority,
+            queue_name=DEFAULT_TASK_QUEUE_NAME if queue is None else queue,
+            priority=0 if priority is None else priority,
+            queue_given=queue is not None,
+            priority_given=priority is not None,
             backend=backend,
             run_after=None,  # a required field on Django 6.0
             takes_context=bind or takes_context,

@@ -20,7 +20,8 @@ SOURCE = Path(django_tasks_q.__file__).parent
 LAYERS: list[set[str]] = [
     # Foundations: settings, errors, JSON, cron, the queue SQL, the retry rules.
     {"compat", "conf", "exceptions", "errors", "serialization", "schedules", "querysets",
-     "signals", "stats", "queue", "retry", "backoff", "polling", "limits"},
+     "signals", "stats", "queue", "retry", "backoff", "polling", "limits",
+     "routing"},
     {"registry"},
     {"declarations"},
     {"models"},

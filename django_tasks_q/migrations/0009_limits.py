@@ -81,16 +81,23 @@ BEGIN
     RETURN NEW;
 END $$;
 
+-- OF last_attempted_at: a claim sets it, and nothing that finishes an attempt does. Any
+-- BEFORE UPDATE trigger that applies to a statement makes PostgreSQL lock each row before
+-- updating it, even when the trigger's WHEN is false: one more WAL record per finished task.
 CREATE TRIGGER django_tasks_q_admit
-BEFORE UPDATE OF status ON django_tasks_q_task
+BEFORE UPDATE OF last_attempted_at ON django_tasks_q_task
 FOR EACH ROW
 WHEN (OLD.status = 'READY' AND NEW.status = 'RUNNING'
       AND (NEW.concurrency_limits IS NOT NULL OR NEW.rate_limits IS NOT NULL))
 EXECUTE FUNCTION django_tasks_q_admit();
 
--- A limited task stops running (finished, retried later, recovered, given back, deleted):
--- the first tasks its limits hold back are READY again, as many as it leaves room for, due
--- now (they keep their order among themselves).
+-- A limited task stopped running (finished, retried later, recovered, given back, deleted):
+-- the first tasks its limits hold back are READY again, as many as there is room for, due
+-- now (they keep their order among themselves). AFTER, at the end of the statement: a BEFORE
+-- trigger would cost every finish a row lock (see django_tasks_q_admit). It waits for a
+-- claim counting the same key, so a statement that records a limited task's end must not
+-- claim too, or two such statements could wait for each other's keys: workers record those
+-- outcomes in a statement of their own.
 CREATE FUNCTION django_tasks_q_limit_freed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -106,14 +113,13 @@ BEGIN
         PERFORM pg_advisory_xact_lock_shared(1952543601, hashtext(limit_key));
         SELECT count(*) INTO running FROM django_tasks_q_task
         WHERE (status = 'RUNNING') IS TRUE AND concurrency_limits ? limit_key;
-        -- A BEFORE trigger: this task still counts as running.
-        IF running - 1 < most THEN
+        IF running < most THEN
             FOR ready IN
                 WITH next AS (
                     SELECT id FROM django_tasks_q_task
                     WHERE status = 'WAITING' AND held_by = 'limit:' || limit_key
                     ORDER BY priority * -1, run_after, id
-                    LIMIT most - (running - 1)
+                    LIMIT most - running
                     FOR UPDATE SKIP LOCKED
                 )
                 UPDATE django_tasks_q_task AS task
@@ -132,20 +138,17 @@ BEGIN
             END LOOP;
         END IF;
     END LOOP;
-    IF TG_OP = 'DELETE' THEN
-        RETURN OLD;
-    END IF;
-    RETURN NEW;
+    RETURN NULL;
 END $$;
 
 CREATE TRIGGER django_tasks_q_limit_freed
-BEFORE UPDATE OF status ON django_tasks_q_task
+AFTER UPDATE OF status ON django_tasks_q_task
 FOR EACH ROW
 WHEN (OLD.status = 'RUNNING' AND NEW.status <> 'RUNNING' AND OLD.concurrency_limits IS NOT NULL)
 EXECUTE FUNCTION django_tasks_q_limit_freed();
 
 CREATE TRIGGER django_tasks_q_limit_freed_by_delete
-BEFORE DELETE ON django_tasks_q_task
+AFTER DELETE ON django_tasks_q_task
 FOR EACH ROW
 WHEN (OLD.status = 'RUNNING' AND OLD.concurrency_limits IS NOT NULL)
 EXECUTE FUNCTION django_tasks_q_limit_freed();

@@ -157,6 +157,7 @@ class Worker:
         # Held tasks whose end may make others READY: their dependents, or the tasks their
         # concurrency limits hold back.
         self._with_dependents: set[int] = set()
+        self._limited: set[int] = set()  # held tasks that hold a concurrency limit
         # When starts a rate limit reserved for tasks this worker claimed come (monotonic).
         self._reserved_starts: list[float] = []
         self._paused = NOTHING_PAUSED
@@ -460,6 +461,12 @@ class Worker:
                     self.worker_id, released,
                 )  # fmt: skip
         outcomes = self._unrecorded
+        if limit and self._limited and any(outcome.id in self._limited for outcome in outcomes):
+            # Their ends release what their limits hold back, in a trigger that may wait for
+            # another worker's claim of the same key: a statement that claims too could wait
+            # for that claim while it waits for this one's keys (migration 0009). The claim
+            # follows in a statement of its own.
+            limit = 0
         if limit:
             self._read_pauses()
         start = self.claim_floor.start() if limit else None
@@ -503,6 +510,7 @@ class Worker:
             self.claim_sizer.observe_duration(outcome.duration)
         if outcomes:
             self._held.difference_update(o.id for o in outcomes)
+            self._limited.difference_update(o.id for o in outcomes)
             self._cancel_requested.difference_update(o.id for o in outcomes)
             self._terminate_requested.difference_update(o.id for o in outcomes)
             for outcome in outcomes:
@@ -527,6 +535,7 @@ class Worker:
             self._with_dependents.update(
                 task.id for task in claimed if task.has_dependents or task.limited
             )
+            self._limited.update(task.id for task in claimed if task.limited)
             self._with_dependents.update(task.id for task in skipped if task.has_dependents)
             if runnable:
                 self.executor.submit(runnable)
@@ -617,6 +626,7 @@ class Worker:
         )
         self._unstarted = []
         self._held.difference_update(ids)
+        self._limited.difference_update(ids)
         if self.metrics:
             self.metrics.released(ids)
 
@@ -668,6 +678,7 @@ class Worker:
             worker_id=self.worker_id, ids=ids, delay=UNKNOWN_TASK_DELAY, notify=False
         )
         self._held.difference_update(ids)
+        self._limited.difference_update(ids)
         if self.metrics:
             self.metrics.released(ids)
         self.unknown_tasks.avoid(tasks)
@@ -739,6 +750,7 @@ class Worker:
             self._given_back.put(ids)
             raise
         self._held.difference_update(ids)
+        self._limited.difference_update(ids)
         if self.metrics:
             self.metrics.released(ids)
         logger.info("Worker %s returned %s unstarted tasks to the queue", self.worker_id, released)
