@@ -36,7 +36,7 @@ from django_tasks_q.compat import (
 )
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.exceptions import UnknownTaskError
-from django_tasks_q.limits import RECEIVED, RECEIVED_ARGUMENTS, limits_for
+from django_tasks_q.limits import RECEIVED, RECEIVED_ARGUMENTS, limits_for, may_be_limited
 from django_tasks_q.models import Cancellation, TaskStatus
 from django_tasks_q.models import Task as TaskRow
 from django_tasks_q.results import TaskHandle
@@ -331,16 +331,15 @@ class PostgresBackend(BaseTaskBackend):
                 raise type(exc)(f"task {index} of the batch: {exc}") from None
         args_json = [dumps(list(args)) for args in args_list]
         kwargs_json = [dumps(kwargs) for kwargs in kwargs_list]
-        columns = [
-            limits_for(task, task.queue_name, args, kwargs).columns()
-            for args, kwargs in zip(args_list, kwargs_list, strict=True)
-        ]
+        limited: dict[str, list] = {}
+        if may_be_limited(task, task.queue_name):
+            columns = [
+                limits_for(task, task.queue_name, args, kwargs).columns()
+                for args, kwargs in zip(args_list, kwargs_list, strict=True)
+            ]
+            limited = {name: [c[name] for c in columns] for name in columns[0]}
         rows = queue.enqueue_many(
-            **self._columns(task),
-            args_json=args_json,
-            kwargs_json=kwargs_json,
-            concurrency_limits=[c["concurrency_limits"] for c in columns],
-            rate_limits=[c["rate_limits"] for c in columns],
+            **self._columns(task), args_json=args_json, kwargs_json=kwargs_json, **limited
         )
         handles = [
             self._new_handle(task, row, list(args), dict(kwargs))

@@ -110,6 +110,15 @@ def queue_limits() -> dict[str, dict[str, Any]]:
     return value if isinstance(value, Mapping) else {}
 
 
+def may_be_limited(task: Any, queue: str) -> bool:
+    """Whether tasks of ``task`` in ``queue`` carry any limit."""
+    return (
+        getattr(task, "concurrency", None) is not None
+        or getattr(task, "rate_limit", None) is not None
+        or bool(queue_limits().get(queue))
+    )
+
+
 def limits_for(task: Any, queue: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Limits:
     """The limits of one call of ``task`` in ``queue``. Raises LimitError if its
     ``limit_by`` fails for these arguments."""

@@ -219,8 +219,9 @@ def enqueue_many(
                 "priority": priority,
                 "args": list(args_json),
                 "kwargs": list(kwargs_json),
-                "concurrency_limits": list(concurrency_limits or [None] * len(args_json)),
-                "rate_limits": list(rate_limits or [None] * len(args_json)),
+                # NULL arrays when nothing is limited: unnest pads them with NULLs.
+                "concurrency_limits": list(concurrency_limits) if concurrency_limits else None,
+                "rate_limits": list(rate_limits) if rate_limits else None,
                 "run_after": run_after,
                 "max_attempts": max_attempts,
                 "max_lost_attempts": max_lost_attempts,

@@ -452,7 +452,7 @@ _OPTION_NAMES = (
     "retry_jitter", "autoretry_for", "default_retry_delay", "timeout", "soft_timeout",
     "ignore_result", "max_lost_attempts", "bind",
     "takes_context", "backend", "schedule", "link", "link_error", "concurrency", "rate_limit",
-    "limit_by",
+    "limit_by", "time_limit", "soft_time_limit",
 )  # fmt: skip
 
 
@@ -481,6 +481,8 @@ def background_task(
     concurrency: int | None = None,
     rate_limit: str | float | None = None,
     limit_by: str | Callable[..., Any] | None = None,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
     **unknown: Any,
 ) -> Any:
     """Turn a module-level function into a task. Usable bare or with options.
@@ -492,6 +494,8 @@ def background_task(
     ``link`` / ``link_error``: signatures (or lists of them) run after every enqueue of this
     task succeeded, or once it failed (docs/workflows.md).
 
+    ``time_limit`` / ``soft_time_limit``: Celery's names for ``timeout`` / ``soft_timeout``.
+
     ``queue`` and ``priority`` left out: ``TASKS_Q["ROUTES"]`` may choose them, else
     ``"default"`` and 0.
 
@@ -501,6 +505,18 @@ def background_task(
     arguments returning a key), both apply per key instead of to the task as a whole
     (docs/flow-control.md).
     """
+    # Celery's names for the time limits, so that decorators move over unchanged.
+    for celery_name, value, ours, given in (
+        ("time_limit", time_limit, "timeout", timeout),
+        ("soft_time_limit", soft_time_limit, "soft_timeout", soft_timeout),
+    ):
+        if value is not None and given is not None:
+            raise TypeError(
+                f"@background_task got both {celery_name}= and {ours}=, which are the same "
+                f"option ({celery_name} is Celery's name for it); keep one."
+            )
+    timeout = timeout if time_limit is None else time_limit
+    soft_timeout = soft_timeout if soft_time_limit is None else soft_time_limit
     if unknown:
         option = next(iter(unknown))
         close = difflib.get_close_matches(option, _OPTION_NAMES, n=1)

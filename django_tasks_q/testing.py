@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections, transaction
-from django.db.models.functions import Now
+from django.db.models.expressions import RawSQL
 from psycopg.pq import TransactionStatus
 
 from django_tasks_q.backend import PostgresBackend, resolve_backend
@@ -168,13 +168,15 @@ class TaskQueue:
         leaves the test's transaction usable, as a worker's own connection would be."""
         if not in_transaction:
             return runner.run(claimed)
-        savepoint = transaction.savepoint(using=self.using)
-        outcome = runner.run(claimed)
-        raw = connections[self.using].connection
-        if raw is not None and raw.info.transaction_status == TransactionStatus.INERROR:
-            transaction.savepoint_rollback(savepoint, using=self.using)
-        else:
-            transaction.savepoint_commit(savepoint, using=self.using)
+        outcome = None
+        try:
+            with transaction.atomic(using=self.using):
+                outcome = runner.run(claimed)
+                raw = connections[self.using].connection
+                if raw is not None and raw.info.transaction_status == TransactionStatus.INERROR:
+                    raise _QueryFailed  # back to the savepoint, as the atomic block does
+        except _QueryFailed:
+            pass
         return outcome
 
     def _bring_forward(self, until: datetime | timedelta) -> None:
@@ -182,9 +184,11 @@ class TaskQueue:
         transaction it is when the transaction began, and claims compare with it."""
         now = database_now(self.using)
         moment = now + until if isinstance(until, timedelta) else until
+        # now(), not Django's Now(): on PostgreSQL that is the statement's time, later than
+        # the transaction's, and claims compare with the transaction's.
         Task.objects.using(self.using).filter(
             status="READY", run_after__gt=now, run_after__lte=moment
-        ).update(run_after=Now())
+        ).update(run_after=RawSQL("now()", ()))
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -202,6 +206,10 @@ class TaskQueue:
             return "Enqueued: " + ", ".join(_short(handle) for handle in of_task[:10])
         names = sorted({handle.task.name for handle in self.enqueued()})
         return f"Tasks enqueued: {', '.join(names)}." if names else "Nothing was enqueued."
+
+
+class _QueryFailed(Exception):
+    """A task's query failed, and its transaction with it."""
 
 
 def task_name(task: Any) -> str:

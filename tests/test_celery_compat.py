@@ -2,7 +2,7 @@
 
 import pytest
 
-from django_tasks_q import InvalidTask
+from django_tasks_q import InvalidTask, background_task
 from django_tasks_q.models import Task
 from tests.conftest import run_burst_worker
 from tests.testapp import tasks
@@ -35,3 +35,14 @@ def test_celery_options_that_mean_nothing_here_say_what_to_use(option, advice):
     with pytest.raises(InvalidTask, match=advice):
         tasks.add.apply_async((1, 2), **{option: 1})
     assert not Task.objects.exists()
+
+
+def limited_in_time():
+    return 1
+
+
+def test_celerys_time_limit_names_on_the_decorator_are_timeout_and_soft_timeout():
+    task = background_task(time_limit=30, soft_time_limit=25)(limited_in_time)
+    assert (task.timeout, task.soft_timeout) == (30, 25)
+    with pytest.raises(TypeError, match="both time_limit= and timeout="):
+        background_task(time_limit=30, timeout=30)(limited_in_time)

@@ -438,3 +438,15 @@ def hangs_once_per_customer(context, customer_id, key):
 @background_task(concurrency=1, limit_by="customer_id")
 def first_is_the_customer(customer_id, note):
     return note
+
+
+@background_task
+def enqueues_a_record(key):
+    """Enqueues another task, as tasks that fan out work do."""
+    record.delay(f"{key}-child")
+
+
+@background_task(max_retries=2, default_retry_delay=0)
+def breaks_a_query(key):
+    Execution.objects.create(key=key)
+    Execution.objects.create(key=None)  # NOT NULL: the database refuses it
