@@ -338,6 +338,7 @@ class PostgresBackend(BaseTaskBackend):
                 for args, kwargs in zip(args_list, kwargs_list, strict=True)
             ]
             limited = {name: [c[name] for c in columns] for name in columns[0]}
+            limited["fair_turn"] = columns[0]["fair_turn"]  # the setting: one for all
         rows = queue.enqueue_many(
             **self._columns(task), args_json=args_json, kwargs_json=kwargs_json, **limited
         )

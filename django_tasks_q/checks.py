@@ -13,7 +13,7 @@ from django_tasks_q.limits import check_queue_limits
 from django_tasks_q.routing import check_routes
 
 _POSITIVE_NUMBERS = ("POLL_INTERVAL", "LEASE_SECONDS", "HEARTBEAT_INTERVAL", "BEAT_MISSED_AFTER")
-_POSITIVE_INTS = ("CONCURRENCY", "BATCH_SIZE")
+_POSITIVE_INTS = ("CONCURRENCY", "BATCH_SIZE", "FAIR_TURN")
 
 
 def _error(msg: str, hint: str, id_: str) -> checks.Error:

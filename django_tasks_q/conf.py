@@ -46,6 +46,8 @@ DEFAULTS: dict[str, Any] = {
     # Limits of whole queues, across every worker: {"emails": {"concurrency": 5,
     # "rate_limit": "100/m"}}. Written on each task when it is enqueued (docs/flow-control.md).
     "QUEUE_LIMITS": {},
+    # Fair queues: tasks of one fair_by key that may wait READY at once, its turn.
+    "FAIR_TURN": 4,
     # Queue and priority by task name or glob, for tasks whose code does not give them
     # (Celery's task_routes): {"billing.tasks.*": "billing", "app.tasks.report":
     # {"queue": "reports", "priority": -10}}.

@@ -63,9 +63,15 @@ def check_concurrency(value: Any, where: str) -> None:
 
 
 def check_limit_by(
-    func: Callable[..., Any], limit_by: Any, takes_context: bool, where: str
+    func: Callable[..., Any],
+    limit_by: Any,
+    takes_context: bool,
+    where: str,
+    *,
+    option: str = "limit_by",
 ) -> None:
-    """``limit_by`` names a parameter of ``func`` or is a callable; it needs a limit."""
+    """``limit_by`` (or ``fair_by``, the ``option``) names a parameter of ``func`` or is a
+    callable."""
     if limit_by is None:
         return
     if isinstance(limit_by, str):
@@ -75,13 +81,13 @@ def check_limit_by(
         names = [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         if limit_by not in names:
             raise InvalidTask(
-                f"{where}: limit_by={limit_by!r} is not a parameter of the task "
+                f"{where}: {option}={limit_by!r} is not a parameter of the task "
                 f"({', '.join(names) or 'it takes none'}); name one, or pass a function of the "
                 "task's arguments that returns the key."
             )
     elif not callable(limit_by):
         raise InvalidTask(
-            f"{where}: limit_by must be the name of a parameter or a function of the task's "
+            f"{where}: {option} must be the name of a parameter or a function of the task's "
             f"arguments, got {limit_by!r}."
         )
 
@@ -93,12 +99,17 @@ class Limits:
 
     concurrency: dict[str, int] = field(default_factory=dict)
     rate: dict[str, float] = field(default_factory=dict)
+    fair_key: str | None = None  # "<queue>:<fair_by value>", for a task of a fair queue
+    fair_turn: int | None = None  # its key's tasks READY at once: TASKS_Q["FAIR_TURN"]
 
-    def columns(self) -> dict[str, str | None]:
-        """The row's columns, as JSON text; NULL when empty, so the triggers skip the row."""
+    def columns(self) -> dict[str, Any]:
+        """The row's columns, limits as JSON text; NULL when empty, so the triggers skip the
+        row."""
         return {
             "concurrency_limits": json.dumps(self.concurrency) if self.concurrency else None,
             "rate_limits": json.dumps(self.rate) if self.rate else None,
+            "fair_key": self.fair_key,
+            "fair_turn": self.fair_turn,
         }
 
 
@@ -115,6 +126,7 @@ def may_be_limited(task: Any, queue: str) -> bool:
     return (
         getattr(task, "concurrency", None) is not None
         or getattr(task, "rate_limit", None) is not None
+        or getattr(task, "fair_by", None) is not None
         or bool(queue_limits().get(queue))
     )
 
@@ -124,10 +136,14 @@ def limits_for(task: Any, queue: str, args: Sequence[Any], kwargs: Mapping[str, 
     ``limit_by`` fails for these arguments."""
     concurrency = getattr(task, "concurrency", None)
     rate_limit = getattr(task, "rate_limit", None)
+    fair_by = getattr(task, "fair_by", None)
     of_queue = queue_limits().get(queue)
-    if concurrency is None and rate_limit is None and not of_queue:
+    if concurrency is None and rate_limit is None and fair_by is None and not of_queue:
         return NO_LIMITS
-    found = Limits()
+    fair_key = None
+    if fair_by is not None:
+        fair_key = f"{queue}:{limit_value(task, fair_by, args, kwargs, option='fair_by')}"
+    found = Limits(fair_key=fair_key, fair_turn=conf.FAIR_TURN if fair_key else None)
     if concurrency is not None or rate_limit is not None:
         key = f"task:{task.name}"
         limit_by = getattr(task, "limit_by", None)
@@ -147,9 +163,16 @@ def limits_for(task: Any, queue: str, args: Sequence[Any], kwargs: Mapping[str, 
     return found
 
 
-def limit_value(task: Any, limit_by: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
-    """The key ``limit_by`` gives for one call, as text."""
-    where = f"Task {task.name}: limit_by"
+def limit_value(
+    task: Any,
+    limit_by: Any,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    *,
+    option: str = "limit_by",
+) -> str:
+    """The key ``limit_by`` (or ``fair_by``, the ``option``) gives for one call, as text."""
+    where = f"Task {task.name}: {option}"
     if isinstance(limit_by, str):
         parameters = inspect.signature(task.func).parameters
         if getattr(task, "takes_context", False):

@@ -141,6 +141,12 @@ class Task(models.Model):
     concurrency_limits = models.JSONField(null=True, blank=True)
     rate_limits = models.JSONField(null=True, blank=True)
     throttled_until = models.DateTimeField(null=True, blank=True)
+    # Fair queues: tasks of one fair_key ("<queue>:<fair_by value>") take turns with other
+    # keys, at most fair_turn of them READY at once; the others wait, WAITING and held by
+    # "turn:<key>" (migration 0009's django_tasks_q_next_turn trigger). Indexed by the
+    # migration (tasks_q_fair_ready_idx).
+    fair_key = models.TextField(null=True, blank=True)  # noqa: DJ001
+    fair_turn = models.SmallIntegerField(null=True, blank=True)
 
     objects = TaskQuerySet.as_manager()
 

@@ -36,6 +36,10 @@ PAUSE_CHANNEL = "django_tasks_q_pause"
 # source named task with queue and name columns (filled into the enqueue statements). The
 # function is migration 0008's.
 HELD_BY_PAUSE_SQL = "django_tasks_q_held_by(task.queue, task.name)"
+# The turn that holds back a task of a fair queue, if its key's turn is full: "turn:<key>",
+# over a row source named task with fair_key, fair_turn and ahead (how many tasks of its key
+# the same statement inserts before it). The function is migration 0009's.
+HELD_BY_TURN_SQL = "django_tasks_q_held_by_turn(task.fair_key, task.fair_turn, task.ahead)"
 
 
 class ClaimPosition(NamedTuple):
@@ -102,6 +106,7 @@ def statements() -> dict[str, str]:
         "null_task_columns": nulls,
         "ready_notice": READY_NOTICE_SQL,
         "held_by_pause": HELD_BY_PAUSE_SQL,
+        "held_by_turn": HELD_BY_TURN_SQL,
         **sql_entries(),
     }
     for name, code in found.items():
@@ -152,6 +157,8 @@ def enqueue(
     unique_key: str | None = None,
     concurrency_limits: str | None = None,
     rate_limits: str | None = None,
+    fair_key: str | None = None,
+    fair_turn: int | None = None,
 ) -> Enqueued | None:
     """Insert one READY task through the caller's connection (and transaction). None: a task
     with ``unique_key`` is already unfinished (WAITING, READY or RUNNING), and nothing was
@@ -176,6 +183,8 @@ def enqueue(
                 "unique_key": unique_key,
                 "concurrency_limits": concurrency_limits,
                 "rate_limits": rate_limits,
+                "fair_key": fair_key,
+                "fair_turn": fair_turn,
             },
         )
         row = cursor.fetchone()
@@ -205,6 +214,8 @@ def enqueue_many(
     notify: bool,
     concurrency_limits: Sequence[str | None] | None = None,
     rate_limits: Sequence[str | None] | None = None,
+    fair_key: Sequence[str | None] | None = None,
+    fair_turn: int | None = None,
 ) -> list[Enqueued]:
     """Insert many READY tasks of one task in a single statement. The limits (JSON text, see
     django_tasks_q.limits) are one per task, or None for none."""
@@ -222,6 +233,8 @@ def enqueue_many(
                 # NULL arrays when nothing is limited: unnest pads them with NULLs.
                 "concurrency_limits": list(concurrency_limits) if concurrency_limits else None,
                 "rate_limits": list(rate_limits) if rate_limits else None,
+                "fair_key": list(fair_key) if fair_key else None,
+                "fair_turn": fair_turn,
                 "run_after": run_after,
                 "max_attempts": max_attempts,
                 "max_lost_attempts": max_lost_attempts,
@@ -229,8 +242,11 @@ def enqueue_many(
                 "notify": notify,
             },
         )
-        ids, run_after_, enqueued_at, _, status = cursor.fetchone()
-    return [Enqueued(task_id, run_after_, enqueued_at, status) for task_id in ids]
+        ids, run_after_, enqueued_at, _, statuses = cursor.fetchone()
+    return [
+        Enqueued(task_id, run_after_, enqueued_at, status)
+        for task_id, status in zip(ids, statuses, strict=True)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +269,8 @@ class WorkflowRow:
     scheduled_for: datetime | None = None
     concurrency_limits: str | None = None  # JSON text, see django_tasks_q.limits
     rate_limits: str | None = None
+    fair_key: str | None = None
+    fair_turn: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +328,9 @@ def enqueue_workflow(
                 "scheduled_fors": [row.scheduled_for for row in rows],
                 "concurrency_limits": [row.concurrency_limits for row in rows],
                 "rate_limits": [row.rate_limits for row in rows],
+                "fair_key": [row.fair_key for row in rows],
+                # One turn for the whole workflow: TASKS_Q["FAIR_TURN"] when it was built.
+                "fair_turn": next((row.fair_turn for row in rows if row.fair_turn), None),
                 "edge_tasks": [edge.task + 1 for edge in edges],
                 "edge_parents": [
                     edge.parent + 1 if edge.parent is not None else -edge.parent_id

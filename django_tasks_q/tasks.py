@@ -61,6 +61,9 @@ class BackgroundTask(Task):
     concurrency: int | None = None
     rate_limit: str | float | None = None
     limit_by: str | Callable[..., Any] | None = None
+    # Fair queues: tasks of this queue take turns by this key (a parameter's name or a
+    # function of the arguments), so one key's backlog does not hold the others up.
+    fair_by: str | Callable[..., Any] | None = None
     # Whether the queue and priority were chosen in code (the decorator, using(), apply_async):
     # TASKS_Q["ROUTES"] decides the others (django_tasks_q.routing).
     queue_given: bool = False
@@ -452,7 +455,7 @@ _OPTION_NAMES = (
     "retry_jitter", "autoretry_for", "default_retry_delay", "timeout", "soft_timeout",
     "ignore_result", "max_lost_attempts", "bind",
     "takes_context", "backend", "schedule", "link", "link_error", "concurrency", "rate_limit",
-    "limit_by", "time_limit", "soft_time_limit",
+    "limit_by", "fair_by", "time_limit", "soft_time_limit",
 )  # fmt: skip
 
 
@@ -481,6 +484,7 @@ def background_task(
     concurrency: int | None = None,
     rate_limit: str | float | None = None,
     limit_by: str | Callable[..., Any] | None = None,
+    fair_by: str | Callable[..., Any] | None = None,
     time_limit: float | None = None,
     soft_time_limit: float | None = None,
     **unknown: Any,
@@ -503,7 +507,8 @@ def background_task(
     ``rate_limit``: at most this many starts, in Celery's syntax (``"10/s"``, ``"100/m"``,
     ``"1000/h"``); with ``limit_by`` (a parameter's name, or a function of the task's
     arguments returning a key), both apply per key instead of to the task as a whole
-    (docs/flow-control.md).
+    (docs/flow-control.md). ``fair_by`` (a parameter's name or a function): tasks of the
+    queue take turns by that key.
     """
     # Celery's names for the time limits, so that decorators move over unchanged.
     for celery_name, value, ours, given in (
@@ -554,6 +559,7 @@ def background_task(
             concurrency=concurrency,
             rate_limit=rate_limit,
             limit_by=limit_by,
+            fair_by=fair_by,
         )
 
     if function is not None:
@@ -634,6 +640,7 @@ def _validate_options(task: BackgroundTask) -> None:
             "concurrency= and/or rate_limit=."
         )
     limits.check_limit_by(task.func, task.limit_by, task.takes_context, where)
+    limits.check_limit_by(task.func, task.fair_by, task.takes_context, where, option="fair_by")
     if task.schedule is not None:
         try:
             from_decorator(task.schedule, task.name)

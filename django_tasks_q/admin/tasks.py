@@ -184,7 +184,15 @@ class TaskAdmin(ReadOnlyPages):
         (_("Workflow"), {"fields": ("workflow_display",)}),
         (
             _("Flow control"),
-            {"fields": ("held_by", "concurrency_limits", "rate_limits", "throttled_until")},
+            {
+                "fields": (
+                    "held_by",
+                    "concurrency_limits",
+                    "rate_limits",
+                    "throttled_until",
+                    "fair_key",
+                )
+            },
         ),
         (_("Arguments and result"), {"fields": ("args_pretty", "kwargs_pretty", "result_pretty")}),
         (_("Errors, one per failed attempt"), {"fields": ("errors_pretty",)}),
@@ -196,7 +204,7 @@ class TaskAdmin(ReadOnlyPages):
                        "attempts_display", "worker_link", "lease_expires_at",
                        "cancel_requested_at", "args_pretty", "kwargs_pretty", "result_pretty",
                        "errors_pretty", "workflow_display", "held_by", "concurrency_limits",
-                       "rate_limits", "throttled_until")  # fmt: skip
+                       "rate_limits", "throttled_until", "fair_key")  # fmt: skip
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # tasks are created by enqueueing them
@@ -206,7 +214,9 @@ class TaskAdmin(ReadOnlyPages):
         left_out = set()
         if obj is None or obj.workflow_id is None:
             left_out.add(_("Workflow"))
-        if obj is None or not (obj.held_by or obj.concurrency_limits or obj.rate_limits):
+        if obj is None or not (
+            obj.held_by or obj.concurrency_limits or obj.rate_limits or obj.fair_key
+        ):
             left_out.add(_("Flow control"))
         return [(name, options) for name, options in fieldsets if name not in left_out]
 

@@ -154,6 +154,80 @@ WHEN (OLD.status = 'RUNNING' AND OLD.concurrency_limits IS NOT NULL)
 EXECUTE FUNCTION django_tasks_q_limit_freed();
 """
 
+# Fair queues (docs/flow-control.md): a task declared with fair_by carries fair_key
+# ("<queue>:<value>") and fair_turn. At most fair_turn tasks of one key wait READY at once;
+# the others wait WAITING, held by "turn:<key>", and one of them becomes READY, due now, each
+# time one of the key's READY tasks is claimed (or leaves READY otherwise): it joins the end
+# of the line, behind the other keys' tasks. Keys so take turns however long their backlog.
+FAIR_SQL = """
+CREATE INDEX tasks_q_fair_ready_idx ON django_tasks_q_task (fair_key)
+    WHERE status = 'READY' AND fair_key IS NOT NULL;
+
+-- The turn a new task of this key must wait for: "turn:<key>" when `ahead` of its tasks (those
+-- already READY, plus those of the same statement before it) fill its turn; else NULL.
+CREATE FUNCTION django_tasks_q_held_by_turn(of_key text, turn integer, ahead bigint)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN of_key IS NOT NULL AND ahead + (
+        SELECT count(*) FROM django_tasks_q_task
+        WHERE status = 'READY' AND fair_key = of_key) >= turn
+    THEN 'turn:' || of_key END;
+$$;
+
+CREATE FUNCTION django_tasks_q_next_turn() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    ready bigint;
+    released record;
+BEGIN
+    SELECT count(*) INTO ready FROM django_tasks_q_task
+    WHERE status = 'READY' AND fair_key = OLD.fair_key;
+    IF ready < OLD.fair_turn THEN
+        FOR released IN
+            WITH next AS (
+                SELECT id FROM django_tasks_q_task
+                WHERE status = 'WAITING' AND held_by = 'turn:' || OLD.fair_key
+                ORDER BY priority * -1, run_after, id
+                LIMIT OLD.fair_turn - ready
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE django_tasks_q_task AS task
+            SET status = CASE WHEN django_tasks_q_held_by(task.queue, task.name) IS NULL
+                              THEN 'READY' ELSE 'WAITING' END,
+                held_by = django_tasks_q_held_by(task.queue, task.name),
+                run_after = greatest(task.run_after, now())
+            FROM next
+            WHERE task.id = next.id
+            RETURNING task.status, task.queue, task.priority, task.run_after
+        LOOP
+            IF released.status = 'READY' THEN
+                PERFORM django_tasks_q_notify_ready(released.queue, released.priority, released.run_after);
+            END IF;
+        END LOOP;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER django_tasks_q_next_turn
+AFTER UPDATE OF status ON django_tasks_q_task
+FOR EACH ROW
+WHEN (OLD.status = 'READY' AND NEW.status <> 'READY' AND OLD.fair_key IS NOT NULL)
+EXECUTE FUNCTION django_tasks_q_next_turn();
+
+CREATE TRIGGER django_tasks_q_next_turn_by_delete
+AFTER DELETE ON django_tasks_q_task
+FOR EACH ROW
+WHEN (OLD.status = 'READY' AND OLD.fair_key IS NOT NULL)
+EXECUTE FUNCTION django_tasks_q_next_turn();
+"""
+
+UNDO_FAIR_SQL = """
+DROP TRIGGER django_tasks_q_next_turn_by_delete ON django_tasks_q_task;
+DROP TRIGGER django_tasks_q_next_turn ON django_tasks_q_task;
+DROP FUNCTION django_tasks_q_next_turn();
+DROP FUNCTION django_tasks_q_held_by_turn(text, integer, bigint);
+DROP INDEX tasks_q_fair_ready_idx;
+"""
+
 UNDO_LIMITS_SQL = """
 DROP TRIGGER django_tasks_q_limit_freed_by_delete ON django_tasks_q_task;
 DROP TRIGGER django_tasks_q_limit_freed ON django_tasks_q_task;
@@ -211,5 +285,16 @@ class Migration(migrations.Migration):
             model_name='task',
             index=models.Index(condition=models.Q(('status', 'READY'), ('throttled_until__isnull', False)), fields=['throttled_until'], name='tasks_q_throttled_idx'),
         ),
+        migrations.AddField(
+            model_name='task',
+            name='fair_key',
+            field=models.TextField(blank=True, null=True),
+        ),
+        migrations.AddField(
+            model_name='task',
+            name='fair_turn',
+            field=models.SmallIntegerField(blank=True, null=True),
+        ),
         migrations.RunSQL(LIMITS_SQL, UNDO_LIMITS_SQL),
+        migrations.RunSQL(FAIR_SQL, UNDO_FAIR_SQL),
     ]

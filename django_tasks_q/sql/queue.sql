@@ -8,27 +8,30 @@
 -- One row; the NOTIFY is part of the same transaction, so it is delivered only if the
 -- caller commits, and only after the row is visible to the woken worker. Beat passes the
 -- schedule and tick; tasks_q_schedule_tick_uniq refuses a tick enqueued twice.
--- A task of a paused queue or name is inserted WAITING, held by that pause ({held_by_pause}).
+-- A task of a paused queue or name is inserted WAITING, held by that pause ({held_by_pause});
+-- a task of a fair queue whose key has its turn full, held by the turn ({held_by_turn}).
 -- With a unique key, nothing is inserted (no row returned) while a task with that key is
 -- WAITING (held by a pause), READY or RUNNING: tasks_q_unique_key_active is the arbiter. An uncommitted insert of the
 -- same key by another transaction makes this one wait for it to commit or roll back.
 WITH held AS MATERIALIZED (
-    SELECT {held_by_pause} AS held_by
-    FROM (VALUES (%(queue)s::text, %(name)s::text)) AS task(queue, name)
+    SELECT COALESCE({held_by_pause}, {held_by_turn}) AS held_by
+    FROM (VALUES (%(queue)s::text, %(name)s::text, %(fair_key)s::text, %(fair_turn)s::integer,
+                  0::bigint)) AS task(queue, name, fair_key, fair_turn, ahead)
 ),
 inserted AS (
     INSERT INTO django_tasks_q_task
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
          attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors,
          expires_at, schedule_id, scheduled_for, unique_key, held_by, concurrency_limits,
-         rate_limits)
+         rate_limits, fair_key, fair_turn)
     SELECT %(name)s, %(queue)s, %(priority)s,
            CASE WHEN held.held_by IS NULL THEN 'READY' ELSE 'WAITING' END,
            %(args)s::jsonb, %(kwargs)s::jsonb,
            COALESCE(%(run_after)s::timestamptz, now()), now(),
            0, %(max_attempts)s, %(max_lost_attempts)s, %(timeout)s, '', '[]'::jsonb,
            %(expires_at)s::timestamptz, %(schedule_id)s::bigint, %(scheduled_for)s::timestamptz,
-           %(unique_key)s, held.held_by, %(concurrency_limits)s::jsonb, %(rate_limits)s::jsonb
+           %(unique_key)s, held.held_by, %(concurrency_limits)s::jsonb, %(rate_limits)s::jsonb,
+           %(fair_key)s::text, %(fair_turn)s::smallint
     FROM held
     ON CONFLICT (unique_key)
         WHERE unique_key IS NOT NULL AND status IN ('WAITING', 'READY', 'RUNNING')
@@ -50,26 +53,33 @@ WHERE unique_key = %(unique_key)s AND status IN ('WAITING', 'READY', 'RUNNING');
 -- name: enqueue_many
 -- Ids come from the sequence in the order the SELECT produces rows (call order), so the sorted
 -- ids map back to the calls. run_after and enqueued_at are the same for every row.
+-- Each call's place among the calls of its fair key ("ahead") counts towards the key's turn.
 WITH held AS MATERIALIZED (
     SELECT {held_by_pause} AS held_by
     FROM (VALUES (%(queue)s::text, %(name)s::text)) AS task(queue, name)
+),
+call AS (
+    SELECT call.*, %(fair_turn)s::integer AS fair_turn,
+           row_number() OVER (PARTITION BY call.fair_key ORDER BY call.n) - 1 AS ahead
+    FROM unnest(%(args)s::jsonb[], %(kwargs)s::jsonb[], %(concurrency_limits)s::jsonb[],
+                %(rate_limits)s::jsonb[], %(fair_key)s::text[])
+        WITH ORDINALITY AS call(args, kwargs, concurrency_limits, rate_limits, fair_key, n)
 ),
 inserted AS (
     INSERT INTO django_tasks_q_task
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
          attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors, held_by,
-         concurrency_limits, rate_limits)
+         concurrency_limits, rate_limits, fair_key, fair_turn)
     SELECT %(name)s, %(queue)s, %(priority)s,
-           CASE WHEN held.held_by IS NULL THEN 'READY' ELSE 'WAITING' END,
-           call.args, call.kwargs,
+           CASE WHEN turn.held_by IS NULL THEN 'READY' ELSE 'WAITING' END,
+           task.args, task.kwargs,
            COALESCE(%(run_after)s::timestamptz, now()), now(),
            0, %(max_attempts)s, %(max_lost_attempts)s, %(timeout)s, '', '[]'::jsonb,
-           held.held_by, call.concurrency_limits, call.rate_limits
-    FROM held,
-         unnest(%(args)s::jsonb[], %(kwargs)s::jsonb[], %(concurrency_limits)s::jsonb[],
-                %(rate_limits)s::jsonb[])
-             WITH ORDINALITY AS call(args, kwargs, concurrency_limits, rate_limits, n)
-    ORDER BY call.n
+           turn.held_by, task.concurrency_limits, task.rate_limits, task.fair_key,
+           task.fair_turn
+    FROM held, call AS task
+    CROSS JOIN LATERAL (SELECT COALESCE(held.held_by, {held_by_turn}) AS held_by) AS turn
+    ORDER BY task.n
     RETURNING id, status, queue, priority, run_after, enqueued_at
 ),
 notified AS (
@@ -80,7 +90,7 @@ notified AS (
     ) AS ready
 )
 SELECT array_agg(id ORDER BY id), min(run_after), min(enqueued_at), (SELECT count(*) FROM notified),
-       min(status)
+       array_agg(status ORDER BY id)
 FROM inserted;
 
 -- name: enqueue_workflow
@@ -100,27 +110,36 @@ WITH node AS (
         %(max_lost_attempts)s::integer[], %(timeouts)s::float8[], %(expires)s::timestamptz[],
         %(waiting_for)s::integer[], %(receives)s::text[], %(has_dependents)s::boolean[],
         %(schedule_ids)s::bigint[], %(scheduled_fors)s::timestamptz[],
-        %(concurrency_limits)s::jsonb[], %(rate_limits)s::jsonb[]
+        %(concurrency_limits)s::jsonb[], %(rate_limits)s::jsonb[], %(fair_key)s::text[]
     ) WITH ORDINALITY AS node(name, queue, priority, args, kwargs, run_after, max_attempts,
                               max_lost_attempts, timeout, expires_at, waiting_for, receives,
                               has_dependents, schedule_id, scheduled_for,
-                              concurrency_limits, rate_limits, n)
+                              concurrency_limits, rate_limits, fair_key, n)
+),
+-- A step's place among the steps of its fair key that are READY from the start.
+placed AS (
+    SELECT node.*, %(fair_turn)s::integer AS fair_turn,
+           row_number() OVER (PARTITION BY node.fair_key, node.waiting_for > 0
+                              ORDER BY node.n) - 1 AS ahead
+    FROM node
 ),
 inserted AS (
     INSERT INTO django_tasks_q_task
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
          attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors, expires_at,
          waiting_for, receives, has_dependents, workflow_id, schedule_id, scheduled_for,
-         held_by, concurrency_limits, rate_limits)
+         held_by, concurrency_limits, rate_limits, fair_key, fair_turn)
     SELECT name, queue, priority,
            CASE WHEN waiting_for > 0 OR held.held_by IS NOT NULL THEN 'WAITING' ELSE 'READY' END,
            args, kwargs, COALESCE(run_after, now()), now(),
            0, max_attempts, max_lost_attempts, timeout, '', '[]'::jsonb, expires_at,
            waiting_for, receives, has_dependents, %(workflow_id)s::uuid, schedule_id,
            scheduled_for, CASE WHEN waiting_for > 0 THEN NULL ELSE held.held_by END,
-           concurrency_limits, rate_limits
-    FROM node AS task
-    CROSS JOIN LATERAL (SELECT {held_by_pause} AS held_by) AS held
+           concurrency_limits, rate_limits, fair_key, fair_turn
+    FROM placed AS task
+    CROSS JOIN LATERAL (
+        SELECT COALESCE({held_by_pause}, {held_by_turn}) AS held_by
+    ) AS held
     ORDER BY n
     RETURNING id, status, queue, priority, run_after, enqueued_at
 ),

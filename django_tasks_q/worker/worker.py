@@ -158,6 +158,7 @@ class Worker:
         # concurrency limits hold back.
         self._with_dependents: set[int] = set()
         self._limited: set[int] = set()  # held tasks that hold a concurrency limit
+        self._looked_from_start = False  # burst: the last claim, from the start, found nothing
         # When starts a rate limit reserved for tasks this worker claimed come (monotonic).
         self._reserved_starts: list[float] = []
         self._paused = NOTHING_PAUSED
@@ -205,11 +206,13 @@ class Worker:
         )
         heartbeat.start()
         self.executor.start()
+        listener = None
         if options.listen:
-            threading.Thread(
+            listener = threading.Thread(
                 target=self.listener.run, args=(self._stopping,), name="tasks-q-listener",
                 daemon=True,
-            ).start()  # fmt: skip
+            )  # fmt: skip
+            listener.start()
         services = [
             threading.Thread(target=self._run_service, args=(service,), daemon=True,
                              name=f"tasks-q-service-{index}")
@@ -227,6 +230,11 @@ class Worker:
                 for thread in services:
                     thread.join(timeout=10)
                 heartbeat.join(timeout=5)
+                if listener is not None:
+                    # It hears _stopping within a second and closes its connection: a worker
+                    # run in-process (burst) leaves no session behind when run() returns.
+                    self._stopping.set()
+                    listener.join(timeout=5)
                 self._say_stopped()
         logger.info("Worker %s stopped after %s task attempts", self.worker_id, self.processed)
         return self._exit_code
@@ -407,7 +415,15 @@ class Worker:
             if did_work:
                 continue
             if self.options.burst and not self._held and not self._maybe_ready:
-                return
+                if self._looked_from_start:
+                    return
+                # Before exiting, one claim from the start: a task made READY behind this
+                # worker's claim floor (a higher priority released by a trigger, with no
+                # notification to hear) is found there.
+                self._looked_from_start = True
+                self.claim_floor.forget()
+                self._maybe_ready = True
+                continue
             self._wake.wait(self._idle_wait())
             self._wake.clear()
             now = time.monotonic()
@@ -526,6 +542,8 @@ class Worker:
             self.metrics.claimed(claimed)
         for task in skipped:  # cancelled by the claim: expired, or cancelled before it started
             self.runner.announce(task, "CANCELLED", task.errors[-1], holder="")
+        if claimed or skipped or parked or throttled:
+            self._looked_from_start = False
         if limit:
             self._held.update(task.id for task in claimed)
             runnable: list[ClaimedTask] = []

@@ -450,3 +450,9 @@ def enqueues_a_record(key):
 def breaks_a_query(key):
     Execution.objects.create(key=key)
     Execution.objects.create(key=None)  # NOT NULL: the database refuses it
+
+
+@background_task(queue="exports", fair_by="account")
+def export_for(account, key, seconds=0.0):
+    time.sleep(seconds)
+    Execution.objects.create(key=key)
