@@ -42,7 +42,7 @@ from django_tasks_q.models import Task as TaskRow
 from django_tasks_q.results import TaskHandle
 from django_tasks_q.routing import route_for
 from django_tasks_q.serialization import check_arguments, dumps
-from django_tasks_q.tasks import BackgroundTask, MissingTask, expiry_time
+from django_tasks_q.tasks import BackgroundTask, MissingTask, RemoteTask, expiry_time
 
 
 class PostgresBackend(BaseTaskBackend):
@@ -64,7 +64,7 @@ class PostgresBackend(BaseTaskBackend):
 
     def validate_task(self, task: Task) -> None:
         """Django's rules first; where a rule fails, the message says what to change."""
-        if isinstance(task, MissingTask):
+        if isinstance(task, MissingTask) and not isinstance(task, RemoteTask):
             raise UnknownTaskError(
                 f"Task {task.name!r} is no longer in the code: a handle of one of its stored "
                 "rows can read it, not enqueue it again."

@@ -39,7 +39,11 @@ HELD_BY_PAUSE_SQL = "django_tasks_q_held_by(task.queue, task.name)"
 # The turn that holds back a task of a fair queue, if its key's turn is full: "turn:<key>",
 # over a row source named task with fair_key, fair_turn and ahead (how many tasks of its key
 # the same statement inserts before it). The function is migration 0009's.
-HELD_BY_TURN_SQL = "django_tasks_q_held_by_turn(task.fair_key, task.fair_turn, task.ahead)"
+# A task outside fair queues makes no call.
+HELD_BY_TURN_SQL = (
+    "CASE WHEN task.fair_key IS NOT NULL"
+    " THEN django_tasks_q_held_by_turn(task.fair_key, task.fair_turn, task.ahead) END"
+)
 
 
 class ClaimPosition(NamedTuple):

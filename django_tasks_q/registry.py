@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import logging
 import threading
 from typing import TYPE_CHECKING
@@ -97,6 +98,22 @@ def _is_this_or_a_parent(missing: str | None, module_name: str) -> bool:
 
 def _warn_broken(module_name: str, exc: BaseException) -> None:
     logger.warning("Module %s could not be imported to find a task: %r", module_name, exc)
+
+
+def module_is_here(name: str) -> bool:
+    """Whether the module ``name`` points into is one of this process's: a task of it is
+    registered, or some prefix of the name is an importable module."""
+    module = name.rpartition(".")[0]
+    if any(other.rpartition(".")[0] == module for other in _tasks):
+        return True
+    parts = name.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            if importlib.util.find_spec(".".join(parts[:split])) is not None:
+                return True
+        except (ImportError, ValueError):
+            continue
+    return False
 
 
 def unknown_task_message(name: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -344,6 +345,17 @@ class MissingTask(BackgroundTask):
         )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteTask(MissingTask):
+    """Stands for a task enqueued by name (send_task) that this process does not have: its
+    rows carry no options (max_attempts 0), which the worker that runs it fills in from the
+    task's declaration (worker.runner.as_declared)."""
+
+    @property
+    def max_attempts(self) -> int:
+        return 0
+
+
 def expiry_time(expires: float | timedelta | datetime, run_after: datetime | None) -> datetime:
     if isinstance(expires, datetime):
         if timezone.is_naive(expires):
@@ -571,10 +583,32 @@ def send_task(
     name: str,
     args: Sequence[Any] | None = None,
     kwargs: Mapping[str, Any] | None = None,
+    *,
+    backend: str = DEFAULT_TASK_BACKEND_ALIAS,
     **options: Any,
 ) -> TaskHandle:
-    """Enqueue a registered task by name; ``options`` are those of ``apply_async``."""
-    return registry.get(name).apply_async(args, kwargs, **options)
+    """Enqueue the task registered as ``name``; ``options`` are those of ``apply_async``.
+
+    A name whose module this process does not have is enqueued all the same, for a worker
+    whose code has it (Celery's use of ``send_task``: work that another codebase implements).
+    A name in one of this process's modules that is not a task there is an UnknownTaskError,
+    which suggests the close name: a typo must not wait for a worker that never comes. That task's
+    retries and time limit then come from its declaration, as the worker that runs it knows
+    it; until one claims it, its handle shows 0 attempts allowed."""
+    task = registry.find(name)
+    if task is None:
+        if registry.module_is_here(name):
+            raise UnknownTaskError(registry.unknown_task_message(name))  # a typo, most likely
+        if not _DOTTED_NAME.match(name) or len(name) > 255:
+            raise InvalidTask(
+                f"send_task({name!r}): a task name is a dotted path such as "
+                "'billing.tasks.charge', of at most 255 characters."
+            )
+        task = RemoteTask.named(name, queue=DEFAULT_TASK_QUEUE_NAME, priority=0, backend=backend)
+    return task.apply_async(args, kwargs, **options)
+
+
+_DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
 def _validate_options(task: BackgroundTask) -> None:

@@ -28,7 +28,7 @@ from django_tasks_q.compat import DEFAULT_TASK_BACKEND_ALIAS, InvalidTask
 from django_tasks_q.models import Task
 from django_tasks_q.queue import QueueConnection
 from django_tasks_q.stats import database_now
-from django_tasks_q.worker.runner import Runner
+from django_tasks_q.worker.runner import Runner, as_declared
 
 if TYPE_CHECKING:
     from django_tasks_q.results import TaskHandle
@@ -154,7 +154,7 @@ class TaskQueue:
                             f"More than {limit} task attempts ran; does a task enqueue itself "
                             "for ever? Pass a higher limit= if that many are expected."
                         )
-                    outcome = self._run_one(runner, claimed, in_transaction)
+                    outcome = self._run_one(runner, as_declared(claimed), in_transaction)
                     queue_connection.finish(worker_id=self.worker_id, outcomes=[outcome])
                     ran.append(claimed.id)
         finally:

@@ -165,13 +165,20 @@ CREATE INDEX tasks_q_fair_ready_idx ON django_tasks_q_task (fair_key)
 
 -- The turn a new task of this key must wait for: "turn:<key>" when `ahead` of its tasks (those
 -- already READY, plus those of the same statement before it) fill its turn; else NULL.
+-- PL/pgSQL, as django_tasks_q_held_by: its plan is kept for the session, where an SQL
+-- function's would be made again for every statement that calls it.
 CREATE FUNCTION django_tasks_q_held_by_turn(of_key text, turn integer, ahead bigint)
-RETURNS text LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN of_key IS NOT NULL AND ahead + (
-        SELECT count(*) FROM django_tasks_q_task
-        WHERE status = 'READY' AND fair_key = of_key) >= turn
-    THEN 'turn:' || of_key END;
-$$;
+RETURNS text LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    ready bigint;
+BEGIN
+    SELECT count(*) INTO ready FROM django_tasks_q_task
+    WHERE status = 'READY' AND fair_key = of_key;
+    IF ahead + ready >= turn THEN
+        RETURN 'turn:' || of_key;
+    END IF;
+    RETURN NULL;
+END $$;
 
 CREATE FUNCTION django_tasks_q_next_turn() RETURNS trigger
 LANGUAGE plpgsql AS $$

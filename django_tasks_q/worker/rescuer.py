@@ -23,7 +23,7 @@ from typing import Any
 from django_tasks_q.errors import described_entry
 from django_tasks_q.queue import EARLIEST, LostTask, QueueConnection
 from django_tasks_q.retry import after_lost
-from django_tasks_q.worker.runner import WORKER_LOST, Runner
+from django_tasks_q.worker.runner import WORKER_LOST, Runner, as_declared
 
 logger = logging.getLogger("django_tasks_q.worker")
 
@@ -113,7 +113,7 @@ class Rescuer:
         errors: dict[int, dict[str, Any]] = {}
 
         def decide(lost: LostTask) -> tuple[str, int, dict[str, Any]]:
-            task = lost.task
+            task = as_declared(lost.task)
             decision = after_lost(
                 max_attempts=task.max_attempts,
                 lost_attempts=task.lost_attempts,

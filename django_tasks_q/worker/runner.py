@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -37,6 +38,22 @@ from django_tasks_q.signals import task_finished, task_retried, task_started
 from django_tasks_q.tasks import BackgroundTask, BackgroundTaskContext
 
 logger = logging.getLogger("django_tasks_q.worker")
+
+
+def as_declared(claimed: ClaimedTask) -> ClaimedTask:
+    """``claimed`` with its task's declared attempts and time limit where its row carries
+    none: a task enqueued by name from a process that does not have it (send_task) has
+    max_attempts 0 (the outcome records the real number) and no timeout."""
+    if claimed.max_attempts and claimed.timeout is not None:
+        return claimed
+    task = registry.find(claimed.name)
+    if task is None:
+        return claimed
+    max_attempts = claimed.max_attempts or getattr(task, "max_attempts", 1)
+    timeout = claimed.timeout if claimed.timeout is not None else getattr(task, "timeout", None)
+    if (max_attempts, timeout) == (claimed.max_attempts, claimed.timeout):
+        return claimed
+    return dataclasses.replace(claimed, max_attempts=max_attempts, timeout=timeout)
 
 
 class Runner:

@@ -42,7 +42,7 @@ from django_tasks_q.worker.options import WorkerOptions
 from django_tasks_q.worker.pool import ProcessPool
 from django_tasks_q.worker.pruner import Pruner
 from django_tasks_q.worker.rescuer import Rescuer
-from django_tasks_q.worker.runner import Runner
+from django_tasks_q.worker.runner import Runner, as_declared
 from django_tasks_q.worker.threads import ThreadPool
 from django_tasks_q.worker.unknown_tasks import UnknownTasks
 
@@ -549,7 +549,10 @@ class Worker:
             runnable: list[ClaimedTask] = []
             deferred: list[ClaimedTask] = []
             for task in claimed:
-                (runnable if self.unknown_tasks.runs_here(task) else deferred).append(task)
+                if self.unknown_tasks.runs_here(task):
+                    runnable.append(as_declared(task))
+                else:
+                    deferred.append(task)
             self._with_dependents.update(
                 task.id for task in claimed if task.has_dependents or task.limited
             )
