@@ -52,7 +52,7 @@ def test_a_worker_that_has_the_task_runs_it_with_its_declared_retries(start_work
 
 
 def test_a_name_in_this_codebase_that_is_not_a_task_is_refused():
-    with pytest.raises(UnknownTaskError, match="Did you mean 'tests.testapp.tasks.add'"):
+    with pytest.raises(UnknownTaskError, match=r"Did you mean 'tests\.testapp\.tasks\.add'"):
         send_task("tests.testapp.tasks.ad", [1, 2])
     with pytest.raises(InvalidTask, match="a dotted path"):
         send_task("not a name")
