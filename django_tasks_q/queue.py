@@ -123,6 +123,12 @@ def statements() -> dict[str, str]:
     found["finish_and_claim_from_queues"] = template.replace(
         "{picked}", found.pop("pick_from_queues")
     )
+    # One bulk insert with fair keys, one without (see the file).
+    template = found.pop("enqueue_many")
+    found["enqueue_many"] = template.replace("{ahead}", "0::bigint")
+    found["enqueue_many_fair"] = template.replace(
+        "{ahead}", "row_number() OVER (PARTITION BY call.fair_key ORDER BY call.n) - 1"
+    )
     # One pause statement, for a queue or for a task name (see the file).
     template = found.pop("pause")
     found["pause_queue"] = template.replace("{paused_rows}", "queue = %(queue)s")
@@ -227,7 +233,7 @@ def enqueue_many(
         return []
     with connections[using].cursor() as cursor:
         cursor.execute(
-            sql("enqueue_many"),
+            sql("enqueue_many_fair" if fair_key and any(fair_key) else "enqueue_many"),
             {
                 "name": name,
                 "queue": queue,

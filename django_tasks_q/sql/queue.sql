@@ -53,14 +53,15 @@ WHERE unique_key = %(unique_key)s AND status IN ('WAITING', 'READY', 'RUNNING');
 -- name: enqueue_many
 -- Ids come from the sequence in the order the SELECT produces rows (call order), so the sorted
 -- ids map back to the calls. run_after and enqueued_at are the same for every row.
--- Each call's place among the calls of its fair key ("ahead") counts towards the key's turn.
+-- Each call's place among the calls of its fair key ({ahead}) counts towards the key's turn:
+-- filled in when the file is loaded, a window over the calls for enqueue_many_fair, 0 for
+-- enqueue_many (no fair key among the calls: no sort of the calls).
 WITH held AS MATERIALIZED (
     SELECT {held_by_pause} AS held_by
     FROM (VALUES (%(queue)s::text, %(name)s::text)) AS task(queue, name)
 ),
 call AS (
-    SELECT call.*, %(fair_turn)s::integer AS fair_turn,
-           row_number() OVER (PARTITION BY call.fair_key ORDER BY call.n) - 1 AS ahead
+    SELECT call.*, %(fair_turn)s::integer AS fair_turn, {ahead} AS ahead
     FROM unnest(%(args)s::jsonb[], %(kwargs)s::jsonb[], %(concurrency_limits)s::jsonb[],
                 %(rate_limits)s::jsonb[], %(fair_key)s::text[])
         WITH ORDINALITY AS call(args, kwargs, concurrency_limits, rate_limits, fair_key, n)
