@@ -125,10 +125,12 @@ def statements() -> dict[str, str]:
     )
     # One bulk insert with fair keys, one without (see the file).
     template = found.pop("enqueue_many")
-    found["enqueue_many"] = template.replace("{ahead}", "0::bigint")
+    found["enqueue_many"] = template.replace("{ahead}", "0::bigint").replace(
+        "{turn_of_call}", "NULL::text"
+    )
     found["enqueue_many_fair"] = template.replace(
         "{ahead}", "row_number() OVER (PARTITION BY call.fair_key ORDER BY call.n) - 1"
-    )
+    ).replace("{turn_of_call}", HELD_BY_TURN_SQL)
     # One pause statement, for a queue or for a task name (see the file).
     template = found.pop("pause")
     found["pause_queue"] = template.replace("{paused_rows}", "queue = %(queue)s")

@@ -53,9 +53,10 @@ WHERE unique_key = %(unique_key)s AND status IN ('WAITING', 'READY', 'RUNNING');
 -- name: enqueue_many
 -- Ids come from the sequence in the order the SELECT produces rows (call order), so the sorted
 -- ids map back to the calls. run_after and enqueued_at are the same for every row.
--- Each call's place among the calls of its fair key ({ahead}) counts towards the key's turn:
--- filled in when the file is loaded, a window over the calls for enqueue_many_fair, 0 for
--- enqueue_many (no fair key among the calls: no sort of the calls).
+-- Each call's place among the calls of its fair key (ahead) counts towards the key's turn.
+-- {ahead} and {turn_of_call} are filled in when the file is loaded: for enqueue_many_fair, a
+-- window over the calls and {held_by_turn}; for enqueue_many (no fair key among the calls),
+-- 0 and NULL, so that plain calls are neither sorted nor looked at one by one.
 WITH held AS MATERIALIZED (
     SELECT {held_by_pause} AS held_by
     FROM (VALUES (%(queue)s::text, %(name)s::text)) AS task(queue, name)
@@ -79,7 +80,7 @@ inserted AS (
            turn.held_by, task.concurrency_limits, task.rate_limits, task.fair_key,
            task.fair_turn
     FROM held, call AS task
-    CROSS JOIN LATERAL (SELECT COALESCE(held.held_by, {held_by_turn}) AS held_by) AS turn
+    CROSS JOIN LATERAL (SELECT COALESCE(held.held_by, {turn_of_call}) AS held_by) AS turn
     ORDER BY task.n
     RETURNING id, status, queue, priority, run_after, enqueued_at
 ),
