@@ -78,6 +78,14 @@ BEGIN
         END IF;
     END IF;
     NEW.throttled_until := NULL;
+    -- Admitted at this moment, not when the claim's transaction began: the end that freed
+    -- the slot may have committed in between, and its finished_at is its own transaction's
+    -- start. So a limited task's attempt never seems to begin before the one it waited for
+    -- ended.
+    NEW.last_attempted_at := clock_timestamp();
+    IF OLD.started_at IS NULL THEN
+        NEW.started_at := NEW.last_attempted_at;
+    END IF;
     RETURN NEW;
 END $$;
 
