@@ -35,7 +35,9 @@ DECLARE
     limit_key text;
     most integer;
     running bigint;
-    due timestamptz := now();
+    -- This moment, not when the claim's transaction began (see the end).
+    admitted_at timestamptz := clock_timestamp();
+    due timestamptz := admitted_at;
     reserved timestamptz;
 BEGIN
     FOR limit_key, most IN
@@ -71,7 +73,7 @@ BEGIN
         SELECT key, due + make_interval(secs => value::float8)
         FROM jsonb_each_text(NEW.rate_limits)
         ON CONFLICT (key) DO UPDATE SET next_at = EXCLUDED.next_at;
-        IF due > now() THEN
+        IF due > admitted_at THEN
             OLD.run_after := due;
             OLD.throttled_until := due;
             RETURN OLD;
@@ -81,8 +83,8 @@ BEGIN
     -- Admitted at this moment, not when the claim's transaction began: the end that freed
     -- the slot may have committed in between, and its finished_at is its own transaction's
     -- start. So a limited task's attempt never seems to begin before the one it waited for
-    -- ended.
-    NEW.last_attempted_at := clock_timestamp();
+    -- ended, and a rate's starts are spaced from the moments they were admitted.
+    NEW.last_attempted_at := admitted_at;
     IF OLD.started_at IS NULL THEN
         NEW.started_at := NEW.last_attempted_at;
     END IF;
