@@ -101,6 +101,38 @@ WHEN (OLD.status = 'READY' AND NEW.status = 'RUNNING'
       AND (NEW.concurrency_limits IS NOT NULL OR NEW.rate_limits IS NOT NULL))
 EXECUTE FUNCTION django_tasks_q_admit();
 
+-- Let in the first `how_many` tasks `held` holds back ("limit:<key>" or "turn:<key>"), in
+-- their order: READY, due now, ahead of where the workers' claims start (as a released
+-- dependent), or held by a pause of their queue or task instead; and wake the workers. SKIP
+-- LOCKED: two ends of the same key at once let different tasks in.
+CREATE FUNCTION django_tasks_q_let_in(held text, how_many bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    released record;
+BEGIN
+    FOR released IN
+        WITH next AS (
+            SELECT id FROM django_tasks_q_task
+            WHERE status = 'WAITING' AND held_by = held
+            ORDER BY priority * -1, run_after, id
+            LIMIT how_many
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE django_tasks_q_task AS task
+        SET status = CASE WHEN django_tasks_q_held_by(task.queue, task.name) IS NULL
+                          THEN 'READY' ELSE 'WAITING' END,
+            held_by = django_tasks_q_held_by(task.queue, task.name),
+            run_after = greatest(task.run_after, now())
+        FROM next
+        WHERE task.id = next.id
+        RETURNING task.status, task.queue, task.priority, task.run_after
+    LOOP
+        IF released.status = 'READY' THEN
+            PERFORM django_tasks_q_notify_ready(released.queue, released.priority, released.run_after);
+        END IF;
+    END LOOP;
+END $$;
+
 -- A limited task stopped running (finished, retried later, recovered, given back, deleted):
 -- the first tasks its limits hold back are READY again, as many as there is room for, due
 -- now (they keep their order among themselves). AFTER, at the end of the statement: a BEFORE
@@ -114,7 +146,6 @@ DECLARE
     limit_key text;
     most integer;
     running bigint;
-    ready record;
 BEGIN
     FOR limit_key, most IN
         SELECT key, value::integer FROM jsonb_each_text(OLD.concurrency_limits) ORDER BY key
@@ -124,28 +155,7 @@ BEGIN
         SELECT count(*) INTO running FROM django_tasks_q_task
         WHERE (status = 'RUNNING') IS TRUE AND concurrency_limits ? limit_key;
         IF running < most THEN
-            FOR ready IN
-                WITH next AS (
-                    SELECT id FROM django_tasks_q_task
-                    WHERE status = 'WAITING' AND held_by = 'limit:' || limit_key
-                    ORDER BY priority * -1, run_after, id
-                    LIMIT most - running
-                    FOR UPDATE SKIP LOCKED
-                )
-                UPDATE django_tasks_q_task AS task
-                SET status = CASE WHEN django_tasks_q_held_by(task.queue, task.name) IS NULL
-                                  THEN 'READY' ELSE 'WAITING' END,
-                    held_by = django_tasks_q_held_by(task.queue, task.name),
-                    -- Ahead of where the workers' claims start, as a released dependent.
-                    run_after = greatest(task.run_after, now())
-                FROM next
-                WHERE task.id = next.id
-                RETURNING task.status, task.queue, task.priority, task.run_after
-            LOOP
-                IF ready.status = 'READY' THEN
-                    PERFORM django_tasks_q_notify_ready(ready.queue, ready.priority, ready.run_after);
-                END IF;
-            END LOOP;
+            PERFORM django_tasks_q_let_in('limit:' || limit_key, most - running);
         END IF;
     END LOOP;
     RETURN NULL;
@@ -194,32 +204,11 @@ CREATE FUNCTION django_tasks_q_next_turn() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     ready bigint;
-    released record;
 BEGIN
     SELECT count(*) INTO ready FROM django_tasks_q_task
     WHERE status = 'READY' AND fair_key = OLD.fair_key;
     IF ready < OLD.fair_turn THEN
-        FOR released IN
-            WITH next AS (
-                SELECT id FROM django_tasks_q_task
-                WHERE status = 'WAITING' AND held_by = 'turn:' || OLD.fair_key
-                ORDER BY priority * -1, run_after, id
-                LIMIT OLD.fair_turn - ready
-                FOR UPDATE SKIP LOCKED
-            )
-            UPDATE django_tasks_q_task AS task
-            SET status = CASE WHEN django_tasks_q_held_by(task.queue, task.name) IS NULL
-                              THEN 'READY' ELSE 'WAITING' END,
-                held_by = django_tasks_q_held_by(task.queue, task.name),
-                run_after = greatest(task.run_after, now())
-            FROM next
-            WHERE task.id = next.id
-            RETURNING task.status, task.queue, task.priority, task.run_after
-        LOOP
-            IF released.status = 'READY' THEN
-                PERFORM django_tasks_q_notify_ready(released.queue, released.priority, released.run_after);
-            END IF;
-        END LOOP;
+        PERFORM django_tasks_q_let_in('turn:' || OLD.fair_key, OLD.fair_turn - ready);
     END IF;
     RETURN NULL;
 END $$;
@@ -250,6 +239,7 @@ DROP TRIGGER django_tasks_q_limit_freed_by_delete ON django_tasks_q_task;
 DROP TRIGGER django_tasks_q_limit_freed ON django_tasks_q_task;
 DROP TRIGGER django_tasks_q_admit ON django_tasks_q_task;
 DROP FUNCTION django_tasks_q_limit_freed();
+DROP FUNCTION django_tasks_q_let_in(text, bigint);
 DROP FUNCTION django_tasks_q_admit();
 DROP FUNCTION django_tasks_q_notify_ready(text, integer, timestamptz);
 DROP INDEX tasks_q_limited_running_idx;
