@@ -133,13 +133,13 @@ def may_be_limited(task: Any, queue: str) -> bool:
 
 def limits_for(task: Any, queue: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Limits:
     """The limits of one call of ``task`` in ``queue``. Raises LimitError if its
-    ``limit_by`` fails for these arguments."""
+    ``limit_by`` or ``fair_by`` fails for these arguments."""
+    if not may_be_limited(task, queue):
+        return NO_LIMITS
     concurrency = getattr(task, "concurrency", None)
     rate_limit = getattr(task, "rate_limit", None)
     fair_by = getattr(task, "fair_by", None)
     of_queue = queue_limits().get(queue)
-    if concurrency is None and rate_limit is None and fair_by is None and not of_queue:
-        return NO_LIMITS
     fair_key = None
     if fair_by is not None:
         fair_key = f"{queue}:{limit_value(task, fair_by, args, kwargs, option='fair_by')}"
