@@ -2,6 +2,7 @@
 
 Django 6.0+ ships it as ``django.tasks``; on Django 5.2 the ``django-tasks`` backport provides the
 same classes under ``django_tasks``. Keeping every import here makes that switch one edit.
+``FRAMEWORK`` names the package in use, for dotted paths such as Django's own backends.
 """
 
 try:
@@ -12,8 +13,12 @@ try:
         TaskContext,
         TaskResult,
         TaskResultStatus,
+        default_task_backend,
+        task,
         task_backends,
     )
+
+    FRAMEWORK = "django.tasks"
     from django.tasks.backends.base import BaseTaskBackend
     from django.tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, TaskError
     from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist, TaskResultMismatch
@@ -26,8 +31,12 @@ except ImportError:  # Django 5.2 with the django-tasks backport
         TaskContext,
         TaskResult,
         TaskResultStatus,
+        default_task_backend,
+        task,
         task_backends,
     )
+
+    FRAMEWORK = "django_tasks"
     from django_tasks.backends.base import BaseTaskBackend
     from django_tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, Task, TaskError
     from django_tasks.exceptions import InvalidTaskError as InvalidTask
@@ -38,6 +47,7 @@ except ImportError:  # Django 5.2 with the django-tasks backport
 __all__ = [
     "DEFAULT_TASK_BACKEND_ALIAS",
     "DEFAULT_TASK_QUEUE_NAME",
+    "FRAMEWORK",
     "TASK_MAX_PRIORITY",
     "TASK_MIN_PRIORITY",
     "BaseTaskBackend",
@@ -49,7 +59,9 @@ __all__ = [
     "TaskResultDoesNotExist",
     "TaskResultMismatch",
     "TaskResultStatus",
+    "default_task_backend",
     "is_module_level_function",
+    "task",
     "task_backends",
     "task_enqueued",
     "task_finished",

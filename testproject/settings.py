@@ -7,6 +7,7 @@ repository is started (see ``testproject/embedded_db.py``).
 from pathlib import Path
 from urllib.parse import unquote
 
+import django
 import environ
 
 BASE_DIR = Path(__file__).resolve().parent
@@ -39,6 +40,9 @@ INSTALLED_APPS = [
     "django_tasks_q",
     "testproject.demo",
 ]
+if django.VERSION < (6, 0):
+    # Django 5.2 gets the Tasks framework from the django-tasks backport.
+    INSTALLED_APPS.insert(INSTALLED_APPS.index("django_tasks_q"), "django_tasks")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -101,5 +105,6 @@ LOGGING = {
         "django_tasks_q": {"handlers": ["console"], "level": env.str("TASKS_Q_LOG_LEVEL", "INFO")},
         # django_tasks_q logs each task itself; Django's own per-task lines would repeat them.
         "django.tasks": {"level": "WARNING"},
+        "django_tasks": {"level": "WARNING"},
     },
 }

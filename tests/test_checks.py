@@ -4,6 +4,8 @@ import pytest
 from django.core import checks
 from django.test import override_settings
 
+from django_tasks_q.compat import FRAMEWORK
+
 SCHEDULE = {"name": "nightly", "task": "tests.testapp.tasks.add", "cron": "0 3 * * *"}
 
 
@@ -72,7 +74,7 @@ def test_a_database_that_is_not_postgresql_is_an_error(settings):
 
 
 def test_tasks_routed_to_a_non_postgres_backend_get_a_warning():
-    immediate = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
+    immediate = {"default": {"BACKEND": f"{FRAMEWORK}.backends.immediate.ImmediateBackend"}}
     assert ids(TASKS=immediate) == ["django_tasks_q.W001"]
 
 

@@ -7,13 +7,20 @@ from datetime import timedelta
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.tasks import TaskResultStatus, default_task_backend, task_backends
-from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
-from django.tasks.signals import task_enqueued, task_finished, task_started
 from django.test import override_settings
 from django.utils import timezone
 
 from django_tasks_q.backend import PostgresBackend
+from django_tasks_q.compat import (
+    InvalidTask,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+    default_task_backend,
+    task_backends,
+    task_enqueued,
+    task_finished,
+    task_started,
+)
 from django_tasks_q.models import Task
 from tests.conftest import ROOT, run_burst_worker
 from tests.djangoapp import tasks

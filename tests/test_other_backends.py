@@ -6,14 +6,15 @@ from django.test import override_settings
 
 from django_tasks_q import InvalidTask
 from django_tasks_q.canvas import chain
+from django_tasks_q.compat import FRAMEWORK
 from django_tasks_q.models import Task
 from tests.testapp import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BACKENDS = {
-    "immediate": "django.tasks.backends.immediate.ImmediateBackend",
-    "dummy": "django.tasks.backends.dummy.DummyBackend",
+    "immediate": f"{FRAMEWORK}.backends.immediate.ImmediateBackend",
+    "dummy": f"{FRAMEWORK}.backends.dummy.DummyBackend",
 }
 
 

@@ -67,14 +67,14 @@ def test_the_worker_runs_a_django_task_of_a_module_nothing_imported():
 def test_a_module_may_look_up_tasks_while_the_registry_imports_it(tmp_path):
     _write_package(tmp_path, "nightly_jobs", {
         "helpers": """
-            from django.tasks import task
+            from django_tasks_q.compat import task
 
             @task
             def tidy():
                 pass
         """,
         "jobs": """
-            from django.tasks import task
+            from django_tasks_q.compat import task
 
             from django_tasks_q import registry
 

@@ -10,6 +10,7 @@ from django.test import TestCase, override_settings
 
 from django_tasks_q import InvalidTask
 from django_tasks_q.canvas import chain
+from django_tasks_q.compat import FRAMEWORK
 from django_tasks_q.models import Task
 from django_tasks_q.testing import TaskQueue, TaskQueueMixin, task_queue  # noqa: F401
 from tests.djangoapp import tasks as django_tasks
@@ -113,6 +114,6 @@ def test_the_pytest_fixture(task_queue):  # noqa: F811
 
 @pytest.mark.django_db
 def test_on_djangos_own_backends_the_queue_says_what_to_configure():
-    immediate = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
+    immediate = {"default": {"BACKEND": f"{FRAMEWORK}.backends.immediate.ImmediateBackend"}}
     with override_settings(TASKS=immediate), pytest.raises(InvalidTask, match="ImmediateBackend"):
         TaskQueue()

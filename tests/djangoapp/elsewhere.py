@@ -1,6 +1,6 @@
 """A Django task outside <app>/tasks.py: not autodiscovered, found by its module path."""
 
-from django.tasks import task
+from django_tasks_q.compat import task
 
 
 @task

@@ -3,8 +3,8 @@
 import asyncio
 
 import django
-from django.tasks import task
 
+from django_tasks_q.compat import task
 from tests.testapp.models import Execution
 
 
