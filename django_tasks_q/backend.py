@@ -11,12 +11,13 @@ import dataclasses
 import json
 import uuid
 from collections.abc import Sequence
+from contextlib import nullcontext
 from datetime import datetime
 from functools import cache
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from django_tasks_q import canvas, queue, registry
@@ -124,17 +125,19 @@ class PostgresBackend(BaseTaskBackend):
         schedule_id: int | None = None,
         scheduled_for: datetime | None = None,
         unique_key: str | None = None,
+        chosen_id: str | None = None,
     ) -> TaskHandle:
         """Django's enqueue. Beat also passes the schedule and tick the task stands for, and
         when it expires (no attempt starts after ``expires_at``). With ``unique_key``, while a
         task with that key is unfinished (waiting, ready or running), nothing is enqueued and
-        that task's handle is returned instead."""
+        that task's handle is returned instead. With ``chosen_id`` (``task_id=`` of
+        ``apply_async``), the task with that id is returned if there is one."""
         task = routed(task)
         if getattr(task, "link", ()) or getattr(task, "link_error", ()):
-            if unique_key is not None:
+            if unique_key is not None or chosen_id is not None:
                 raise InvalidTask(
                     f"Task {task.name} has link/link_error callbacks, which cannot be combined "
-                    "with unique_key."
+                    "with unique_key or task_id."
                 )
             options = {"expires": expires_at} if expires_at is not None else None
             plan = canvas.plan_for_task(canvas.Signature(task, args, kwargs, options), ())
@@ -146,16 +149,25 @@ class PostgresBackend(BaseTaskBackend):
         args_json, kwargs_json = dumps(list(args)), dumps(kwargs)
         # A conflicting task can finish between the insert and the look-up; then try again.
         for _ in range(5):
-            row = queue.enqueue(
-                **self._columns(task),
-                args_json=args_json,
-                kwargs_json=kwargs_json,
-                expires_at=expires_at,
-                schedule_id=schedule_id,
-                scheduled_for=scheduled_for,
-                unique_key=unique_key,
-                **found_limits.columns(),
-            )
+            try:
+                # Only a chosen id can fail the insert; the savepoint keeps the caller's
+                # transaction usable when it does.
+                with transaction.atomic(using=self.database) if chosen_id else nullcontext():
+                    row = queue.enqueue(
+                        **self._columns(task),
+                        args_json=args_json,
+                        kwargs_json=kwargs_json,
+                        expires_at=expires_at,
+                        schedule_id=schedule_id,
+                        scheduled_for=scheduled_for,
+                        unique_key=unique_key,
+                        chosen_id=chosen_id,
+                        **found_limits.columns(),
+                    )
+            except IntegrityError as error:
+                if chosen_id is None or _constraint_of(error) != "tasks_q_chosen_id_uniq":
+                    raise
+                return self._task_with_chosen_id(task, chosen_id)
             if row is not None:
                 break
             existing = queue.active_with_unique_key(unique_key, using=self.database)
@@ -378,9 +390,20 @@ class PostgresBackend(BaseTaskBackend):
             run_after=row.run_after,
         )
 
+    def _task_with_chosen_id(self, task: Task, chosen_id: str) -> TaskHandle:
+        row = TaskRow.objects.using(self.database).get(chosen_id=chosen_id)
+        if row.name != task.name:
+            raise InvalidTask(
+                f"task_id {chosen_id!r} is taken by task #{row.pk} ({row.name}); a chosen id "
+                f"names one task, and {task.name} is another. Choose ids that include the task, "
+                "e.g. f'{name}-{key}'."
+            )
+        return self.handle_from_row(row)
+
     def get_result(self, result_id: str | int) -> TaskHandle:
+        """The task with this id: the database's, or the one its caller chose (``task_id=``)."""
         try:
-            row = TaskRow.objects.using(self.database).get(pk=int(result_id))
+            row = TaskRow.objects.using(self.database).get(**_id_lookup(result_id))
         except (ValueError, TypeError, TaskRow.DoesNotExist):
             raise TaskResultDoesNotExist(f"No task with id {result_id!r}.") from None
         return self.handle_from_row(row)
@@ -424,8 +447,11 @@ class PostgresBackend(BaseTaskBackend):
         process if it has not stopped shortly after). A task claimed by a worker but not
         started yet counts as running here, and never starts."""
         try:
-            task_id = int(result_id)
-        except (TypeError, ValueError):
+            lookup = _id_lookup(result_id)
+            task_id = lookup.get("pk") or TaskRow.objects.using(self.database).values_list(
+                "pk", flat=True
+            ).get(**lookup)
+        except (TypeError, ValueError, TaskRow.DoesNotExist):
             raise TaskResultDoesNotExist(f"No task with id {result_id!r}.") from None
         status = queue.cancel(
             task_id, using=self.database, terminate=terminate, notify=conf.LISTEN_NOTIFY
@@ -433,6 +459,20 @@ class PostgresBackend(BaseTaskBackend):
         if status is None:
             return Cancellation.ALREADY_FINISHED
         return Cancellation.CANCELLED if status == "CANCELLED" else Cancellation.STOP_REQUESTED
+
+
+def _id_lookup(result_id: str | int) -> dict[str, Any]:
+    """How to find a task by id: digits are the database's id, anything else a chosen one."""
+    if isinstance(result_id, int) and not isinstance(result_id, bool):
+        return {"pk": result_id}
+    if isinstance(result_id, str) and result_id:
+        return {"pk": int(result_id)} if result_id.isdigit() else {"chosen_id": result_id}
+    raise ValueError(result_id)
+
+
+def _constraint_of(error: IntegrityError) -> str | None:
+    diag = getattr(error.__cause__, "diag", None)
+    return getattr(diag, "constraint_name", None)
 
 
 def routed(task: Task) -> Task:

@@ -116,6 +116,10 @@ class Task(models.Model):
     # with the key of one that is waiting or running returns that one instead.
     # NULL, not "": tasks without a key stay out of that index.
     unique_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    # The id the caller chose (apply_async(task_id=...)), unique for as long as the row is
+    # kept (tasks_q_chosen_id_uniq): enqueueing the same id again returns this task.
+    # Never only digits, so it cannot be mistaken for the database id.
+    chosen_id = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     # Workflows (docs/workflows.md). A WAITING task waits for `waiting_for` more of the tasks
     # it depends on (rows of Dependency) to finish; the statement that records the last one's
     # outcome makes it READY, through the trigger of migration 0007. `has_dependents` marks
@@ -232,6 +236,11 @@ class Task(models.Model):
                     unique_key__isnull=False, status__in=["WAITING", "READY", "RUNNING"]
                 ),
                 name="tasks_q_unique_key_active",
+            ),
+            models.UniqueConstraint(
+                fields=["chosen_id"],
+                condition=models.Q(chosen_id__isnull=False),
+                name="tasks_q_chosen_id_uniq",
             ),
             models.UniqueConstraint(
                 fields=["schedule", "scheduled_for"],

@@ -167,6 +167,7 @@ def enqueue(
     schedule_id: int | None = None,
     scheduled_for: datetime | None = None,
     unique_key: str | None = None,
+    chosen_id: str | None = None,
     concurrency_limits: str | None = None,
     rate_limits: str | None = None,
     fair_key: str | None = None,
@@ -174,7 +175,7 @@ def enqueue(
 ) -> Enqueued | None:
     """Insert one READY task through the caller's connection (and transaction). None: a task
     with ``unique_key`` is already unfinished (WAITING, READY or RUNNING), and nothing was
-    inserted."""
+    inserted. A ``chosen_id`` already taken raises IntegrityError (tasks_q_chosen_id_uniq)."""
     with connections[using].cursor() as cursor:
         cursor.execute(
             sql("enqueue"),
@@ -193,6 +194,7 @@ def enqueue(
                 "schedule_id": schedule_id,
                 "scheduled_for": scheduled_for,
                 "unique_key": unique_key,
+                "chosen_id": chosen_id,
                 "concurrency_limits": concurrency_limits,
                 "rate_limits": rate_limits,
                 "fair_key": fair_key,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -172,6 +173,7 @@ class BackgroundTask(Task):
         priority: int | None = None,
         expires: float | timedelta | datetime | None = None,
         unique_key: str | None = None,
+        task_id: str | uuid.UUID | None = None,
         depends_on: Iterable[Any] | None = None,
         link: Any = None,
         link_error: Any = None,
@@ -182,6 +184,9 @@ class BackgroundTask(Task):
         from now, a timedelta or an aware datetime), no attempt starts after that time: a task
         still waiting then is cancelled instead. With ``unique_key``, if a task with that key
         is waiting, ready or running, nothing is enqueued and its handle is returned.
+        ``task_id`` (Celery's name): an id of the caller's choosing, not only digits, which
+        ``get_result()`` finds the task by; while a task with that id is kept, enqueueing it
+        again returns that task.
 
         ``depends_on`` (handles, ids or :class:`~django_tasks_q.canvas.After`): the task
         waits until those finished, and is cancelled if one did not succeed (unless its
@@ -189,12 +194,24 @@ class BackgroundTask(Task):
         succeeded (with its result) or once it failed (with its id and last error)."""
         if unknown:
             _refuse_unknown_options(unknown)
+        if task_id is not None:
+            task_id = _checked_task_id(task_id)
+            if unique_key is not None:
+                raise InvalidTask(
+                    "task_id cannot be combined with unique_key: a chosen id already makes "
+                    "enqueueing twice a no-op."
+                )
         if (
             depends_on is not None
             or link is not None
             or link_error is not None
             or (self.link or self.link_error)
         ):
+            if task_id is not None:
+                raise InvalidTask(
+                    "task_id cannot be combined with depends_on, link or link_error: workflow "
+                    "steps get their ids from the database."
+                )
             if unique_key is not None:
                 raise InvalidTask(
                     "unique_key cannot be combined with depends_on, link or link_error."
@@ -214,7 +231,7 @@ class BackgroundTask(Task):
             return plan.enqueue().steps[0]
         task = self.with_options(countdown=countdown, eta=eta, queue=queue, priority=priority)
         args, kwargs = tuple(args or ()), dict(kwargs or {})
-        if expires is None and unique_key is None:
+        if expires is None and unique_key is None and task_id is None:
             return task.enqueue(*args, **kwargs)
         if unique_key is not None and not (
             isinstance(unique_key, str) and 0 < len(unique_key) <= 255
@@ -223,9 +240,13 @@ class BackgroundTask(Task):
                 f"unique_key must be a non-empty string of at most 255 characters, "
                 f"got {unique_key!r}."
             )
-        backend = self.postgres_backend("apply_async(expires=, unique_key=)")
+        given = {"expires": expires, "unique_key": unique_key, "task_id": task_id}
+        names = ", ".join(f"{name}=" for name, value in given.items() if value is not None)
+        backend = self.postgres_backend(f"apply_async({names})")
         expires_at = None if expires is None else expiry_time(expires, task.run_after)
-        return backend.enqueue(task, args, kwargs, expires_at=expires_at, unique_key=unique_key)
+        return backend.enqueue(
+            task, args, kwargs, expires_at=expires_at, unique_key=unique_key, chosen_id=task_id
+        )
 
     def s(self, *args: Any, **kwargs: Any) -> canvas.Signature:
         """A signature of this task with these arguments: a workflow step, or a callback.
@@ -291,7 +312,6 @@ class BackgroundTask(Task):
 
 # Celery's apply_async options that mean nothing here, and what to use instead.
 _CELERY_OPTIONS = {
-    "task_id": "ids come from the database; for idempotency pass unique_key=",
     "time_limit": "set timeout= on @background_task (a hard limit, enforced by the worker)",
     "soft_time_limit": "set soft_timeout= on @background_task",
     "headers": "pass what the task needs as arguments",
@@ -305,7 +325,23 @@ _CELERY_OPTIONS = {
     "ignore_result": "set ignore_result= on @background_task",
 }
 _APPLY_ASYNC_OPTIONS = ("countdown", "eta", "queue", "priority", "expires", "unique_key",
-                        "depends_on", "link", "link_error")  # fmt: skip
+                        "task_id", "depends_on", "link", "link_error")  # fmt: skip
+
+
+def _checked_task_id(task_id: Any) -> str:
+    if isinstance(task_id, uuid.UUID):
+        return str(task_id)
+    if not (isinstance(task_id, str) and 0 < len(task_id) <= 255):
+        raise InvalidTask(
+            f"task_id must be a non-empty string of at most 255 characters (a UUID, say), "
+            f"got {task_id!r}."
+        )
+    if task_id.isdigit():
+        raise InvalidTask(
+            f"task_id {task_id!r} must be not only digits: those are the database's ids. "
+            "Use a UUID, or a prefix such as 'invoice-42'."
+        )
+    return task_id
 
 
 def _refuse_unknown_options(unknown: Mapping[str, Any]) -> NoReturn:

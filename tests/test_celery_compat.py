@@ -23,7 +23,6 @@ def test_a_bound_task_with_self_and_self_request_and_raise_self_retry_runs():
 @pytest.mark.parametrize(
     ("option", "advice"),
     [
-        ("task_id", "unique_key="),
         ("time_limit", "timeout= on @background_task"),
         ("soft_time_limit", "soft_timeout="),
         ("headers", "as arguments"),

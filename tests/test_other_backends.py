@@ -27,11 +27,9 @@ def django_backend(request):
 @pytest.mark.parametrize(
     ("call", "names"),
     [
-        (
-            lambda: tasks.add.apply_async((1, 2), unique_key="k"),
-            "apply_async(expires=, unique_key=)",
-        ),
-        (lambda: tasks.add.apply_async((1, 2), expires=30), "apply_async(expires=, unique_key=)"),
+        (lambda: tasks.add.apply_async((1, 2), unique_key="k"), "apply_async(unique_key=)"),
+        (lambda: tasks.add.apply_async((1, 2), expires=30), "apply_async(expires=)"),
+        (lambda: tasks.add.apply_async((1, 2), task_id="mine"), "apply_async(task_id=)"),
         (lambda: tasks.add.apply_async((1, 2), link=tasks.add.s(3)), "link="),
         (lambda: chain(tasks.add.s(1, 2), tasks.add.s(3)).apply_async(), "A workflow"),
         (lambda: tasks.add_then_more.delay(1, 2), "with link= or link_error= callbacks"),

@@ -88,7 +88,9 @@ def test_the_filters_offer_registered_task_names_without_scanning_the_table(oper
 def test_search_finds_by_id_name_and_argument_text(operator_client):
     failed = failed_row()
     other = Task.objects.create(name=tasks.record.name, args=["invoice-99"])
+    chosen = Task.objects.create(name=tasks.add.name, args=[1, 2], chosen_id="nightly-2026-11-27")
     url = reverse(CHANGELIST)
+    assert listed_ids(operator_client.get(url, {"q": "nightly-2026-11-27"})) == {chosen.pk}
     assert listed_ids(operator_client.get(url, {"q": str(failed.pk)})) >= {failed.pk}
     assert listed_ids(operator_client.get(url, {"q": f"#{other.pk}"})) == {other.pk}
     assert listed_ids(operator_client.get(url, {"q": "invoice-99"})) == {other.pk}

@@ -134,7 +134,7 @@ class TaskAdmin(ReadOnlyPages):
     list_select_related = False
     date_hierarchy = "enqueued_at"
     search_fields = ("name",)  # searched by get_search_results below; this shows the box
-    search_help_text = _("Task id, task name, or text in the arguments.")
+    search_help_text = _("Task id (yours or the database's), task name, or text in the arguments.")
     ordering = ("-id",)
     paginator = LimitedCountPaginator
     show_full_result_count = False
@@ -153,6 +153,7 @@ class TaskAdmin(ReadOnlyPages):
                     "scheduled_for",
                     "expires_at",
                     "unique_key",
+                    "chosen_id",
                 )
             },
         ),
@@ -199,7 +200,7 @@ class TaskAdmin(ReadOnlyPages):
     ]
     readonly_fields = ("id", "name", "status_badge", "queue", "priority", "schedule_link",
                        "scheduled_for", "expires_at",
-        "unique_key", "enqueued_at", "run_after", "started_at",
+        "unique_key", "chosen_id", "enqueued_at", "run_after", "started_at",
                        "last_attempted_at", "finished_at", "queued_for", "ran_for",
                        "attempts_display", "worker_link", "lease_expires_at",
                        "cancel_requested_at", "args_pretty", "kwargs_pretty", "result_pretty",
@@ -301,6 +302,8 @@ class TaskAdmin(ReadOnlyPages):
         match |= Q(kwargs_text__icontains=term)
         if term.isdigit():
             match |= Q(pk=int(term))
+        else:
+            match |= Q(chosen_id=term)
         queryset = queryset.annotate(
             args_text=Cast("args", TextField()), kwargs_text=Cast("kwargs", TextField())
         )

@@ -13,6 +13,8 @@
 -- With a unique key, nothing is inserted (no row returned) while a task with that key is
 -- WAITING (held by a pause), READY or RUNNING: tasks_q_unique_key_active is the arbiter. An uncommitted insert of the
 -- same key by another transaction makes this one wait for it to commit or roll back.
+-- A chosen id already taken fails on tasks_q_chosen_id_uniq (the backend's savepoint catches
+-- it): one ON CONFLICT cannot name two arbiters, and the unique key needs this one.
 WITH held AS MATERIALIZED (
     SELECT COALESCE({held_by_pause}, {held_by_turn}) AS held_by
     FROM (VALUES (%(queue)s::text, %(name)s::text, %(fair_key)s::text, %(fair_turn)s::integer,
@@ -22,16 +24,16 @@ inserted AS (
     INSERT INTO django_tasks_q_task
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
          attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors,
-         expires_at, schedule_id, scheduled_for, unique_key, held_by, concurrency_limits,
-         rate_limits, fair_key, fair_turn)
+         expires_at, schedule_id, scheduled_for, unique_key, chosen_id, held_by,
+         concurrency_limits, rate_limits, fair_key, fair_turn)
     SELECT %(name)s, %(queue)s, %(priority)s,
            CASE WHEN held.held_by IS NULL THEN 'READY' ELSE 'WAITING' END,
            %(args)s::jsonb, %(kwargs)s::jsonb,
            COALESCE(%(run_after)s::timestamptz, now()), now(),
            0, %(max_attempts)s, %(max_lost_attempts)s, %(timeout)s, '', '[]'::jsonb,
            %(expires_at)s::timestamptz, %(schedule_id)s::bigint, %(scheduled_for)s::timestamptz,
-           %(unique_key)s, held.held_by, %(concurrency_limits)s::jsonb, %(rate_limits)s::jsonb,
-           %(fair_key)s::text, %(fair_turn)s::smallint
+           %(unique_key)s, %(chosen_id)s, held.held_by, %(concurrency_limits)s::jsonb,
+           %(rate_limits)s::jsonb, %(fair_key)s::text, %(fair_turn)s::smallint
     FROM held
     ON CONFLICT (unique_key)
         WHERE unique_key IS NOT NULL AND status IN ('WAITING', 'READY', 'RUNNING')
