@@ -97,8 +97,12 @@ class WorkerMetrics:
 
     def claimed(self, tasks: Iterable[ClaimedTask]) -> None:
         for task in tasks:
-            self._labels[task.id] = labels = (task.name, task.queue)
-            self.counters.started.labels(*labels).inc()
+            self._labels[task.id] = (task.name, task.queue)
+
+    def started(self, task: ClaimedTask) -> None:
+        """A slot began ``task`` (called by the pool): a claimed task waiting for a slot in
+        this worker is not started yet."""
+        self.counters.started.labels(task.name, task.queue).inc()
 
     def recorded(self, outcomes: Iterable[Outcome], updated: set[int]) -> None:
         for outcome in outcomes:
@@ -133,7 +137,15 @@ def count_enqueues() -> None:
 
 
 class QueueCollector(Collector):
-    """Gauges read from the task and worker tables when Prometheus scrapes."""
+    """Gauges read from the task and worker tables when Prometheus scrapes.
+
+    A queue (or limited task) with nothing in it reports 0 rather than vanishing: the project's
+    declared queues and limited tasks always, and any other this process has reported before.
+    A series that disappears reads as "no data" to an alert, not as "empty"."""
+
+    def __init__(self) -> None:
+        self.queues_seen: set[str] = set()
+        self.limited_seen: set[tuple[str, str]] = set()
 
     def collect(self) -> Iterator[Any]:
         from django.db import connections
@@ -141,7 +153,7 @@ class QueueCollector(Collector):
         from django_tasks_q.conf import settings as conf
 
         try:
-            yield from _queue_gauges(conf.DATABASE)
+            yield from _queue_gauges(conf.DATABASE, self.queues_seen, self.limited_seen)
         finally:
             # The HTTP server of --metrics-port scrapes on threads of its own.
             if threading.current_thread() is not threading.main_thread():
@@ -151,12 +163,23 @@ class QueueCollector(Collector):
         return []  # collected on demand; nothing to check at registration
 
 
-def _queue_gauges(using: str) -> Iterator[Any]:
+def _queue_gauges(
+    using: str, queues_seen: set[str], limited_seen: set[tuple[str, str]]
+) -> Iterator[Any]:
     from django.db.models.functions import Now
 
+    from django_tasks_q import registry
     from django_tasks_q.conf import settings as conf
+    from django_tasks_q.limits import may_be_limited
     from django_tasks_q.models import Worker, WorkerState
-    from django_tasks_q.stats import limited_by_task, pauses, queue_backlog
+    from django_tasks_q.stats import (
+        LimitedTasks,
+        QueueBacklog,
+        known_queues,
+        limited_by_task,
+        pauses,
+        queue_backlog,
+    )
 
     ready = GaugeMetricFamily(f"{PREFIX}_queue_ready", "Tasks due to run now.", labels=["queue"])
     scheduled = GaugeMetricFamily(
@@ -173,8 +196,11 @@ def _queue_gauges(using: str) -> Iterator[Any]:
         "How long the oldest task due to run has been waiting.",
         labels=["queue"],
     )
-    for row in queue_backlog(using):  # shared with the admin dashboard
-        queue = [row.queue]
+    backlog = {row.queue: row for row in queue_backlog(using)}  # shared with the admin dashboard
+    queues_seen.update(backlog, known_queues(using))
+    for name in sorted(queues_seen):
+        row = backlog.get(name) or QueueBacklog(name, 0, 0, 0, None, 0)
+        queue = [name]
         ready.add_metric(queue, row.ready)
         scheduled.add_metric(queue, row.scheduled)
         running.add_metric(queue, row.running)
@@ -215,7 +241,15 @@ def _queue_gauges(using: str) -> Iterator[Any]:
         "Tasks a rate limit holds back until the start each reserved.",
         labels=labels,
     )
-    for item in limited_by_task(using):
+    limited = {(item.queue, item.name): item for item in limited_by_task(using)}
+    limited_seen.update(limited)
+    limited_seen.update(
+        (task.queue_name, name)
+        for name, task in registry.all_tasks().items()
+        if may_be_limited(task, task.queue_name)
+    )
+    for queue_name, task_name in sorted(limited_seen):
+        item = limited.get((queue_name, task_name)) or LimitedTasks(queue_name, task_name, 0, 0, 0)
         limited_running.add_metric([item.queue, item.name], item.running)
         limited_held.add_metric([item.queue, item.name], item.held)
         throttled.add_metric([item.queue, item.name], item.throttled)

@@ -52,6 +52,16 @@ def route_for(name: str) -> Route | None:
     return None
 
 
+def route_queues() -> set[str]:
+    """The queues routes send tasks to (what check E021 would refuse is left out)."""
+    queues = set()
+    for _, target in _pairs(conf.ROUTES):
+        queue = target.get("queue") if isinstance(target, Mapping) else target
+        if isinstance(queue, str) and queue:
+            queues.add(queue)
+    return queues
+
+
 def check_routes(value: Any) -> list[str]:
     """What is wrong with a ``TASKS_Q["ROUTES"]`` value, one message each."""
     where = f"{SETTING_NAME}['ROUTES']"

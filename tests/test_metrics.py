@@ -61,6 +61,24 @@ def test_the_view_reports_the_queue_from_the_database():
 
 
 @pytest.mark.django_db
+def test_a_queue_that_empties_reports_zero_rather_than_vanishing():
+    row = Task.objects.create(
+        name="a", queue="bursty", run_after=timezone.now() - timedelta(seconds=1)
+    )
+    bursty = (("queue", "bursty"),)
+    assert scrape_view()["django_tasks_q_queue_ready", bursty] == 1
+    row.delete()
+    found = scrape_view()
+    for gauge in ("ready", "scheduled", "running", "waiting", "oldest_ready_age_seconds"):
+        assert found[f"django_tasks_q_queue_{gauge}", bursty] == 0
+    # A queue the project declares is there before it ever held a task.
+    assert found["django_tasks_q_queue_ready", (("queue", "other"),)] == 0
+    # So is a task that declares a limit, before one of its tasks ever ran.
+    limited = (("queue", "default"), ("task", tasks.two_at_a_time.name))
+    assert found["django_tasks_q_limited_running_tasks", limited] == 0
+
+
+@pytest.mark.django_db
 def test_enqueues_are_counted_by_task_and_queue():
     key = ("django_tasks_q_tasks_enqueued_total",
            (("queue", "default"), ("task", tasks.add.name)))  # fmt: skip
@@ -108,6 +126,35 @@ def test_a_worker_serves_counters_of_the_tasks_it_ran(start_worker):
     }
     wait_for(lambda: all(scrape().get(k) == v for k, v in expected.items()),
              message="the worker's counters")  # fmt: skip
+    worker.terminate()
+    assert worker.wait() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("pool", ["processes", "threads"])
+def test_a_claimed_task_counts_as_started_only_when_a_slot_begins_it(start_worker, pool):
+    port = free_port()
+    started = (
+        "django_tasks_q_tasks_started_total",
+        (("queue", "default"), ("task", tasks.runs_long.name)),
+    )
+
+    def scrape():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return samples(response.read().decode())
+
+    tasks.runs_long.enqueue_many([("slot", 1.2)] * 3)
+    worker = start_worker("--concurrency", "1", "--prefetch", "2", "--pool", pool,
+                          "--metrics-port", str(port))  # fmt: skip
+    # The worker holds more than its one slot runs: the others wait in it, claimed. The
+    # first task runs for 1.2 s, so at this moment it is the only one begun.
+    wait_for(lambda: Task.objects.filter(status="RUNNING").count() >= 2,
+             message="a claim of more than one task")  # fmt: skip
+    wait_for(lambda: started in scrape(), message="the counter")
+    assert scrape()[started] == 1
+    wait_for(lambda: Task.objects.filter(status="SUCCESSFUL").count() == 3, timeout=30,
+             message="all three tasks")  # fmt: skip
+    wait_for(lambda: scrape().get(started) == 3, message="three tasks started")
     worker.terminate()
     assert worker.wait() == 0
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
@@ -46,6 +45,7 @@ from django_tasks_q.admin.workflow_graph import workflow_graph
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.exceptions import UnknownTaskError
 from django_tasks_q.models import UNFINISHED_STATUSES, Task, TaskStatus
+from django_tasks_q.stats import known_queues
 
 # Filtered lists are counted up to this many rows; past it the admin says "10,000+" pages.
 COUNT_LIMIT = 10_000
@@ -98,17 +98,7 @@ class QueueFilter(ChoicesFromProjectFilter):
     parameter_name = field = "queue"
 
     def lookups(self, request, model_admin):
-        return [(name, name) for name in sorted(known_queues())]
-
-
-def known_queues() -> set[str]:
-    from django_tasks_q.models import Schedule
-
-    queues = {task.queue_name for task in registry.all_tasks().values()}
-    queues.update(Schedule.objects.exclude(queue="").values_list("queue", flat=True))
-    for config in (getattr(settings, "TASKS", None) or {}).values():
-        queues.update(config.get("QUEUES") or ())
-    return queues
+        return [(name, name) for name in sorted(known_queues(conf.DATABASE))]
 
 
 class HasErrorsFilter(admin.SimpleListFilter):

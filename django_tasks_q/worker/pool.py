@@ -146,12 +146,14 @@ class Child:
             room = min(room, max_tasks - self.tasks_run - in_flight)
         return room
 
-    def start_queued(self) -> None:
+    def start_queued(self, on_start: Callable[[ClaimedTask], None] | None = None) -> None:
         """Move queued tasks to running as threads free, as the child itself does."""
         now = time.monotonic()
         while self.queued and len(self.running) < self.threads:
             job = self.queued.popleft()
             self.running[job.id] = _Running(job, now)
+            if on_start is not None:
+                on_start(job)
 
     def send(self, message: tuple) -> bool:
         try:
@@ -198,6 +200,7 @@ class ProcessPool:
         terminate_requested: Callable[[int], bool] = lambda task_id: False,
         any_cancel_requested: Callable[[], bool] = lambda: False,
         mean_duration: Callable[[], float | None] = lambda: None,
+        on_start: Callable[[ClaimedTask], None] | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.backend_alias = backend_alias
@@ -220,6 +223,8 @@ class ProcessPool:
         # The worker's running mean of task durations (seconds), which sizes its claims too:
         # it decides how much work to queue in busy children.
         self.mean_duration = mean_duration
+        # Told as a task moves from queued in a child to running there (metrics).
+        self.on_start = on_start
         self.children: list[Child] = []
         self._retired: list[Child] = []
         self._pending: deque[ClaimedTask] = deque()
@@ -329,7 +334,7 @@ class ProcessPool:
                 with self._lock:
                     batch = [self._pending.popleft() for _ in range(min(count, len(self._pending)))]
                 child.queued.extend(batch)
-                child.start_queued()
+                child.start_queued(self.on_start)
                 if not child.send(("run", batch)):
                     return  # the child died; the next round of events records its tasks
 
@@ -382,7 +387,7 @@ class ProcessPool:
 
     def _finished(self, child: Child, outcome: Outcome) -> None:
         child.running.pop(outcome.id, None)
-        child.start_queued()
+        child.start_queued(self.on_start)
         if outcome.id in child.cancel_sent:
             child.cancel_sent.discard(outcome.id)
             for index, value in enumerate(child.cancelled):

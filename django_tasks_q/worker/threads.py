@@ -20,11 +20,18 @@ logger = logging.getLogger("django_tasks_q.worker")
 
 class ThreadPool:
     def __init__(
-        self, *, worker_id: str, runner: Runner, deliver: Callable[[Outcome], None], threads: int
+        self,
+        *,
+        worker_id: str,
+        runner: Runner,
+        deliver: Callable[[Outcome], None],
+        threads: int,
+        on_start: Callable[[ClaimedTask], None] | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.runner = runner
         self.deliver = deliver
+        self.on_start = on_start  # told as a thread takes each task (metrics)
         self.capacity = threads
         self.ready = True
         self._jobs: queue.SimpleQueue[ClaimedTask | None] = queue.SimpleQueue()
@@ -73,6 +80,8 @@ class ThreadPool:
                 # Runner.run never raises; should something still get through, the attempt
                 # is recorded as failed and this thread carries on with the next task.
                 try:
+                    if self.on_start is not None:
+                        self.on_start(job)
                     outcome = self.runner.run(job)
                 except BaseException as exc:
                     outcome = self.runner.crashed(job, exc)

@@ -722,6 +722,7 @@ class Worker:
                 runner=self.runner,
                 deliver=self._deliver,
                 threads=options.concurrency,
+                on_start=self.metrics.started if self.metrics else None,
             )
         return ProcessPool(
             worker_id=self.worker_id,
@@ -738,6 +739,7 @@ class Worker:
             cancel_requested=self._cancel_requested.__contains__,
             terminate_requested=self._terminate_requested.__contains__,
             any_cancel_requested=lambda: bool(self._cancel_requested),
+            on_start=self.metrics.started if self.metrics else None,
             mean_duration=lambda: self.claim_sizer.mean_duration,
         )
 
