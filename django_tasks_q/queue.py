@@ -476,11 +476,19 @@ def paused(*, using: str) -> list[tuple[str, str, datetime, str]]:
 def cancel(task_id: int, *, using: str, terminate: bool = False, notify: bool = True) -> str | None:
     """Cancel a WAITING or READY task, or ask a RUNNING one to stop. Returns the status after
     the call (``CANCELLED`` or ``RUNNING``), or ``None`` if the task had already finished."""
-    params = {"id": task_id, "terminate": terminate, "notify": notify, "channel": CANCEL_CHANNEL}
+    return cancel_many([task_id], using=using, terminate=terminate, notify=notify).get(task_id)
+
+
+def cancel_many(
+    ids: Collection[int], *, using: str, terminate: bool = False, notify: bool = True
+) -> dict[int, str]:
+    """:func:`cancel` for many tasks in one statement: the status after the call of each task
+    that had not finished (``CANCELLED``, or ``RUNNING`` when asked to stop)."""
+    params = {"ids": list(ids), "terminate": terminate, "notify": notify,
+              "channel": CANCEL_CHANNEL}  # fmt: skip
     with connections[using].cursor() as cursor:
         cursor.execute(sql("cancel"), params)
-        row = cursor.fetchone()
-    return row[0] if row else None
+        return {task_id: status for task_id, status, _ in cursor.fetchall()}
 
 
 def retry_now(ids: Sequence[int], *, more_attempts: int, using: str, notify: bool) -> list[int]:

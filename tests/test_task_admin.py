@@ -9,7 +9,7 @@ from django.db.models import Max, Min
 from django.urls import reverse
 from django.utils import timezone
 
-from django_tasks_q.admin import tasks as task_admin
+from django_tasks_q import actions
 from django_tasks_q.models import Task, Worker
 from tests.testapp import tasks
 
@@ -174,7 +174,7 @@ def test_retry_now_reports_a_key_taken_after_its_check_and_retries_the_rest(
 ):
     keyed = failed_row(unique_key="report-7")
     plain = failed_row()
-    check = task_admin._keys_held
+    check = actions._keys_held
 
     def check_then_lose_the_race(database, keys):
         held = check(database, keys)
@@ -182,7 +182,7 @@ def test_retry_now_reports_a_key_taken_after_its_check_and_retries_the_rest(
         Task.objects.create(name=tasks.add.name, unique_key="report-7")
         return held
 
-    monkeypatch.setattr(task_admin, "_keys_held", check_then_lose_the_race)
+    monkeypatch.setattr(actions, "_keys_held", check_then_lose_the_race)
     response = operator_client.post(
         reverse(CHANGELIST),
         {"action": "retry_now", "_selected_action": [keyed.pk, plain.pk]},

@@ -15,7 +15,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import IntegrityError, connections, transaction
+from django.db import connections, transaction
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.http import (
@@ -32,7 +32,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from django_tasks_q import queue, registry
+from django_tasks_q import actions, queue, registry
 from django_tasks_q.admin.common import (
     ReadOnlyPages,
     admin_url,
@@ -411,53 +411,19 @@ class TaskAdmin(ReadOnlyPages):
 
     @admin.action(description=_("Retry now (failed or cancelled tasks)"), permissions=["change"])
     def retry_now(self, request: HttpRequest, selected: QuerySet[Task]) -> None:
-        database = selected.db
-        # Newest first: of several selected tasks sharing a unique key, the newest is retried.
-        candidates = list(
-            selected.filter(status__in=[TaskStatus.FAILED, TaskStatus.CANCELLED])
-            .order_by("-id")
-            .values_list("id", "name", "unique_key")
-        )
-        keys = {task_id: key for task_id, _, key in candidates if key is not None}
-        # A task whose key an unfinished task holds cannot be READY too (the index
-        # tasks_q_unique_key_active); one such row would make the database refuse the whole
-        # update, so they are left out beforehand and named.
-        held = _keys_held(database, set(keys.values()))
-        by_name: dict[str, list[int]] = {}
-        conflicts: list[tuple[str, int, str]] = []
-        for task_id, name, key in candidates:
-            if key in held:
-                conflicts.append((name, task_id, key))
-                continue
-            if key is not None:
-                held.add(key)
-            by_name.setdefault(name, []).append(task_id)
-        retried = 0
-        with transaction.atomic(using=database):
-            for name, ids in by_name.items():
-                more = _attempts_per_run(name)
-                try:
-                    with transaction.atomic(using=database):
-                        retried += len(self._retry(ids, more, database))
-                except IntegrityError:
-                    # A task with one of these keys was enqueued since the check: one at a
-                    # time, so only the tasks whose key was taken stay behind.
-                    for task_id in ids:
-                        try:
-                            with transaction.atomic(using=database):
-                                retried += len(self._retry([task_id], more, database))
-                        except IntegrityError:
-                            conflicts.append((name, task_id, keys.get(task_id, "")))
+        done = actions.retry(selected.values_list("id", flat=True), using=selected.db)
+        retried = len(done.retried)
         # The tasks left out for their key are reported below, not as "left alone".
-        self._report(request, retried, len(selected) - len(conflicts),
+        self._report(request, retried, len(selected) - len(done.conflicts),
                      ngettext("%(n)d task will run again now.",
                               "%(n)d tasks will run again now.", retried),
                      _("only failed or cancelled tasks can be retried, and a workflow step "
                        "cancelled because a dependency did not succeed comes back when that "
                        "dependency is retried"))  # fmt: skip
-        if conflicts:
-            listed = ", ".join(f"{name} #{task_id} (key {key!r})" for name, task_id, key in
-                               sorted(conflicts, key=lambda c: c[1]))  # fmt: skip
+        if done.conflicts:
+            listed = ", ".join(
+                f"{name} #{task_id} (key {key!r})" for name, task_id, key in done.conflicts
+            )
             self.message_user(
                 request,
                 ngettext(
@@ -465,25 +431,16 @@ class TaskAdmin(ReadOnlyPages):
                     "is waiting or running: %(tasks)s.",
                     "%(n)d tasks were not retried because another task with the same unique key "
                     "is waiting or running: %(tasks)s.",
-                    len(conflicts),
+                    len(done.conflicts),
                 )
-                % {"n": len(conflicts), "tasks": listed},
+                % {"n": len(done.conflicts), "tasks": listed},
                 messages.WARNING,
             )
 
-    @staticmethod
-    def _retry(ids: list[int], more_attempts: int, database: str) -> list[int]:
-        return queue.retry_now(
-            ids, more_attempts=more_attempts, using=database, notify=conf.LISTEN_NOTIFY
-        )
-
     @admin.action(description=_("Cancel (waiting, ready or running tasks)"), permissions=["change"])
     def cancel_tasks(self, request: HttpRequest, selected: QuerySet[Task]) -> None:
-        cancelled = asked = 0
-        for task_id in selected.filter(status__in=UNFINISHED_STATUSES).values_list("id", flat=True):
-            outcome = queue.cancel(task_id, using=selected.db)
-            cancelled += outcome == TaskStatus.CANCELLED
-            asked += outcome == TaskStatus.RUNNING
+        done = actions.cancel(selected.values_list("id", flat=True), using=selected.db)
+        cancelled, asked = len(done.cancelled), len(done.asked_to_stop)
         message = ngettext("%(n)d task cancelled.", "%(n)d tasks cancelled.", cancelled) % {
             "n": cancelled
         }
@@ -493,7 +450,7 @@ class TaskAdmin(ReadOnlyPages):
                 "%(n)d running tasks were asked to stop; they end cancelled when they do.",
                 asked,
             ) % {"n": asked}
-        self._report(request, cancelled + asked, len(selected), message,
+        self._report(request, done.changed, len(selected), message,
                      _("only unfinished tasks can be cancelled"), formatted=True)  # fmt: skip
 
     @admin.action(description=_("Enqueue a copy"), permissions=["change"])
@@ -532,22 +489,3 @@ class TaskAdmin(ReadOnlyPages):
                 "reason": skipped_reason,
             }
         self.message_user(request, text, messages.SUCCESS if changed else messages.WARNING)
-
-
-def _keys_held(database: str, keys: set[str]) -> set[str]:
-    """Those of ``keys`` that an unfinished (waiting, ready or running) task holds."""
-    if not keys:
-        return set()
-    return set(
-        Task.objects.using(database)
-        .filter(unique_key__in=keys, status__in=UNFINISHED_STATUSES)
-        .values_list("unique_key", flat=True)
-    )
-
-
-def _attempts_per_run(name: str) -> int:
-    """Attempts a retried task gets: its own retry budget again (one if it is unknown here)."""
-    try:
-        return registry.get(name).max_attempts
-    except UnknownTaskError:
-        return 1

@@ -494,15 +494,15 @@ SELECT id, status, (SELECT count(*) FROM notified) FROM released;
 -- A WAITING or READY task is cancelled at once. A RUNNING one is asked to stop: the workers hear of it
 -- through a NOTIFY on the cancel channel at once (or at their next heartbeat without
 -- LISTEN/NOTIFY), so a task claimed but not started yet never starts, and a running task
--- sees it through context.is_cancelled(). Returns the status after the call, or no row if
--- the task had already finished.
+-- sees it through context.is_cancelled(). Returns each task's status after the call; no row
+-- for a task that had already finished.
 WITH requested AS (
     UPDATE django_tasks_q_task
     SET status = CASE WHEN status = 'RUNNING' THEN status ELSE 'CANCELLED' END,
         finished_at = CASE WHEN status = 'RUNNING' THEN finished_at ELSE now() END,
         cancel_requested_at = COALESCE(cancel_requested_at, now()),
         cancel_terminate = cancel_terminate OR %(terminate)s
-    WHERE id = %(id)s AND status IN ('WAITING', 'READY', 'RUNNING')
+    WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('WAITING', 'READY', 'RUNNING')
     RETURNING id, status, cancel_terminate
 ),
 notified AS (
@@ -510,7 +510,7 @@ notified AS (
     FROM requested
     WHERE status = 'RUNNING' AND %(notify)s
 )
-SELECT status, (SELECT count(*) FROM notified) FROM requested;
+SELECT id, status, (SELECT count(*) FROM notified) FROM requested;
 
 -- name: retry_now
 -- An operator's "retry now" on tasks that ended FAILED or CANCELLED: READY again, due now, with
