@@ -172,10 +172,10 @@ def _queue_gauges(
     from django_tasks_q.conf import settings as conf
     from django_tasks_q.limits import may_be_limited
     from django_tasks_q.models import Worker, WorkerState
+    from django_tasks_q.queues import known_queues
     from django_tasks_q.stats import (
         LimitedTasks,
         QueueBacklog,
-        known_queues,
         limited_by_task,
         pauses,
         queue_backlog,

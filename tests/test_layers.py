@@ -21,11 +21,11 @@ LAYERS: list[set[str]] = [
     # Foundations: settings, errors, JSON, cron, the queue SQL, the retry rules.
     {"compat", "conf", "exceptions", "errors", "serialization", "schedules", "querysets",
      "signals", "stats", "queue", "retry", "backoff", "polling", "limits",
-     "routing"},
+     "routing", "durations"},
     {"registry"},
     {"declarations"},
     {"models"},
-    {"tasks", "canvas", "pausing"},
+    {"tasks", "canvas", "pausing", "queues", "actions"},
     {"results"},
     {"backend"},
     # What runs tasks and shows them: clients of everything below.

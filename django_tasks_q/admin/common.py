@@ -22,21 +22,6 @@ def status_badge(status: str) -> str:
     )
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = max(seconds, 0.0)
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
-
-
 def compact_time(moment: datetime | None) -> str:
     """A list column's time: the time of day for today, the date too otherwise; the full
     timestamp is in the title (hover)."""

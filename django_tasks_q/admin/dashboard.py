@@ -29,8 +29,8 @@ from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 
 from django_tasks_q import stats
-from django_tasks_q.admin.common import format_duration
 from django_tasks_q.conf import settings as conf
+from django_tasks_q.durations import format_duration
 from django_tasks_q.models import Task
 
 REFRESH_SECONDS = 5

@@ -37,15 +37,15 @@ from django_tasks_q.admin.common import (
     ReadOnlyPages,
     admin_url,
     compact_time,
-    format_duration,
     pretty_json,
     status_badge,
 )
 from django_tasks_q.admin.workflow_graph import workflow_graph
 from django_tasks_q.conf import settings as conf
+from django_tasks_q.durations import format_duration
 from django_tasks_q.exceptions import UnknownTaskError
 from django_tasks_q.models import UNFINISHED_STATUSES, Task, TaskStatus
-from django_tasks_q.stats import known_queues
+from django_tasks_q.queues import known_queues
 
 # Filtered lists are counted up to this many rows; past it the admin says "10,000+" pages.
 COUNT_LIMIT = 10_000

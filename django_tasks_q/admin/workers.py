@@ -12,8 +12,9 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from django_tasks_q.admin.common import ReadOnlyPages, format_duration
+from django_tasks_q.admin.common import ReadOnlyPages
 from django_tasks_q.conf import settings as conf
+from django_tasks_q.durations import format_duration
 from django_tasks_q.models import Worker, WorkerState
 
 
