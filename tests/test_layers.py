@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
     {"results"},
     {"backend"},
     # What runs tasks and shows them: clients of everything below.
-    {"schedule_sync", "beat", "worker.*", "bench.*", "admin.*", "checks", "metrics", "testing"},
+    {"schedule_sync", "beat", "worker.*", "bench.*", "admin.*", "checks", "metrics", "health", "testing"},
     {"management.*", "apps", ""},  # "" is the package itself: the public API
 ]  # fmt: skip
 

@@ -56,6 +56,8 @@ class WorkerOptions:
     burst: bool = False
     #: The worker's name; empty (or None) becomes hostname-pid when the options are made.
     name: str = ""
+    #: A file the main loop touches at least every second or so while it turns (liveness).
+    health_file: str | None = None
 
     def __post_init__(self) -> None:
         # Frozen: normalised values are set through object.__setattr__, once, here.

@@ -36,6 +36,7 @@ from django_tasks_q.queue import (
 from django_tasks_q.retry import UNKNOWN_TASK_DELAY, UNREACHABLE_RETRY_DELAY
 from django_tasks_q.worker.claim_floor import ClaimFloor
 from django_tasks_q.worker.claim_sizer import RECORD_WITHIN, ClaimSizer
+from django_tasks_q.worker.health_file import HealthFile
 from django_tasks_q.worker.heartbeat import Heartbeat
 from django_tasks_q.worker.listener import Listener
 from django_tasks_q.worker.options import WorkerOptions
@@ -93,6 +94,7 @@ class Worker:
         self._exit_code = 0
         self.name = options.name
         self.worker_id = unique_worker_id(self.name)
+        self.health_file = HealthFile(options.health_file)
         # Ids of held tasks whose cancellation was requested; read by running tasks' contexts.
         self._cancel_requested: set[int] = set()
         self._terminate_requested: set[int] = set()
@@ -199,6 +201,7 @@ class Worker:
             options.batch_size, options.listen,
         )  # fmt: skip
         if not self._register_when_the_database_answers():
+            self.health_file.remove()
             return self._exit_code  # stopped before the database ever answered
         self._recover_predecessors()
         heartbeat = threading.Thread(
@@ -236,6 +239,7 @@ class Worker:
                     self._stopping.set()
                     listener.join(timeout=5)
                 self._say_stopped()
+                self.health_file.remove()
         logger.info("Worker %s stopped after %s task attempts", self.worker_id, self.processed)
         return self._exit_code
 
@@ -264,6 +268,7 @@ class Worker:
         containers often are, waits for it. False if stopped meanwhile."""
         backoff = Backoff()
         while not self._stopping.is_set():
+            self.health_file.touch()  # waiting for the database is not being stuck
             try:
                 self._register(self.connection)
                 return True
@@ -375,6 +380,7 @@ class Worker:
         backoff = Backoff()
         lost_since: float | None = None
         while not self._stopping.is_set():
+            self.health_file.touch()
             try:
                 did_work = self._finish_and_claim()
                 backoff.reset()

@@ -40,6 +40,7 @@ def worker_options(options: dict) -> WorkerOptions:
         listen=conf.LISTEN_NOTIFY,
         burst=options["burst"],
         name=options["worker_id"] or "",
+        health_file=options["health_file"],
     )
 
 
@@ -144,6 +145,13 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--backend", default="default", help="TASKS alias of the Postgres backend to serve."
+        )
+        parser.add_argument(
+            "--health-file",
+            default=None,
+            metavar="PATH",
+            help="Touch this file while the worker's loop turns, for a liveness probe "
+            "(`manage.py tasks health --file PATH`); removed when the worker stops.",
         )
         parser.add_argument(
             "--loglevel",

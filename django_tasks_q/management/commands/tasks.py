@@ -8,7 +8,10 @@ changes tasks through the admin's actions (``django_tasks_q.actions``).
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -22,7 +25,7 @@ from django_tasks_q import actions, pausing, stats
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.durations import format_duration, parse_duration
 from django_tasks_q.exceptions import InvalidTask
-from django_tasks_q.models import Task, TaskStatus
+from django_tasks_q.models import Task, TaskStatus, Worker, WorkerState
 from django_tasks_q.queues import known_queues
 
 STATUSES = [status.value for status in TaskStatus]
@@ -74,6 +77,26 @@ class Command(BaseCommand):
         purge.add_argument("--task", help="Only tasks of this registered name.")
         _add_yes(purge)
 
+        health = self._sub(
+            commands,
+            "health",
+            "Exit 0 if this host's worker is alive, 1 if not: from its --health-file "
+            "(liveness, no database), or from its heartbeat in the database (readiness).",
+        )
+        health.add_argument("--file", metavar="PATH", help="The worker's --health-file.")
+        health.add_argument(
+            "--worker-id",
+            metavar="NAME",
+            help="The worker's --worker-id (default: any on this host).",
+        )
+        health.add_argument(
+            "--max-age",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="Oldest acceptable touch or heartbeat (default: 60 for a file, "
+            "LEASE_SECONDS for a heartbeat).",
+        )
         self._sub(commands, "stats", "Per queue: ready, scheduled, running, finished last hour.")
         self._sub(commands, "workers", "Workers: alive, stale or lost, and what each runs.")
 
@@ -220,6 +243,22 @@ class Command(BaseCommand):
             f"{counts.stale - lost} stale, {lost} lost (no heartbeat for over "
             f"{format_duration(conf.LEASE_SECONDS)}: their tasks are recovered)."
         )
+
+    def _health(self, options: dict[str, Any]) -> None:
+        if options["file"]:
+            if options["worker_id"]:
+                raise CommandError("--worker-id is for the heartbeat check, not with --file.")
+            healthy, detail = _file_health(options["file"], options["max_age"] or 60.0)
+        else:
+            healthy, detail = _heartbeat_health(
+                options["worker_id"], options["max_age"] or conf.LEASE_SECONDS
+            )
+        if self.as_json:
+            self._json({"healthy": healthy, "detail": detail})
+        else:
+            self.stdout.write(f"{'ok' if healthy else 'unhealthy'}: {detail}")
+        if not healthy:
+            sys.exit(1)
 
     # -- changing --------------------------------------------------------------------------
 
@@ -424,6 +463,31 @@ def _details(row: Task) -> dict[str, Any]:
 
 def _ago(moment: datetime | None, now: datetime) -> str:
     return "—" if moment is None else f"{format_duration((now - moment).total_seconds())} ago"
+
+
+def _file_health(path: str, max_age: float) -> tuple[bool, str]:
+    try:
+        age = time.time() - os.stat(path).st_mtime
+    except FileNotFoundError:
+        return False, f"{path} does not exist: the worker is not running, or not with --health-file"
+    if age > max_age:
+        return False, f"{path} was last touched {age:.0f}s ago (more than {max_age:.0f}s)"
+    return True, f"{path} touched {age:.1f}s ago"
+
+
+def _heartbeat_health(name: str | None, max_age: float) -> tuple[bool, str]:
+    host = socket.gethostname()
+    workers = Worker.objects.using(conf.DATABASE).filter(state=WorkerState.RUNNING)
+    workers = workers.filter(name=name) if name else workers.filter(hostname=host)
+    who = f"worker {name!r}" if name else f"worker on {host}"
+    newest = workers.order_by("-last_heartbeat_at").values_list("id", "last_heartbeat_at").first()
+    if newest is None:
+        return False, f"no running {who} is registered in the database"
+    worker_id, beat = newest
+    age = (timezone.now() - beat).total_seconds()
+    if age > max_age:
+        return False, f"{worker_id} last heartbeat {age:.0f}s ago (more than {max_age:.0f}s)"
+    return True, f"{worker_id} heartbeat {age:.1f}s ago"
 
 
 def _worker_state(heartbeat_age: float, stale_after: float) -> str:
