@@ -18,7 +18,7 @@ PYTHON := $(shell \
 	done)
 endif
 
-.PHONY: demo test lint format db db-stop browser bench clean
+.PHONY: demo test lint format db db-stop browser pgbouncer bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then \
@@ -57,7 +57,20 @@ browser:
 		fi; \
 	fi
 
-test: db browser
+# The PgBouncer tests drive Debian's pgbouncer, installed the same way; skipped without it.
+pgbouncer:
+	@if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "Installing Debian's pgbouncer for the PgBouncer tests"; \
+			apt-get install -y -q pgbouncer >/dev/null 2>&1 || \
+				{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q pgbouncer >/dev/null 2>&1; } || \
+				echo "Could not install pgbouncer: the PgBouncer tests will be skipped"; \
+		else \
+			echo "No pgbouncer: the PgBouncer tests will be skipped (apt-get install pgbouncer)"; \
+		fi; \
+	fi
+
+test: db browser pgbouncer
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
