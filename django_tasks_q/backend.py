@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from django_tasks_q import canvas, queue, registry
+from django_tasks_q import canvas, queue, registry, tracing
 from django_tasks_q.canvas import Step
 from django_tasks_q.compat import (
     DEFAULT_TASK_BACKEND_ALIAS,
@@ -147,34 +147,40 @@ class PostgresBackend(BaseTaskBackend):
         check_arguments(args, kwargs)
         found_limits = limits_for(task, task.queue_name, args, kwargs)
         args_json, kwargs_json = dumps(list(args)), dumps(kwargs)
-        # A conflicting task can finish between the insert and the look-up; then try again.
-        for _ in range(5):
-            try:
-                # Only a chosen id can fail the insert; the savepoint keeps the caller's
-                # transaction usable when it does.
-                with transaction.atomic(using=self.database) if chosen_id else nullcontext():
-                    row = queue.enqueue(
-                        **self._columns(task),
-                        args_json=args_json,
-                        kwargs_json=kwargs_json,
-                        expires_at=expires_at,
-                        schedule_id=schedule_id,
-                        scheduled_for=scheduled_for,
-                        unique_key=unique_key,
-                        chosen_id=chosen_id,
-                        **found_limits.columns(),
-                    )
-            except IntegrityError as error:
-                if chosen_id is None or _constraint_of(error) != "tasks_q_chosen_id_uniq":
-                    raise
-                return self._task_with_chosen_id(task, chosen_id)
-            if row is not None:
-                break
-            existing = queue.active_with_unique_key(unique_key, using=self.database)
-            if existing is not None:
-                return self.get_result(existing)
-        else:
-            raise RuntimeError(f"could not enqueue or find the task with unique key {unique_key!r}")
+        with tracing.enqueue_span("enqueue", task.name, task.queue_name) as traced:
+            # A conflicting task can finish between the insert and the look-up; then try again.
+            for _ in range(5):
+                try:
+                    # Only a chosen id can fail the insert; the savepoint keeps the caller's
+                    # transaction usable when it does.
+                    with transaction.atomic(using=self.database) if chosen_id else nullcontext():
+                        row = queue.enqueue(
+                            **self._columns(task),
+                            args_json=args_json,
+                            kwargs_json=kwargs_json,
+                            expires_at=expires_at,
+                            schedule_id=schedule_id,
+                            scheduled_for=scheduled_for,
+                            unique_key=unique_key,
+                            chosen_id=chosen_id,
+                            trace_context=traced and traced.context,
+                            **found_limits.columns(),
+                        )
+                except IntegrityError as error:
+                    if chosen_id is None or _constraint_of(error) != "tasks_q_chosen_id_uniq":
+                        raise
+                    return self._task_with_chosen_id(task, chosen_id)
+                if row is not None:
+                    break
+                existing = queue.active_with_unique_key(unique_key, using=self.database)
+                if existing is not None:
+                    return self.get_result(existing)
+            else:
+                raise RuntimeError(
+                    f"could not enqueue or find the task with unique key {unique_key!r}"
+                )
+            if traced:
+                traced.enqueued([row.id])
         handle = self._new_handle(task, row, json.loads(args_json), json.loads(kwargs_json))
         task_enqueued.send(type(self), task_result=handle)
         return handle
@@ -297,13 +303,18 @@ class PostgresBackend(BaseTaskBackend):
             workflows = set(found.values())
             if len(workflows) == 1 and None not in workflows:
                 workflow_id = workflows.pop()
-        enqueued = queue.enqueue_workflow(
-            using=self.database,
-            workflow_id=workflow_id,
-            rows=rows,
-            edges=edges,
-            notify=conf.LISTEN_NOTIFY,
-        )
+        first = tasks[id(steps[0].task)]
+        with tracing.enqueue_span("enqueue workflow", first.name, first.queue_name) as traced:
+            enqueued = queue.enqueue_workflow(
+                using=self.database,
+                workflow_id=workflow_id,
+                rows=rows,
+                edges=edges,
+                notify=conf.LISTEN_NOTIFY,
+                trace_context=traced and traced.context,
+            )
+            if traced:
+                traced.enqueued([row.id for row in enqueued])
         handles = [
             TaskHandle.build(
                 tasks[id(step.task)],
@@ -351,9 +362,13 @@ class PostgresBackend(BaseTaskBackend):
             ]
             limited = {name: [c[name] for c in columns] for name in columns[0]}
             limited["fair_turn"] = columns[0]["fair_turn"]  # the setting: one for all
-        rows = queue.enqueue_many(
-            **self._columns(task), args_json=args_json, kwargs_json=kwargs_json, **limited
-        )
+        with tracing.enqueue_span("enqueue_many", task.name, task.queue_name) as traced:
+            rows = queue.enqueue_many(
+                **self._columns(task), args_json=args_json, kwargs_json=kwargs_json,
+                trace_context=traced and traced.context, **limited,
+            )  # fmt: skip
+            if traced:
+                traced.enqueued([row.id for row in rows])
         handles = [
             self._new_handle(task, row, list(args), dict(kwargs))
             for row, args, kwargs in zip(rows, args_list, kwargs_list, strict=True)

@@ -25,7 +25,7 @@ import psycopg
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 from django.db.models.functions import Now
 
-from django_tasks_q import queue, registry, schedule_sync
+from django_tasks_q import queue, registry, schedule_sync, tracing
 from django_tasks_q.backend import PostgresBackend
 from django_tasks_q.backoff import Backoff, describe_database_error
 from django_tasks_q.conf import settings as conf
@@ -145,7 +145,10 @@ class Beat:
         )
         if decided.missed_from is not None:
             _log_missed(schedule, decided)
-        done = [enqueue_tick(schedule, tick, now, using=self.using) for tick in decided.ticks]
+        done = []
+        for tick in decided.ticks:
+            with tracing.tick_span(schedule.name, schedule.task):
+                done.append(enqueue_tick(schedule, tick, now, using=self.using))
         schedule.next_run_at = decided.next_run_at
         update = ["next_run_at"]
         if decided.ticks:

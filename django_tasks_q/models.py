@@ -120,6 +120,9 @@ class Task(models.Model):
     # kept (tasks_q_chosen_id_uniq): enqueueing the same id again returns this task.
     # Never only digits, so it cannot be mistaken for the database id.
     chosen_id = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    # The W3C trace context of the span that enqueued the task ({"traceparent": ...}), the
+    # parent of each attempt's span when OpenTelemetry is installed (django_tasks_q.tracing).
+    trace_context = models.JSONField(null=True, blank=True)
     # Workflows (docs/workflows.md). A WAITING task waits for `waiting_for` more of the tasks
     # it depends on (rows of Dependency) to finish; the statement that records the last one's
     # outcome makes it READY, through the trigger of migration 0007. `has_dependents` marks

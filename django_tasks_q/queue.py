@@ -172,6 +172,7 @@ def enqueue(
     rate_limits: str | None = None,
     fair_key: str | None = None,
     fair_turn: int | None = None,
+    trace_context: str | None = None,
 ) -> Enqueued | None:
     """Insert one READY task through the caller's connection (and transaction). None: a task
     with ``unique_key`` is already unfinished (WAITING, READY or RUNNING), and nothing was
@@ -195,6 +196,7 @@ def enqueue(
                 "scheduled_for": scheduled_for,
                 "unique_key": unique_key,
                 "chosen_id": chosen_id,
+                "trace_context": trace_context,
                 "concurrency_limits": concurrency_limits,
                 "rate_limits": rate_limits,
                 "fair_key": fair_key,
@@ -230,6 +232,7 @@ def enqueue_many(
     rate_limits: Sequence[str | None] | None = None,
     fair_key: Sequence[str | None] | None = None,
     fair_turn: int | None = None,
+    trace_context: str | None = None,
 ) -> list[Enqueued]:
     """Insert many READY tasks of one task in a single statement. The limits (JSON text, see
     django_tasks_q.limits) are one per task, or None for none."""
@@ -249,6 +252,7 @@ def enqueue_many(
                 "rate_limits": list(rate_limits) if rate_limits else None,
                 "fair_key": list(fair_key) if fair_key else None,
                 "fair_turn": fair_turn,
+                "trace_context": trace_context,
                 "run_after": run_after,
                 "max_attempts": max_attempts,
                 "max_lost_attempts": max_lost_attempts,
@@ -314,6 +318,7 @@ def enqueue_workflow(
     rows: Sequence[WorkflowRow],
     edges: Sequence[WorkflowEdge],
     notify: bool,
+    trace_context: str | None = None,
 ) -> list[EnqueuedStep]:
     """Insert a workflow's tasks and edges in one statement, in the caller's transaction.
     A task with edges is WAITING until its dependencies finished (migration 0007)."""
@@ -352,6 +357,7 @@ def enqueue_workflow(
                 ],
                 "edge_positions": [edge.position for edge in edges],
                 "edge_run_ifs": [edge.run_if for edge in edges],
+                "trace_context": trace_context,
                 "notify": notify,
             },
         )
@@ -528,6 +534,8 @@ class ClaimedTask:
     # A concurrency limit holds it: its end may let tasks that limit held back go (READY),
     # which the claim of the same statement cannot see either.
     limited: bool = False
+    # The enqueuing span's W3C context, the parent of the attempt's span (tracing.py).
+    trace_context: dict[str, str] | None = None
 
     @property
     def position(self) -> ClaimPosition:

@@ -25,7 +25,7 @@ inserted AS (
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
          attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors,
          expires_at, schedule_id, scheduled_for, unique_key, chosen_id, held_by,
-         concurrency_limits, rate_limits, fair_key, fair_turn)
+         concurrency_limits, rate_limits, fair_key, fair_turn, trace_context)
     SELECT %(name)s, %(queue)s, %(priority)s,
            CASE WHEN held.held_by IS NULL THEN 'READY' ELSE 'WAITING' END,
            %(args)s::jsonb, %(kwargs)s::jsonb,
@@ -33,7 +33,8 @@ inserted AS (
            0, %(max_attempts)s, %(max_lost_attempts)s, %(timeout)s, '', '[]'::jsonb,
            %(expires_at)s::timestamptz, %(schedule_id)s::bigint, %(scheduled_for)s::timestamptz,
            %(unique_key)s, %(chosen_id)s, held.held_by, %(concurrency_limits)s::jsonb,
-           %(rate_limits)s::jsonb, %(fair_key)s::text, %(fair_turn)s::smallint
+           %(rate_limits)s::jsonb, %(fair_key)s::text, %(fair_turn)s::smallint,
+           %(trace_context)s::jsonb
     FROM held
     ON CONFLICT (unique_key)
         WHERE unique_key IS NOT NULL AND status IN ('WAITING', 'READY', 'RUNNING')
@@ -73,14 +74,14 @@ inserted AS (
     INSERT INTO django_tasks_q_task
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
          attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors, held_by,
-         concurrency_limits, rate_limits, fair_key, fair_turn)
+         concurrency_limits, rate_limits, fair_key, fair_turn, trace_context)
     SELECT %(name)s, %(queue)s, %(priority)s,
            CASE WHEN turn.held_by IS NULL THEN 'READY' ELSE 'WAITING' END,
            task.args, task.kwargs,
            COALESCE(%(run_after)s::timestamptz, now()), now(),
            0, %(max_attempts)s, %(max_lost_attempts)s, %(timeout)s, '', '[]'::jsonb,
            turn.held_by, task.concurrency_limits, task.rate_limits, task.fair_key,
-           task.fair_turn
+           task.fair_turn, %(trace_context)s::jsonb
     FROM held, call AS task
     CROSS JOIN LATERAL (SELECT COALESCE(held.held_by, {turn_of_call}) AS held_by) AS turn
     ORDER BY task.n
@@ -132,14 +133,14 @@ inserted AS (
         (name, queue, priority, status, args, kwargs, run_after, enqueued_at,
          attempts, max_attempts, max_lost_attempts, timeout, worker_id, errors, expires_at,
          waiting_for, receives, has_dependents, workflow_id, schedule_id, scheduled_for,
-         held_by, concurrency_limits, rate_limits, fair_key, fair_turn)
+         held_by, concurrency_limits, rate_limits, fair_key, fair_turn, trace_context)
     SELECT name, queue, priority,
            CASE WHEN waiting_for > 0 OR held.held_by IS NOT NULL THEN 'WAITING' ELSE 'READY' END,
            args, kwargs, COALESCE(run_after, now()), now(),
            0, max_attempts, max_lost_attempts, timeout, '', '[]'::jsonb, expires_at,
            waiting_for, receives, has_dependents, %(workflow_id)s::uuid, schedule_id,
            scheduled_for, CASE WHEN waiting_for > 0 THEN NULL ELSE held.held_by END,
-           concurrency_limits, rate_limits, fair_key, fair_turn
+           concurrency_limits, rate_limits, fair_key, fair_turn, %(trace_context)s::jsonb
     FROM placed AS task
     CROSS JOIN LATERAL (
         SELECT COALESCE({held_by_pause}, {held_by_turn}) AS held_by

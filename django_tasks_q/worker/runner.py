@@ -17,7 +17,7 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 from django.dispatch import Signal
 
-from django_tasks_q import registry
+from django_tasks_q import registry, tracing
 from django_tasks_q.backend import PostgresBackend
 from django_tasks_q.backoff import describe_database_error
 from django_tasks_q.conf import settings as conf
@@ -100,10 +100,13 @@ class Runner:
 
     def run(self, claimed: ClaimedTask) -> Outcome:
         """Run one attempt. Never raises: whatever the task does becomes its outcome."""
-        try:
-            return self._run(claimed)
-        except BaseException as exc:  # a bug of ours or a hostile exception: the task's failure
-            return self.crashed(claimed, exc)
+        with tracing.run_span(claimed) as span:
+            try:
+                outcome = self._run(claimed)
+            except BaseException as exc:  # a bug of ours or a hostile exception: its failure
+                outcome = self.crashed(claimed, exc)
+            tracing.ended(span, outcome)
+            return outcome
 
     def _run(self, claimed: ClaimedTask) -> Outcome:
         if self.is_cancel_requested(claimed.id):
