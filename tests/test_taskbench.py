@@ -34,6 +34,10 @@ def test_taskbench_reports_verified_rates_and_cleans_up(monkeypatch):
     results = json.loads(out.getvalue())
     assert results["drain_tasks"] == 300 + results["enqueue_single_tasks"]
     assert results["drain_per_s"] > 0 and results["ceiling_per_s"] > 0
+    # Each task is at least updated twice (claimed, finished) and the claims are committed.
+    assert results["drain_rows_written_per_task"] >= 2
+    assert results["drain_wal_bytes_per_task"] > 100
+    assert 0 < results["drain_commits_per_task"] < 5
     assert results["latency_samples"] == 5
     # The chord's body checked it got every header's result; the time covers all of it.
     assert results["chord_size"] == 50 and results["chord_seconds"] > 0

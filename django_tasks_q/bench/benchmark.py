@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from importlib import metadata
 
 from django_tasks_q.bench import phases, pressure, queries
@@ -27,6 +28,9 @@ from django_tasks_q.conf import settings as conf
 from django_tasks_q.tasks import BackgroundTask
 
 MIN_SINGLE_ENQUEUES = 1000
+# Seconds for idle backends to add their counts to the server's statistics (PostgreSQL flushes
+# them at most once a second).
+STATISTICS_DELAY = 1.5
 # The workers' log lines printed after an exhaustion of connections; --json has them all.
 LOG_LINES_SHOWN = 12
 
@@ -110,6 +114,7 @@ def _worker_phases(
     # No other worker may have touched the backlog. Ours start only now, so that they face
     # all of it from their first claim.
     queries.refuse_foreign_workers(database, options.queue)
+    before = queries.database_cost(database)
     with running_workers(options) as workers:
         expected = results.enqueue_single_tasks + options.tasks
         drained, seconds = phases.drain(database, options.queue, workers, expected)
@@ -118,6 +123,18 @@ def _worker_phases(
         slots = "threads" if options.pool == "threads" else "processes"
         label = f"3. drain, {options.workers} workers x {options.concurrency} {slots}"
         report(phase_line(label, drained, seconds, "tasks") + "  (results verified)")
+        # Idle backends add to the statistics at most a second late.
+        time.sleep(STATISTICS_DELAY)
+        cost = queries.database_cost(database) - before
+        results.drain_wal_bytes_per_task = cost.wal_bytes / drained
+        results.drain_commits_per_task = cost.commits / drained
+        results.drain_rows_written_per_task = cost.rows_written / drained
+        report(
+            f"{'   database cost per task':<{LABEL_WIDTH}}"
+            f"{results.drain_wal_bytes_per_task:>8,.0f} B of WAL, "
+            f"{results.drain_commits_per_task:.3f} commits, "
+            f"{results.drain_rows_written_per_task:.2f} rows written  (whole database)"
+        )
 
         _io_bound_phase(options, database, workers, results, report)
         _chord_phase(options, database, workers, results, report)

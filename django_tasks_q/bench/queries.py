@@ -151,6 +151,27 @@ def table_rows(database: str) -> tuple[int, int]:
     return (row[0], row[1]) if row else (0, 0)
 
 
+@dataclass(frozen=True)
+class DatabaseCost:
+    wal_bytes: int
+    commits: int
+    rows_written: int
+
+    def __sub__(self, before: DatabaseCost) -> DatabaseCost:
+        return DatabaseCost(
+            self.wal_bytes - before.wal_bytes,
+            self.commits - before.commits,
+            self.rows_written - before.rows_written,
+        )
+
+
+def database_cost(database: str) -> DatabaseCost:
+    """WAL, commits and rows written by the whole database so far (subtract two readings)."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql("database_cost"))
+        return DatabaseCost(*cursor.fetchone())
+
+
 def database_now(database: str) -> datetime:
     """The database's clock, which stamps the rows."""
     with connections[database].cursor() as cursor:

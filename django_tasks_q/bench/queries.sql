@@ -67,6 +67,14 @@ SELECT current_setting(%s);
 SELECT n_live_tup, n_dead_tup FROM pg_stat_user_tables
 WHERE relid = 'django_tasks_q_task'::regclass;
 
+-- name: database_cost
+-- What the database has done so far: WAL written (bytes since LSN 0), commits, and rows
+-- inserted, updated and deleted, in this database. The counters are the server's statistics,
+-- which each backend adds to when it is idle (at most a second late).
+SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, xact_commit,
+       tup_inserted + tup_updated + tup_deleted
+FROM pg_stat_database WHERE datname = current_database();
+
 -- name: database_now
 SELECT clock_timestamp();
 

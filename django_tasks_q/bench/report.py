@@ -36,6 +36,12 @@ class Results:
     drain_tasks: int = 0
     drain_seconds: float = 0.0
     drain_per_s: float = 0.0
+    # What the drain cost the database per task: WAL bytes, commits (a commit is a statement
+    # round trip of a worker's queue connection, or a task's own write) and rows written.
+    # Database-wide, so whatever else runs there counts too.
+    drain_wal_bytes_per_task: float | None = None
+    drain_commits_per_task: float | None = None
+    drain_rows_written_per_task: float | None = None
     # Tasks that wait io_task_ms each, drained by every slot: the rate against the ideal
     # (slots / duration), so a user sees how full their own slots are kept.
     io_task_ms: float | None = None
