@@ -43,32 +43,28 @@ demo: db
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py rundemo
 
-# The admin's browser tests drive Debian's Chromium (never a downloaded browser). Installed here
-# when missing and we may (root with apt); otherwise those tests are skipped and say why.
-browser:
-	@if ! command -v chromium >/dev/null 2>&1 && [ -z "$$CHROMIUM" ]; then \
+# Tests that drive real Debian programs (the admin's browser tests Chromium, never a downloaded
+# browser; the PgBouncer tests pgbouncer) get them installed here when missing and we may (root
+# with apt); otherwise those tests are skipped and say why.
+# $(1): the program, $(2): the tests, $(3): a shell test that is true when it is already there.
+define debian_program
+	@if ! command -v $(1) >/dev/null 2>&1 && ! { $(3); }; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "Installing Debian's chromium for the browser tests"; \
-			apt-get install -y -q chromium >/dev/null 2>&1 || \
-				{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } || \
-				echo "Could not install chromium: the browser tests will be skipped"; \
+			echo "Installing Debian's $(1) for the $(2)"; \
+			apt-get install -y -q $(1) >/dev/null 2>&1 || \
+				{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(1) >/dev/null 2>&1; } || \
+				echo "Could not install $(1): the $(2) will be skipped"; \
 		else \
-			echo "No chromium: the browser tests will be skipped (apt-get install chromium, or set CHROMIUM=/path/to/chromium)"; \
+			echo "No $(1): the $(2) will be skipped (apt-get install $(1))"; \
 		fi; \
 	fi
+endef
 
-# The PgBouncer tests drive Debian's pgbouncer, installed the same way; skipped without it.
+browser:  # CHROMIUM=/path/to/chromium uses another build
+	$(call debian_program,chromium,browser tests,[ -n "$$CHROMIUM" ])
+
 pgbouncer:
-	@if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "Installing Debian's pgbouncer for the PgBouncer tests"; \
-			apt-get install -y -q pgbouncer >/dev/null 2>&1 || \
-				{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q pgbouncer >/dev/null 2>&1; } || \
-				echo "Could not install pgbouncer: the PgBouncer tests will be skipped"; \
-		else \
-			echo "No pgbouncer: the PgBouncer tests will be skipped (apt-get install pgbouncer)"; \
-		fi; \
-	fi
+	$(call debian_program,pgbouncer,PgBouncer tests,[ -x /usr/sbin/pgbouncer ])
 
 test: db browser pgbouncer
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
