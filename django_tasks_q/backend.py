@@ -236,17 +236,17 @@ class PostgresBackend(BaseTaskBackend):
         has_dependents = [False] * len(steps)
         external: set[int] = set()
         arguments: list[tuple[list, dict]] = []
-        # What each distinct task object gives its rows (a chord's header is one task).
-        columns: dict[int, dict[str, Any]] = {}
-        tasks: dict[int, Task] = {}  # each distinct task object, routed
+        # Each distinct task object, routed, and the columns it gives its rows (a chord's
+        # header is one task): validated and worked out once.
+        prepared: dict[int, tuple[Task, dict[str, Any]]] = {}
         for index, step in enumerate(steps):
-            if id(step.task) not in columns:
-                task = tasks[id(step.task)] = routed(step.task)
+            if id(step.task) not in prepared:
+                task = routed(step.task)
                 self.validate_task(task)
-                columns[id(step.task)] = {
-                    k: v for k, v in self._columns(task).items() if k not in ("using", "notify")
-                }
-            task = tasks[id(step.task)]
+                columns = self._columns(task)
+                del columns["using"], columns["notify"]
+                prepared[id(step.task)] = (task, columns)
+            task, columns = prepared[id(step.task)]
             args, receives = list(step.args), step.receives
             if receives == "results" and not step.waits_for:
                 args, receives = [[], *args], ""  # after an empty group: its empty list
@@ -274,7 +274,7 @@ class PostgresBackend(BaseTaskBackend):
             arguments.append((args, dict(step.kwargs)))
             rows.append(
                 queue.WorkflowRow(
-                    **columns[id(step.task)],
+                    **columns,
                     args_json=dumps(args),
                     kwargs_json=dumps(step.kwargs),
                     expires_at=expires_at,
@@ -303,7 +303,7 @@ class PostgresBackend(BaseTaskBackend):
             workflows = set(found.values())
             if len(workflows) == 1 and None not in workflows:
                 workflow_id = workflows.pop()
-        first = tasks[id(steps[0].task)]
+        first = prepared[id(steps[0].task)][0]
         with tracing.enqueue_span("enqueue workflow", first.name, first.queue_name) as traced:
             enqueued = queue.enqueue_workflow(
                 using=self.database,
@@ -317,7 +317,7 @@ class PostgresBackend(BaseTaskBackend):
                 traced.enqueued([row.id for row in enqueued])
         handles = [
             TaskHandle.build(
-                tasks[id(step.task)],
+                prepared[id(step.task)][0],
                 backend=self.alias,
                 id=row.id,
                 status=TaskStatus(row.status),

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -480,11 +480,17 @@ def _heartbeat_health(name: str | None, max_age: float) -> tuple[bool, str]:
     workers = Worker.objects.using(conf.DATABASE).filter(state=WorkerState.RUNNING)
     workers = workers.filter(name=name) if name else workers.filter(hostname=host)
     who = f"worker {name!r}" if name else f"worker on {host}"
-    newest = workers.order_by("-last_heartbeat_at").values_list("id", "last_heartbeat_at").first()
+    # The age by the database's clock, which stamped the heartbeat: the probe's host may differ.
+    newest = (
+        workers.annotate(age=Now() - F("last_heartbeat_at"))
+        .order_by("-last_heartbeat_at")
+        .values_list("id", "age")
+        .first()
+    )
     if newest is None:
         return False, f"no running {who} is registered in the database"
-    worker_id, beat = newest
-    age = (timezone.now() - beat).total_seconds()
+    worker_id, since = newest
+    age = since.total_seconds()
     if age > max_age:
         return False, f"{worker_id} last heartbeat {age:.0f}s ago (more than {max_age:.0f}s)"
     return True, f"{worker_id} heartbeat {age:.1f}s ago"
