@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 
 from django_tasks_q import queue, registry
 from django_tasks_q.conf import settings as conf
@@ -94,16 +95,20 @@ def cancel(ids: Iterable[int], *, using: str, terminate: bool = False) -> Cancel
     return done
 
 
+def purgeable(queue_name: str, *, task_name: str | None = None, using: str) -> QuerySet[Task]:
+    """The tasks :func:`purge` cancels: those of the queue (and task name) not started yet."""
+    waiting = Task.objects.using(using).filter(
+        queue=queue_name, status__in=[TaskStatus.READY, TaskStatus.WAITING]
+    )
+    return waiting.filter(name=task_name) if task_name is not None else waiting
+
+
 def purge(queue_name: str, *, task_name: str | None = None, using: str) -> int:
     """Cancel every task of ``queue_name`` (of ``task_name`` only, if given) that has not
     started: ready, scheduled, or waiting (for dependencies, a pause or a limit). They are
     kept as CANCELLED, so workflows and the admin see what happened, and pruned like other
     cancelled tasks. Running tasks are left alone. Returns how many were cancelled."""
-    waiting = Task.objects.using(using).filter(
-        queue=queue_name, status__in=[TaskStatus.READY, TaskStatus.WAITING]
-    )
-    if task_name is not None:
-        waiting = waiting.filter(name=task_name)
+    waiting = purgeable(queue_name, task_name=task_name, using=using)
     # Only what was there when the purge began: producers that keep enqueueing cannot keep
     # it going.
     last = waiting.order_by("-id").values_list("id", flat=True).first()

@@ -38,7 +38,7 @@ from django_tasks_q.compat import (
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.exceptions import UnknownTaskError
 from django_tasks_q.limits import RECEIVED, RECEIVED_ARGUMENTS, limits_for, may_be_limited
-from django_tasks_q.models import Cancellation, TaskStatus
+from django_tasks_q.models import Cancellation, TaskStatus, task_lookup
 from django_tasks_q.models import Task as TaskRow
 from django_tasks_q.results import TaskHandle
 from django_tasks_q.routing import route_for
@@ -418,7 +418,7 @@ class PostgresBackend(BaseTaskBackend):
     def get_result(self, result_id: str | int) -> TaskHandle:
         """The task with this id: the database's, or the one its caller chose (``task_id=``)."""
         try:
-            row = TaskRow.objects.using(self.database).get(**_id_lookup(result_id))
+            row = TaskRow.objects.using(self.database).get(**task_lookup(result_id))
         except (ValueError, TypeError, TaskRow.DoesNotExist):
             raise TaskResultDoesNotExist(f"No task with id {result_id!r}.") from None
         return self.handle_from_row(row)
@@ -462,7 +462,7 @@ class PostgresBackend(BaseTaskBackend):
         process if it has not stopped shortly after). A task claimed by a worker but not
         started yet counts as running here, and never starts."""
         try:
-            lookup = _id_lookup(result_id)
+            lookup = task_lookup(result_id)
             task_id = lookup.get("pk") or TaskRow.objects.using(self.database).values_list(
                 "pk", flat=True
             ).get(**lookup)
@@ -474,15 +474,6 @@ class PostgresBackend(BaseTaskBackend):
         if status is None:
             return Cancellation.ALREADY_FINISHED
         return Cancellation.CANCELLED if status == "CANCELLED" else Cancellation.STOP_REQUESTED
-
-
-def _id_lookup(result_id: str | int) -> dict[str, Any]:
-    """How to find a task by id: digits are the database's id, anything else a chosen one."""
-    if isinstance(result_id, int) and not isinstance(result_id, bool):
-        return {"pk": result_id}
-    if isinstance(result_id, str) and result_id:
-        return {"pk": int(result_id)} if result_id.isdigit() else {"chosen_id": result_id}
-    raise ValueError(result_id)
 
 
 def _constraint_of(error: IntegrityError) -> str | None:

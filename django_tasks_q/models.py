@@ -270,6 +270,17 @@ class RunIf(models.TextChoices):
     FAILED = "failed", _("it failed")
 
 
+def task_lookup(result_id: str | int) -> dict[str, Any]:
+    """How to find a task by id (``Task.objects.get(**task_lookup(id))``): digits are the
+    database's id, anything else one its caller chose (``task_id=``). ValueError when it is
+    neither."""
+    if isinstance(result_id, int) and not isinstance(result_id, bool):
+        return {"pk": result_id}
+    if isinstance(result_id, str) and result_id:
+        return {"pk": int(result_id)} if result_id.isdigit() else {"chosen_id": result_id}
+    raise ValueError(result_id)
+
+
 class Dependency(models.Model):
     """An edge of a workflow: ``task`` runs after ``depends_on`` finished (``run_if``).
 

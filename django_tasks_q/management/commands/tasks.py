@@ -25,7 +25,7 @@ from django_tasks_q import actions, pausing, stats
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.durations import format_duration, parse_duration
 from django_tasks_q.exceptions import InvalidTask
-from django_tasks_q.models import Task, TaskStatus, Worker, WorkerState
+from django_tasks_q.models import Task, TaskStatus, Worker, WorkerState, task_lookup
 from django_tasks_q.queues import known_queues
 
 STATUSES = [status.value for status in TaskStatus]
@@ -299,16 +299,13 @@ class Command(BaseCommand):
             self.stdout.write(f"{left} left alone: they had finished.")
 
     def _purge(self, options: dict[str, Any]) -> None:
-        waiting = Task.objects.using(conf.DATABASE).filter(
-            queue=options["queue"], status__in=[TaskStatus.READY, TaskStatus.WAITING]
-        )
-        if options["task"]:
-            waiting = waiting.filter(name=options["task"])
+        queue_name, task_name = options["queue"], options["task"]
+        waiting = actions.purgeable(queue_name, task_name=task_name, using=conf.DATABASE)
         what = f"queue {options['queue']}" + (
             f", task {options['task']}" if options["task"] else ""
         )
         self._confirm(options, f"Cancel the {waiting.count()} task(s) of {what} not started yet?")
-        purged = actions.purge(options["queue"], task_name=options["task"], using=conf.DATABASE)
+        purged = actions.purge(queue_name, task_name=task_name, using=conf.DATABASE)
         if self.as_json:
             self._json({"cancelled": purged})
         else:
@@ -433,10 +430,9 @@ def _filtered(options: dict[str, Any]) -> QuerySet[Task]:
 
 def _find(task_id: str) -> Task:
     """A task by its database id or the id its caller chose."""
-    lookup = {"pk": int(task_id)} if task_id.isdigit() else {"chosen_id": task_id}
     try:
-        return Task.objects.using(conf.DATABASE).get(**lookup)
-    except Task.DoesNotExist:
+        return Task.objects.using(conf.DATABASE).get(**task_lookup(task_id))
+    except (ValueError, Task.DoesNotExist):
         raise CommandError(f"No task with id {task_id!r}.") from None
 
 
