@@ -69,9 +69,23 @@ def test_a_worker_waiting_for_its_database_keeps_its_health_file_fresh(start_wor
     )
     wait_for(path.exists, message="the health file while the database is away")
     wait_for(lambda: "cannot reach the database to start" in worker.log(), message="the wait")
+    assert probe("--file", str(path)).returncode == 0  # alive: waiting is not being stuck
+    not_ready = probe("--file", str(path), "--ready")  # but it cannot run tasks
+    assert not_ready.returncode == 1 and "not all ready" in not_ready.stdout
     worker.terminate()
     assert worker.wait() == 0
     assert not path.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_health_file_says_ready_once_every_child_process_has_started(start_worker, tmp_path):
+    path = tmp_path / "alive"
+    worker = start_worker("--health-file", str(path), "--concurrency", "3")
+    wait_for(lambda: probe("--file", str(path), "--ready").returncode == 0,
+             timeout=60, message="the worker to say it is ready")  # fmt: skip
+    assert "ready: 3 slots" in worker.log()
+    worker.terminate()
+    assert worker.wait() == 0
 
 
 @pytest.mark.django_db(transaction=True)

@@ -163,14 +163,24 @@ def test_lifecycle_signals_are_sent_with_the_outcome():
     ]
 
 
-def test_each_task_logs_one_line_at_start_and_one_at_the_end(caplog):
+def test_each_task_logs_its_outcome_at_info_and_its_start_at_debug(caplog):
     handle = tasks.add.delay(1, 1)
     with caplog.at_level(logging.INFO, logger="django_tasks_q.worker"):
         run_burst_worker()
     lines = [r for r in caplog.records if getattr(r, "task_id", None) == int(handle.id)]
-    assert [r.outcome for r in lines] == ["started", "succeeded"]
+    assert [(r.levelname, r.outcome) for r in lines] == [("INFO", "succeeded")]
+    assert lines[0].duration >= 0 and lines[0].task_name == "tests.testapp.tasks.add"
+
+    caplog.clear()
+    handle = tasks.add.delay(2, 2)
+    with caplog.at_level(logging.DEBUG, logger="django_tasks_q.worker"):
+        run_burst_worker()
+    lines = [r for r in caplog.records if getattr(r, "task_id", None) == int(handle.id)]
+    assert [(r.levelname, r.outcome) for r in lines] == [
+        ("DEBUG", "started"),
+        ("INFO", "succeeded"),
+    ]
     assert lines[0].getMessage() == f"Task started tests.testapp.tasks.add #{handle.id} attempt 1/1"
-    assert lines[1].duration >= 0 and lines[1].task_name == "tests.testapp.tasks.add"
 
 
 def test_higher_priority_tasks_run_first():

@@ -23,6 +23,7 @@ from django_tasks_q.bench.workers import (
     running_workers,
     signals_interrupt,
     stop_workers,
+    wait_until_ready,
 )
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.tasks import BackgroundTask
@@ -115,14 +116,18 @@ def _worker_phases(
     # all of it from their first claim.
     queries.refuse_foreign_workers(database, options.queue)
     before = queries.database_cost(database)
+    started = time.monotonic()
     with running_workers(options) as workers:
+        # The enqueue phases' tasks, while the workers start: what a restart does to a backlog.
         expected = results.enqueue_single_tasks + options.tasks
         drained, seconds = phases.drain(database, options.queue, workers, expected)
-        results.drain_tasks, results.drain_seconds = drained, seconds
-        results.drain_per_s = drained / seconds
+        results.cold_drain_tasks, results.cold_drain_seconds = drained, seconds
+        results.cold_drain_per_s = drained / seconds
         slots = "threads" if options.pool == "threads" else "processes"
         label = f"3. drain, {options.workers} workers x {options.concurrency} {slots}"
-        report(phase_line(label, drained, seconds, "tasks") + "  (results verified)")
+        report(label)
+        verified = "  (results verified)"
+        report(phase_line("   workers starting", drained, seconds, "tasks") + verified)
         # Idle backends add to the statistics at most a second late.
         time.sleep(STATISTICS_DELAY)
         cost = queries.database_cost(database) - before
@@ -135,6 +140,23 @@ def _worker_phases(
             f"{results.drain_commits_per_task:.3f} commits, "
             f"{results.drain_rows_written_per_task:.2f} rows written  (whole database)"
         )
+
+        results.workers_ready_s = wait_until_ready(workers, started)
+        report(
+            f"{'   every slot ready after':<{LABEL_WIDTH}}{results.workers_ready_s:>8.2f} s"
+            "  (from the workers' start)"
+        )
+        # The same number of tasks again, all committed at once, to workers that are ready:
+        # the rate of a running deployment, the number compared with the ceiling.
+        after_id = queries.last_id(database)
+        numbers = range(expected, expected + options.tasks)
+        phases.enqueue_in_bulk(task, [(n,) for n in numbers], one_commit=True)
+        drained, seconds = phases.drain(
+            database, options.queue, workers, options.tasks, after_id=after_id
+        )
+        results.drain_tasks, results.drain_seconds = drained, seconds
+        results.drain_per_s = drained / seconds
+        report(phase_line("   workers ready", drained, seconds, "tasks") + verified)
 
         _io_bound_phase(options, database, workers, results, report)
         _chord_phase(options, database, workers, results, report)

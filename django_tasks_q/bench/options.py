@@ -121,6 +121,5 @@ class BenchOptions:
             "--queues", self.queue,
             "--concurrency", str(self.concurrency),
             "--batch-size", str(self.batch_size),
-            "--loglevel", "warning",
             "--pool", self.pool,
         ]  # fmt: skip

@@ -6,9 +6,10 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
-from django.db import connections
+from django.db import connections, transaction
 
 from django_tasks_q import queue
 from django_tasks_q.bench import queries
@@ -61,12 +62,15 @@ def enqueue_concurrently(task: BackgroundTask, numbers: range, threads: int) -> 
     return time.perf_counter() - started
 
 
-def enqueue_in_bulk(task: BackgroundTask, arguments: Sequence[tuple]) -> float:
-    """Seconds to enqueue one task per argument tuple with ``enqueue_many``, a commit per
-    chunk."""
+def enqueue_in_bulk(
+    task: BackgroundTask, arguments: Sequence[tuple], *, one_commit: bool = False
+) -> float:
+    """Seconds to enqueue one task per argument tuple with ``enqueue_many``: a commit per
+    chunk, or with ``one_commit`` one for all, so that workers find them all at once."""
     started = time.perf_counter()
-    for chunk in _chunks(arguments, BULK_CHUNK):
-        task.enqueue_many(list(chunk))
+    with transaction.atomic(using=task.get_backend().database) if one_commit else nullcontext():
+        for chunk in _chunks(arguments, BULK_CHUNK):
+            task.enqueue_many(list(chunk))
     return time.perf_counter() - started
 
 
@@ -96,9 +100,11 @@ def drain(
     workers: Sequence[WorkerProcess],
     expected: int,
     name: str = queries.NOOP_NAME,
+    after_id: int = 0,
 ) -> tuple[int, float]:
     """Wait until the workers ran every task, check each result of the ``expected`` tasks of
-    ``name``; returns (tasks, seconds from the first claim to the last finish)."""
+    ``name`` (those with ids above ``after_id``); returns (tasks, seconds from the first claim
+    to the last finish)."""
     remaining = queries.unfinished(database, queue_name)
     last_progress = time.monotonic()
     while remaining:
@@ -115,7 +121,7 @@ def drain(
         if now_remaining < remaining:
             last_progress = time.monotonic()
         remaining = now_remaining
-    verified, seconds = queries.verify(database, queue_name, name, expected)
+    verified, seconds = queries.verify(database, queue_name, name, expected, after_id)
     queries.refuse_foreign_workers(database, queue_name)
     return verified, seconds
 

@@ -26,7 +26,7 @@ from django.db import connections, transaction
 
 from django_tasks_q.bench import queries
 from django_tasks_q.bench.options import BenchError
-from django_tasks_q.bench.workers import WorkerProcess, check_alive, worker_logs
+from django_tasks_q.bench.workers import WorkerProcess, check_alive, worker_logs, worth_showing
 from django_tasks_q.queue import connection_params
 from django_tasks_q.tasks import BackgroundTask
 
@@ -349,5 +349,5 @@ def _logged_since(workers: Sequence[WorkerProcess], offsets: Sequence[int]) -> l
         fd = worker.log.fileno()
         written = os.pread(fd, max(0, os.fstat(fd).st_size - offset), offset)
         text = written.decode(errors="replace")
-        lines += [f"[worker {number}] {line}" for line in text.splitlines() if line.strip()]
+        lines += [f"[worker {number}] {line}" for line in text.splitlines() if worth_showing(line)]
     return lines[:MAX_LOG_LINES]

@@ -100,20 +100,30 @@ def started(database: str, ids: Sequence[int]) -> dict[int, tuple[float, float]]
         return {row[0]: (float(row[1]), float(row[2])) for row in cursor.fetchall()}
 
 
-def verify(database: str, queue_name: str, name: str, expected: int) -> tuple[int, float]:
-    """Check that every row of ``name`` succeeded with its argument as result (what both the
-    no-op and the ceiling return); returns (rows, seconds from first claim to last finish)."""
+def verify(
+    database: str, queue_name: str, name: str, expected: int, after_id: int = 0
+) -> tuple[int, float]:
+    """Check that every row of ``name`` (with an id above ``after_id``) succeeded with its
+    argument as result (what both the no-op and the ceiling return); returns (rows, seconds
+    from first claim to last finish)."""
     with connections[database].cursor() as cursor:
-        cursor.execute(sql("verified"), [queue_name, name])
+        cursor.execute(sql("verified"), [queue_name, name, after_id])
         verified, seconds = cursor.fetchone()
         if verified == expected and seconds:
             return verified, float(seconds)
-        cursor.execute(sql("statuses"), [queue_name, name])
+        cursor.execute(sql("statuses"), [queue_name, name, after_id])
         statuses = ", ".join(f"{state} {count}" for state, count in cursor.fetchall())
     raise BenchError(
         f"Only {verified} of {expected} {name} tasks succeeded with the right result "
         f"(by status: {statuses or 'none'}). No rate is reported."
     )
+
+
+def last_id(database: str) -> int:
+    """The highest task id so far: rows enqueued later have higher ones."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql("last_id"))
+        return cursor.fetchone()[0]
 
 
 def most_running_per_key(database: str, queue_name: str, name: str) -> int:

@@ -31,7 +31,10 @@ WHERE id = ANY(%s) AND status = 'SUCCESSFUL' AND jsonb_typeof(result) = 'number'
 SELECT count(*) FILTER (WHERE status = 'SUCCESSFUL' AND result = args->0),
        extract(epoch FROM max(finished_at) - min(last_attempted_at))
 FROM django_tasks_q_task
-WHERE queue = %s AND name = %s;
+WHERE queue = %s AND name = %s AND id > %s;
+
+-- name: last_id
+SELECT coalesce(max(id), 0) FROM django_tasks_q_task;
 
 -- name: most_running_per_key
 -- Per concurrency key, the running count after each claim and finish, in time order (a
@@ -51,7 +54,7 @@ SELECT max(running) FROM (
 
 -- name: statuses
 SELECT status, count(*) FROM django_tasks_q_task
-WHERE queue = %s AND name = %s GROUP BY status ORDER BY status;
+WHERE queue = %s AND name = %s AND id > %s GROUP BY status ORDER BY status;
 
 -- name: foreign_workers
 -- Benchmark tasks run by a worker whose id lacks this run's prefix.

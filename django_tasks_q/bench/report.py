@@ -33,6 +33,14 @@ class Results:
     enqueue_threads: int = 0
     enqueue_concurrent_per_s: float = 0.0
     enqueue_bulk_per_s: float = 0.0
+    # The enqueue phases' tasks, drained by workers that start at the same time (the process
+    # pool's children set Django up meanwhile), and how long until every slot was ready.
+    cold_drain_tasks: int = 0
+    cold_drain_seconds: float = 0.0
+    cold_drain_per_s: float = 0.0
+    workers_ready_s: float = 0.0
+    # ``tasks`` tasks enqueued in one transaction to workers whose every slot is ready: the
+    # rate a running deployment drains a backlog at.
     drain_tasks: int = 0
     drain_seconds: float = 0.0
     drain_per_s: float = 0.0
@@ -151,6 +159,7 @@ def summary(results: Results) -> str:
             rate(results.enqueue_concurrent_per_s, "tasks"),
         ),
         ("enqueue_many", rate(results.enqueue_bulk_per_s, "tasks")),
+        ("drain, workers starting", rate(results.cold_drain_per_s, "tasks")),
         ("drain", rate(results.drain_per_s, "tasks")),
         (
             "I/O-bound"

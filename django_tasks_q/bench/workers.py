@@ -21,10 +21,14 @@ from typing import IO
 from django.conf import settings
 
 from django_tasks_q.bench.options import BenchError, BenchOptions
+from django_tasks_q.worker import health_file
 
 # Every worker id of one run starts with this, to tell its workers from any others.
 WORKER_ID_PREFIX = f"taskbench-{uuid.uuid4().hex[:8]}-"
 WORKER_STOP_TIMEOUT = 30.0
+# Seconds for every slot to be ready: each child process of the pool sets Django up.
+READY_TIMEOUT = 120.0
+READY_POLL_INTERVAL = 0.05
 
 
 @dataclass(slots=True)
@@ -32,18 +36,35 @@ class WorkerProcess:
     worker_id: str
     process: subprocess.Popen[bytes]
     log: IO[bytes]
+    health_file: Path
 
     def log_tail(self, limit: int = 2000) -> str:
+        """The end of its output, without the line each task that succeeded logs."""
         self.log.flush()
         self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-limit:]
+        text = self.log.read().decode(errors="replace")
+        return "\n".join(line for line in text.splitlines() if worth_showing(line))[-limit:]
+
+    @property
+    def ready(self) -> bool:
+        """Whether every slot of the worker is ready (its --health-file says so)."""
+        try:
+            return self.health_file.read_text() == health_file.READY
+        except FileNotFoundError:
+            return False
 
 
-def worker_command(options: BenchOptions, worker_id: str) -> list[str]:
+def worth_showing(line: str) -> bool:
+    """Whether a line of a worker's output is about more than one task that went well."""
+    return bool(line.strip()) and "Task succeeded " not in line
+
+
+def worker_command(options: BenchOptions, worker_id: str, health_path: Path) -> list[str]:
     return [
         sys.executable, "-m", "django", "runtaskworker",
         *options.worker_arguments(),
         "--worker-id", worker_id,
+        "--health-file", str(health_path),
     ]  # fmt: skip
 
 
@@ -65,12 +86,14 @@ def running_workers(options: BenchOptions) -> Iterator[list[WorkerProcess]]:
     """Start the worker processes; whatever happens inside, none outlives the block."""
     env = worker_environment()
     workers: list[WorkerProcess] = []
+    health_files = tempfile.TemporaryDirectory(prefix="taskbench-")
     try:
         for index in range(options.workers):
             worker_id = f"{WORKER_ID_PREFIX}{index}"
             log = tempfile.TemporaryFile(prefix="taskbench-worker-")  # noqa: SIM115 - closed below
+            health_path = Path(health_files.name) / worker_id
             process = subprocess.Popen(
-                worker_command(options, worker_id),
+                worker_command(options, worker_id, health_path),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -79,13 +102,29 @@ def running_workers(options: BenchOptions) -> Iterator[list[WorkerProcess]]:
                 # which then stops the workers with one SIGTERM each.
                 start_new_session=True,
             )
-            workers.append(WorkerProcess(worker_id, process, log))
+            workers.append(WorkerProcess(worker_id, process, log, health_path))
         yield workers
     finally:
         with suppress(BenchError):
             stop_workers(workers)
         for worker in workers:
             worker.log.close()
+        health_files.cleanup()
+
+
+def wait_until_ready(workers: Sequence[WorkerProcess], started: float) -> float:
+    """Wait until every slot of every worker is ready; returns the seconds since ``started``
+    (a ``time.monotonic()`` taken before they were started)."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not all(worker.ready for worker in workers):
+        check_alive(workers)
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"The workers' slots were not all ready {READY_TIMEOUT:.0f}s after they "
+                f"started.{worker_logs(workers)}"
+            )
+        time.sleep(READY_POLL_INTERVAL)
+    return time.monotonic() - started
 
 
 def stop_workers(workers: Sequence[WorkerProcess]) -> None:

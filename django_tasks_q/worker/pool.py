@@ -191,6 +191,7 @@ class ProcessPool:
         deliver: Callable[[Outcome], None],
         give_back: Callable[[list[int]], None],
         on_ready: Callable[[], None] = lambda: None,
+        on_all_ready: Callable[[], None] = lambda: None,
         on_fatal: Callable[[str], None] = lambda reason: None,
         processes: int,
         threads: int = 1,
@@ -208,8 +209,10 @@ class ProcessPool:
         self.deliver = deliver
         self.give_back = give_back
         self.on_ready = on_ready
+        self.on_all_ready = on_all_ready
         self.on_fatal = on_fatal
         self.ready = False  # once a child is ready: until then the worker claims nothing
+        self.all_ready = False  # once every first child was ready together
         self._start_failures = 0
         self.processes = processes
         self.threads = threads
@@ -370,6 +373,9 @@ class ProcessPool:
                     if not self.ready:
                         self.ready = True
                         self.on_ready()
+                    if not self.all_ready and all(each.ready for each in self.children):
+                        self.all_ready = True
+                        self.on_all_ready()
                 elif isinstance(message, Returned):
                     self._returned(child, message.ids)
                 else:

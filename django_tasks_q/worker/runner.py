@@ -118,7 +118,9 @@ class Runner:
             return Outcome(id=claimed.id, attempt=claimed.attempt, status="READY", started=False)
         handle = self.handle_for(task, claimed)
         sender = type(self.backend)
-        logger.info(
+        # DEBUG: at INFO, a second line per task costs a no-op task's worker about a third
+        # of its CPU (docs/worker.md#logging); the outcome line below says it ran.
+        logger.debug(
             "Task started %s #%s attempt %s/%s",
             claimed.name, claimed.id, claimed.attempt, claimed.max_attempts,
             extra=self._extra(claimed, "started"),

@@ -27,6 +27,7 @@ class ThreadPool:
         deliver: Callable[[Outcome], None],
         threads: int,
         on_start: Callable[[ClaimedTask], None] | None = None,
+        on_all_ready: Callable[[], None] = lambda: None,
     ) -> None:
         self.worker_id = worker_id
         self.runner = runner
@@ -34,6 +35,7 @@ class ThreadPool:
         self.on_start = on_start  # told as a thread takes each task (metrics)
         self.capacity = threads
         self.ready = True
+        self.on_all_ready = on_all_ready
         self._jobs: queue.SimpleQueue[ClaimedTask | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
 
@@ -44,6 +46,7 @@ class ThreadPool:
             )
             thread.start()
             self._threads.append(thread)
+        self.on_all_ready()
 
     def submit(self, jobs: list[ClaimedTask]) -> None:
         for job in jobs:

@@ -179,6 +179,7 @@ class Worker:
         self.claim_floor = ClaimFloor(options.queues)
         self._signals_received = 0
         self._abandon = False
+        self._started_at = time.monotonic()
         self.unknown_tasks = UnknownTasks(worker_id=self.worker_id)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -194,6 +195,7 @@ class Worker:
     def run(self) -> int:
         """Run until stopped. Returns the process exit code (0 after a clean stop)."""
         options = self.options
+        self._started_at = time.monotonic()
         logger.info(
             "Worker %s (%s) starting: queues=%s pool=%s concurrency=%s%s batch_size=%s listen=%s",
             self.worker_id, self.name, options.queue_names, options.pool, options.concurrency,
@@ -729,6 +731,7 @@ class Worker:
                 deliver=self._deliver,
                 threads=options.concurrency,
                 on_start=self.metrics.started if self.metrics else None,
+                on_all_ready=self._on_all_slots_ready,
             )
         return ProcessPool(
             worker_id=self.worker_id,
@@ -737,6 +740,7 @@ class Worker:
             deliver=self._deliver,
             give_back=self._give_back,
             on_ready=self._look_for_work,
+            on_all_ready=self._on_all_slots_ready,
             on_fatal=self._on_pool_failed,
             processes=options.concurrency,
             threads=options.threads,
@@ -748,6 +752,14 @@ class Worker:
             on_start=self.metrics.started if self.metrics else None,
             mean_duration=lambda: self.claim_sizer.mean_duration,
         )
+
+    def _on_all_slots_ready(self) -> None:
+        """Every slot can take a task now: the process pool's children have set Django up."""
+        logger.info(
+            "Worker %s ready: %s slots, %.1fs after starting",
+            self.worker_id, self.options.capacity, time.monotonic() - self._started_at,
+        )  # fmt: skip
+        self.health_file.mark_ready()
 
     def _deliver(self, outcome: Outcome) -> None:
         self._outcomes.put(outcome)

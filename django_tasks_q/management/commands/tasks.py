@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -27,6 +28,7 @@ from django_tasks_q.durations import format_duration, parse_duration
 from django_tasks_q.exceptions import InvalidTask
 from django_tasks_q.models import Task, TaskStatus, Worker, WorkerState, task_lookup
 from django_tasks_q.queues import known_queues
+from django_tasks_q.worker import health_file
 
 STATUSES = [status.value for status in TaskStatus]
 
@@ -84,6 +86,12 @@ class Command(BaseCommand):
             "(liveness, no database), or from its heartbeat in the database (readiness).",
         )
         health.add_argument("--file", metavar="PATH", help="The worker's --health-file.")
+        health.add_argument(
+            "--ready",
+            action="store_true",
+            help="With --file: also require every slot to be ready (the process pool's "
+            "children started), for a startup probe.",
+        )
         health.add_argument(
             "--worker-id",
             metavar="NAME",
@@ -248,8 +256,12 @@ class Command(BaseCommand):
         if options["file"]:
             if options["worker_id"]:
                 raise CommandError("--worker-id is for the heartbeat check, not with --file.")
-            healthy, detail = _file_health(options["file"], options["max_age"] or 60.0)
+            healthy, detail = _file_health(
+                options["file"], options["max_age"] or 60.0, need_ready=options["ready"]
+            )
         else:
+            if options["ready"]:
+                raise CommandError("--ready goes with --file.")
             healthy, detail = _heartbeat_health(
                 options["worker_id"], options["max_age"] or conf.LEASE_SECONDS
             )
@@ -461,14 +473,17 @@ def _ago(moment: datetime | None, now: datetime) -> str:
     return "—" if moment is None else f"{format_duration((now - moment).total_seconds())} ago"
 
 
-def _file_health(path: str, max_age: float) -> tuple[bool, str]:
+def _file_health(path: str, max_age: float, *, need_ready: bool = False) -> tuple[bool, str]:
     try:
         age = time.time() - os.stat(path).st_mtime
+        ready = Path(path).read_text() == health_file.READY if need_ready else True
     except FileNotFoundError:
         return False, f"{path} does not exist: the worker is not running, or not with --health-file"
     if age > max_age:
         return False, f"{path} was last touched {age:.0f}s ago (more than {max_age:.0f}s)"
-    return True, f"{path} touched {age:.1f}s ago"
+    if not ready:
+        return False, f"{path} touched {age:.1f}s ago, but the worker's slots are not all ready yet"
+    return True, f"{path} touched {age:.1f}s ago" + (", every slot ready" if need_ready else "")
 
 
 def _heartbeat_health(name: str | None, max_age: float) -> tuple[bool, str]:
