@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 from django_tasks_q.errors import NOT_STARTED_CANCELLED
 from django_tasks_q.exceptions import ProcessDied, TaskCancelled, TimeLimitExceeded, WorkerLost
 from django_tasks_q.queue import ClaimedTask, Outcome
-from django_tasks_q.worker.child import Ready, Returned, child_main
+from django_tasks_q.worker.child import Ready, Returned, child_main, send_message
 from django_tasks_q.worker.logs import current_level_name
 
 if TYPE_CHECKING:  # the runner imports the models, which a child may only load after setup()
@@ -115,13 +115,23 @@ class Child:
         self.inbound = _Inbound(self.conn)
 
     @classmethod
-    def start(cls, *, worker_id: str, backend_alias: str, threads: int) -> Child:
+    def start(
+        cls, *, worker_id: str, backend_alias: str, threads: int, watch_memory: bool = False
+    ) -> Child:
         conn, child_conn = _context.Pipe()
         # A slot for every task a child may hold: running ones and those queued behind them.
         cancelled = _context.RawArray(ctypes.c_int64, (1 + MAX_QUEUED) * threads)
         process = _context.Process(
             target=child_main,
-            args=(child_conn, cancelled, worker_id, backend_alias, current_level_name(), threads),
+            args=(
+                child_conn,
+                cancelled,
+                worker_id,
+                backend_alias,
+                current_level_name(),
+                threads,
+                watch_memory,
+            ),
             name="tasks-q-child",
             daemon=True,
         )
@@ -157,7 +167,7 @@ class Child:
 
     def send(self, message: tuple) -> bool:
         try:
-            self.conn.send(message)
+            send_message(self.conn, message)
         except OSError:  # the child is gone; its sentinel tells the dispatcher
             return False
         return True
@@ -569,7 +579,10 @@ class ProcessPool:
 
     def _new_child(self) -> Child:
         child = Child.start(
-            worker_id=self.worker_id, backend_alias=self.backend_alias, threads=self.threads
+            worker_id=self.worker_id,
+            backend_alias=self.backend_alias,
+            threads=self.threads,
+            watch_memory=bool(self.max_memory_per_child),
         )
         self._selector.register(child.conn, selectors.EVENT_READ, child)
         self._selector.register(child.process.sentinel, selectors.EVENT_READ, child)
