@@ -79,11 +79,18 @@ def test_a_worker_waiting_for_its_database_keeps_its_health_file_fresh(start_wor
 
 @pytest.mark.django_db(transaction=True)
 def test_the_health_file_says_ready_once_every_child_process_has_started(start_worker, tmp_path):
-    path = tmp_path / "alive"
-    worker = start_worker("--health-file", str(path), "--concurrency", "3")
-    wait_for(lambda: probe("--file", str(path), "--ready").returncode == 0,
-             timeout=60, message="the worker to say it is ready")  # fmt: skip
-    assert "ready: 3 slots" in worker.log()
+    path, slow = tmp_path / "alive", tmp_path / "slow"
+    slow.mkdir()
+    # Its three children finish setting Django up 0, 2 and 4 seconds apart.
+    worker = start_worker(
+        "--health-file", str(path), "--concurrency", "3",
+        env={"TASKS_Q_TEST_SLOW_CHILDREN": str(slow)},
+    )  # fmt: skip
+    wait_for(lambda: "ready: 3 slots" in worker.log(), timeout=60, message="the ready line")
+    # Said once the last child was ready, not the first.
+    assert sorted(done.name for done in slow.glob("*.done")) == ["0.done", "1.done", "2.done"]
+    assert path.read_text() == "ready\n"
+    assert probe("--file", str(path), "--ready").returncode == 0
     worker.terminate()
     assert worker.wait() == 0
 

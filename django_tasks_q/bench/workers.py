@@ -37,6 +37,8 @@ class WorkerProcess:
     process: subprocess.Popen[bytes]
     log: IO[bytes]
     health_file: Path
+    # time.monotonic() when its health file first said every slot was ready.
+    ready_at: float | None = None
 
     def log_tail(self, limit: int = 2000) -> str:
         """The end of its output, without the line each task that succeeded logs."""
@@ -87,6 +89,8 @@ def running_workers(options: BenchOptions) -> Iterator[list[WorkerProcess]]:
     env = worker_environment()
     workers: list[WorkerProcess] = []
     health_files = tempfile.TemporaryDirectory(prefix="taskbench-")
+    done = threading.Event()
+    watcher = threading.Thread(target=_note_when_ready, args=(workers, done), daemon=True)
     try:
         for index in range(options.workers):
             worker_id = f"{WORKER_ID_PREFIX}{index}"
@@ -103,8 +107,10 @@ def running_workers(options: BenchOptions) -> Iterator[list[WorkerProcess]]:
                 start_new_session=True,
             )
             workers.append(WorkerProcess(worker_id, process, log, health_path))
+        watcher.start()
         yield workers
     finally:
+        done.set()
         with suppress(BenchError):
             stop_workers(workers)
         for worker in workers:
@@ -113,10 +119,10 @@ def running_workers(options: BenchOptions) -> Iterator[list[WorkerProcess]]:
 
 
 def wait_until_ready(workers: Sequence[WorkerProcess], started: float) -> float:
-    """Wait until every slot of every worker is ready; returns the seconds since ``started``
-    (a ``time.monotonic()`` taken before they were started)."""
+    """Wait until every slot of every worker is ready; returns the seconds from ``started``
+    (a ``time.monotonic()`` taken before they were started) to when the last one was."""
     deadline = time.monotonic() + READY_TIMEOUT
-    while not all(worker.ready for worker in workers):
+    while any(worker.ready_at is None for worker in workers):
         check_alive(workers)
         if time.monotonic() > deadline:
             raise BenchError(
@@ -124,7 +130,18 @@ def wait_until_ready(workers: Sequence[WorkerProcess], started: float) -> float:
                 f"started.{worker_logs(workers)}"
             )
         time.sleep(READY_POLL_INTERVAL)
-    return time.monotonic() - started
+    return max(worker.ready_at or 0.0 for worker in workers) - started
+
+
+def _note_when_ready(workers: Sequence[WorkerProcess], done: threading.Event) -> None:
+    """Note when each worker becomes ready, while the benchmark's main thread drains."""
+    while not done.is_set():
+        for worker in workers:
+            if worker.ready_at is None and worker.ready:
+                worker.ready_at = time.monotonic()
+        if all(worker.ready_at is not None for worker in workers):
+            return
+        done.wait(READY_POLL_INTERVAL)
 
 
 def stop_workers(workers: Sequence[WorkerProcess]) -> None:
