@@ -57,15 +57,19 @@ def run(options: BenchOptions, report: Report) -> Results:
         table_dead_rows=dead_rows,
     )
     report(header(results))
-    queries.refuse_foreign_rows(database, options.queue)
+    own_queues = (options.queue, options.ceiling_queue)
+    for queue_name in own_queues:
+        queries.refuse_foreign_rows(database, queue_name)
     task = noop.using(queue_name=options.queue)
     with signals_interrupt():
-        queries.delete_bench_rows(database, options.queue)
+        for queue_name in own_queues:
+            queries.delete_bench_rows(database, queue_name)
         try:
             _run_phases(options, database, task, results, report)
         finally:
             if not options.keep:
-                queries.delete_bench_rows(database, options.queue, report=report)
+                for queue_name in own_queues:
+                    queries.delete_bench_rows(database, queue_name, report=report)
     return results
 
 
@@ -74,13 +78,18 @@ def _run_phases(
 ) -> None:
     _enqueue_phases(options, task, results, report)
     _worker_phases(options, database, task, results, report)
+
+
+def _ceiling_phase(options: BenchOptions, database: str, results: Results, report: Report) -> None:
+    """The SQL ceiling, right after the drain it is compared with: the same table, the same
+    dead rows, the same moment of the machine's other load."""
     if options.skip_ceiling:
-        report(f"{'6. SQL ceiling':<{LABEL_WIDTH}}skipped (--skip-ceiling)")
+        report(f"{'   SQL ceiling':<{LABEL_WIDTH}}skipped (--skip-ceiling)")
         return
     rows, seconds = phases.sql_ceiling(database, options)
     results.ceiling_per_s = rows / seconds
     results.drain_vs_ceiling_pct = 100 * results.drain_per_s / results.ceiling_per_s
-    report(phase_line(f"6. SQL ceiling, {options.workers} connections", rows, seconds, "rows"))
+    report(phase_line(f"   SQL ceiling, {options.workers} connections", rows, seconds, "rows"))
     report(f"{'   drain / ceiling':<{LABEL_WIDTH}}{results.drain_vs_ceiling_pct:>8.0f}%")
 
 
@@ -157,6 +166,7 @@ def _worker_phases(
         results.drain_tasks, results.drain_seconds = drained, seconds
         results.drain_per_s = drained / seconds
         report(phase_line("   workers ready", drained, seconds, "tasks") + verified)
+        _ceiling_phase(options, database, results, report)
 
         _io_bound_phase(options, database, workers, results, report)
         _chord_phase(options, database, workers, results, report)

@@ -17,6 +17,9 @@ class BenchError(Exception):
 DEFAULT_PRESSURE_LOAD = 0.5
 
 
+CEILING_SUFFIX = ".ceiling"
+
+
 @dataclass(frozen=True, slots=True)
 class BenchOptions:
     tasks: int = 20_000
@@ -105,10 +108,19 @@ class BenchOptions:
             raise BenchError("--io-task-ms must be more than 0 and at most 60000.")
         if resolved.pool not in ("threads", "processes"):
             raise BenchError("--pool must be 'threads' or 'processes'.")
-        # runtaskworker takes a comma-separated list: a comma would name two queues.
-        if not resolved.queue or "," in resolved.queue or len(resolved.queue) > 100:
-            raise BenchError("--queue must be one queue name of at most 100 characters, no commas.")
+        # runtaskworker takes a comma-separated list: a comma would name two queues. The
+        # ceiling's queue adds a suffix, and a queue name has at most 100 characters.
+        longest = 100 - len(CEILING_SUFFIX)
+        if not resolved.queue or "," in resolved.queue or len(resolved.queue) > longest:
+            raise BenchError(
+                f"--queue must be one queue name of at most {longest} characters, no commas."
+            )
         return resolved
+
+    @property
+    def ceiling_queue(self) -> str:
+        """The SQL ceiling's queue: one the workers do not serve."""
+        return f"{self.queue}{CEILING_SUFFIX}"
 
     @property
     def slots(self) -> int:

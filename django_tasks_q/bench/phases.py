@@ -166,12 +166,14 @@ def measure_latency(
 def sql_ceiling(database: str, options: BenchOptions) -> tuple[int, float]:
     """Rows/s of the workers' own queue statements with no task execution around them.
 
-    Each connection makes the workers' round trip, finishing the previous batch and claiming
+    Its rows are in a queue of their own (:attr:`BenchOptions.ceiling_queue`), so it can run
+    next to the drain it is compared with, on the same table, while the workers idle. Each
+    connection makes the workers' round trip, finishing the previous batch and claiming
     the next in one transaction, as fast as it can. One connection per thread, as many as
     there were worker processes: the time goes to round trips, which release the GIL, so
     threads get as far as processes would.
     """
-    _insert_ceiling_rows(database, options.queue, options.tasks)
+    _insert_ceiling_rows(database, options.ceiling_queue, options.tasks)
     stop = threading.Event()
     failures: list[BaseException] = []
 
@@ -184,7 +186,7 @@ def sql_ceiling(database: str, options: BenchOptions) -> tuple[int, float]:
                 _, claimed, *_ = connection.finish_and_claim(
                     worker_id=worker_id,
                     outcomes=outcomes,
-                    queues=[options.queue],
+                    queues=[options.ceiling_queue],
                     limit=options.batch_size,
                     lease_seconds=conf.LEASE_SECONDS,
                 )
@@ -221,7 +223,7 @@ def sql_ceiling(database: str, options: BenchOptions) -> tuple[int, float]:
             thread.join()
     if failures:
         raise BenchError(f"The SQL ceiling failed: {failures[0]!r}") from failures[0]
-    return queries.verify(database, options.queue, queries.CEILING_NAME, options.tasks)
+    return queries.verify(database, options.ceiling_queue, queries.CEILING_NAME, options.tasks)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
