@@ -19,6 +19,7 @@ from django_tasks_q.bench.workers import (
     WORKER_ID_PREFIX,
     WorkerProcess,
     check_alive,
+    wait_for_workers,
     worker_logs,
 )
 from django_tasks_q.canvas import chord
@@ -81,12 +82,16 @@ def run_chord(database: str, queue_name: str, workers: Sequence[WorkerProcess], 
     started = time.perf_counter()
     workflow = chord(header, joins.s().set(queue=queue_name)).apply_async()
     body = workflow.steps[-1]
-    deadline = time.monotonic() + STALL_TIMEOUT
-    while (status := queries.status(database, int(body.id))) not in FINISHED_STATUSES:
-        check_alive(workers)
-        if time.monotonic() > deadline:
-            raise BenchError(f"The chord's body is still {status} after {STALL_TIMEOUT:.0f}s.")
-        time.sleep(LATENCY_POLL_INTERVAL)
+    wait_for_workers(
+        lambda: queries.status(database, int(body.id)) in FINISHED_STATUSES,
+        workers,
+        timeout=STALL_TIMEOUT,
+        interval=LATENCY_POLL_INTERVAL,
+        failure=lambda: (
+            f"The chord's body is still {queries.status(database, int(body.id))} "
+            f"after {STALL_TIMEOUT:.0f}s."
+        ),
+    )
     seconds = time.perf_counter() - started
     body.refresh()
     if body.result != size:
@@ -147,15 +152,18 @@ def measure_latency(
         task_id = int(task.enqueue().id)
         enqueued[task_id] = before
         # Waiting for the end, not just the start, keeps the next sample's workers truly idle.
-        deadline = time.monotonic() + LATENCY_TIMEOUT
-        while queries.status(database, task_id) in (TaskStatus.READY, TaskStatus.RUNNING):
-            check_alive(workers)
-            if time.monotonic() > deadline:
-                raise BenchError(
-                    f"Task #{task_id} did not finish within {LATENCY_TIMEOUT:.0f}s of being "
-                    f"enqueued to idle workers.{worker_logs(workers)}"
-                )
-            time.sleep(LATENCY_POLL_INTERVAL)
+        wait_for_workers(
+            lambda task_id=task_id: (
+                queries.status(database, task_id) not in (TaskStatus.READY, TaskStatus.RUNNING)
+            ),
+            workers,
+            timeout=LATENCY_TIMEOUT,
+            interval=LATENCY_POLL_INTERVAL,
+            failure=lambda task_id=task_id: (
+                f"Task #{task_id} did not finish within "
+                f"{LATENCY_TIMEOUT:.0f}s of being enqueued to idle workers."
+            ),
+        )
     found = queries.started(database, list(enqueued))
     if len(found) != samples:
         raise BenchError(f"Only {len(found)} of the {samples} latency tasks succeeded.")

@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,16 +121,34 @@ def running_workers(options: BenchOptions) -> Iterator[list[WorkerProcess]]:
 def wait_until_ready(workers: Sequence[WorkerProcess], started: float) -> float:
     """Wait until every slot of every worker is ready; returns the seconds from ``started``
     (a ``time.monotonic()`` taken before they were started) to when the last one was."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while any(worker.ready_at is None for worker in workers):
+    wait_for_workers(
+        lambda: all(worker.ready_at is not None for worker in workers),
+        workers,
+        timeout=READY_TIMEOUT,
+        interval=READY_POLL_INTERVAL,
+        failure=lambda: (
+            f"The workers' slots were not all ready {READY_TIMEOUT:.0f}s after they started."
+        ),
+    )
+    return max(worker.ready_at or 0.0 for worker in workers) - started
+
+
+def wait_for_workers(
+    done: Callable[[], bool],
+    workers: Sequence[WorkerProcess],
+    *,
+    timeout: float,
+    interval: float,
+    failure: Callable[[], str],
+) -> None:
+    """Poll ``done`` until it is true while checking that the workers live; after
+    ``timeout`` seconds, raise ``failure()`` with the end of their output."""
+    deadline = time.monotonic() + timeout
+    while not done():
         check_alive(workers)
         if time.monotonic() > deadline:
-            raise BenchError(
-                f"The workers' slots were not all ready {READY_TIMEOUT:.0f}s after they "
-                f"started.{worker_logs(workers)}"
-            )
-        time.sleep(READY_POLL_INTERVAL)
-    return max(worker.ready_at or 0.0 for worker in workers) - started
+            raise BenchError(f"{failure()}{worker_logs(workers)}")
+        time.sleep(interval)
 
 
 def _note_when_ready(workers: Sequence[WorkerProcess], done: threading.Event) -> None:
