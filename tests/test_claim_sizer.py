@@ -45,12 +45,14 @@ def test_the_adaptive_prefetch_is_zero_until_a_task_has_finished():
     assert sizer.limit(held=0) == 4
 
 
-def test_the_adaptive_prefetch_is_what_the_executors_finish_during_a_round_trip():
+def test_the_adaptive_prefetch_covers_what_the_executors_finish_until_the_next_claim():
     sizer = ClaimSizer(capacity=4, batch_size=50, prefetch=None)
     for _ in range(200):  # the round-trip average starts at zero
         sizer.observe_round_trip(0.01)
-    sizer.observe_duration(0.005)  # two tasks per executor per round trip
-    assert sizer.prefetch() == 8
+    # 5 ms tasks: while an outcome waits up to 3 ms and the next claim takes a 10 ms round
+    # trip, each of the 4 executors finishes 2.6 tasks: 11 in all, plus a spare each.
+    sizer.observe_duration(0.005)
+    assert sizer.prefetch() == 4 + 11
 
 
 def test_the_adaptive_prefetch_is_capped_by_the_batch_size():
@@ -75,15 +77,17 @@ def test_the_averages_follow_recent_samples():
     assert abs(sizer.mean_duration - 0.1) < 0.01
 
 
-def test_short_tasks_keep_a_spare_for_every_slot():
+def test_short_tasks_keep_a_spare_for_every_slot_and_what_ends_before_the_next_claim():
     # 10 ms tasks on a 1 ms round trip: slots started together end together, and each must
-    # find its next task already held.
+    # find its next task already held; and the claim that replaces them comes back up to
+    # 4 ms later (3 ms waiting to record an outcome, then the round trip), by when 4 x 0.4
+    # more tasks have ended.
     sizer = ClaimSizer(capacity=4, batch_size=50, prefetch=None)
     for _ in range(200):
         sizer.observe_round_trip(0.001)
     sizer.observe_duration(0.010)
-    assert sizer.prefetch() == 4
-    assert sizer.limit(held=4) == 4
+    assert sizer.prefetch() == 4 + 2
+    assert sizer.limit(held=4) == 6
 
 
 def test_tasks_of_a_quarter_second_or_more_keep_no_spare():
@@ -99,7 +103,7 @@ def test_a_switch_to_longer_tasks_stops_the_prefetch_within_a_few_outcomes():
         sizer.observe_round_trip(0.001)
     for _ in range(50):
         sizer.observe_duration(0.0001)  # no-op tasks: a full batch ahead
-    assert sizer.prefetch() == 40
+    assert sizer.prefetch() == 100
     for _ in range(3):
         sizer.observe_duration(0.5)
     assert sizer.prefetch() == 0

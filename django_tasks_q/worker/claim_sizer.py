@@ -8,15 +8,18 @@ recorded by the same statement, so the sizer also says when enough of them wait.
 
 from __future__ import annotations
 
+import math
+
 # Weight of the newest sample in the running averages: about the last ten count. Durations
 # that grow count more at once, so that a switch to longer tasks stops the prefetching of
 # many within a few outcomes.
 AVERAGE_WEIGHT = 0.1
 LONGER_WEIGHT = 0.5
-# Tasks expected to end sooner than this keep a spare task for every slot: slots started
-# together end together, and each then starts its spare without waiting for a round trip.
-# Longer ones are not held beyond what can start, so a worker does not sit on a task another
-# worker could start.
+# Tasks expected to end sooner than this keep a spare task for every slot (slots started
+# together end together, and each then starts its spare without waiting for a round trip),
+# plus what the slots finish while an outcome waits to be recorded and the claim that rides
+# on it comes back. Longer ones are not held beyond what can start, so a worker does not sit
+# on a task another worker could start.
 SPARE_BELOW = 0.25
 # Longest an outcome waits to be recorded while the worker's other tasks still run: outcomes
 # that finish close together are then recorded by one statement and one commit, not one each.
@@ -73,18 +76,23 @@ class ClaimSizer:
     def prefetch(self) -> int:
         """Tasks to hold beyond the executors' capacity.
 
-        Adaptive by default: as many as the executors finish during one database round trip,
-        so short tasks never wait for the next claim, while long tasks are not hoarded by one
-        worker when others are idle. Capped by ``batch_size``.
+        Adaptive by default. Short tasks: a spare for every slot, plus as many as the
+        executors finish while a finished task's outcome waits to be recorded
+        (:data:`RECORD_WITHIN`) and the claim that rides on it comes back, so that a slot
+        never waits for the database. Long tasks: as many as finish during one round trip,
+        usually none, so they are not hoarded by one worker while others idle. Capped by
+        ``batch_size``.
         """
         if self.fixed_prefetch is not None:
             return self.fixed_prefetch
         if self.mean_duration is None:
             return 0
-        ahead = self.capacity * self.mean_round_trip / max(self.mean_duration, 1e-6)
-        wanted = int(ahead + 0.5)
+        duration = max(self.mean_duration, 1e-6)
         if self.mean_duration < SPARE_BELOW:
-            wanted = max(wanted, self.capacity)
+            refill = self.mean_round_trip + RECORD_WITHIN
+            wanted = self.capacity + math.ceil(self.capacity * refill / duration)
+        else:
+            wanted = int(self.capacity * self.mean_round_trip / duration + 0.5)
         return min(self.batch_size, wanted)
 
 
