@@ -41,6 +41,9 @@ def test_the_health_file_tells_a_turning_worker_from_a_frozen_or_stopped_one(
     first = path.stat().st_mtime
     wait_for(lambda: path.stat().st_mtime > first, message="a second touch")
     assert probe("--file", str(path)).returncode == 0
+    # With default flags too, the worker says when its child processes have all started.
+    wait_for(lambda: probe("--file", str(path), "--ready").returncode == 0,
+             timeout=60, message="every slot ready")  # fmt: skip
 
     os.kill(worker.pid, signal.SIGSTOP)  # a wedged worker: nothing in it turns
     try:

@@ -51,7 +51,7 @@ class WorkerProcess:
     def ready(self) -> bool:
         """Whether every slot of the worker is ready (its --health-file says so)."""
         try:
-            return self.health_file.read_text() == health_file.READY
+            return health_file.says_ready(self.health_file)
         except FileNotFoundError:
             return False
 

@@ -26,6 +26,12 @@ READY = "ready\n"
 TOUCH_EVERY = 1.0
 
 
+def says_ready(path: str | os.PathLike[str]) -> bool:
+    """Whether the health file at ``path`` says every slot of its worker is ready. Raises
+    FileNotFoundError when there is none."""
+    return Path(path).read_text() == READY
+
+
 class HealthFile:
     def __init__(self, path: str | None) -> None:
         self.path = Path(path) if path else None

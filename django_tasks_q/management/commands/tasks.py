@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -476,7 +475,7 @@ def _ago(moment: datetime | None, now: datetime) -> str:
 def _file_health(path: str, max_age: float, *, need_ready: bool = False) -> tuple[bool, str]:
     try:
         age = time.time() - os.stat(path).st_mtime
-        ready = Path(path).read_text() == health_file.READY if need_ready else True
+        ready = health_file.says_ready(path) if need_ready else True
     except FileNotFoundError:
         return False, f"{path} does not exist: the worker is not running, or not with --health-file"
     if age > max_age:
