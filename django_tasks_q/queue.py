@@ -21,6 +21,7 @@ import psycopg
 from django.db import connections
 from psycopg.types.json import Jsonb, JsonbLoader, JsonLoader
 
+from django_tasks_q.direct import reaches_postgres_directly
 from django_tasks_q.errors import sql_entries
 from django_tasks_q.exceptions import WaitInsideTransaction
 
@@ -618,6 +619,19 @@ def connection_params(using: str, application_name: str | None = None) -> dict[s
     return params
 
 
+# Executions of one statement before psycopg prepares it on the server (psycopg's default).
+PREPARE_THRESHOLD = 5
+
+
+def _may_prepare(using: str, connection: psycopg.Connection) -> bool:
+    """Whether the queue's own connection should prepare its statements: it saves parsing the
+    claim statement on every round trip, and is safe only on a session of the server itself.
+    A ``prepare_threshold`` in the database's OPTIONS decides instead, as it does for Django."""
+    if "prepare_threshold" in connections[using].settings_dict.get("OPTIONS", {}):
+        return False  # psycopg.connect() already applied the project's choice
+    return reaches_postgres_directly(connection)
+
+
 class _DjangoConnection:
     """Django's connection of this thread, in whatever transaction it has open, read with
     psycopg's own JSON loaders (Django's leave jsonb as text for its ORM)."""
@@ -660,6 +674,11 @@ class QueueConnection:
             self._conn = psycopg.connect(
                 **connection_params(self.using, self.application_name), autocommit=True
             )
+            if _may_prepare(self.using, self._conn):
+                # Plans stay what they were unprepared: chosen for each call's values (a
+                # generic plan could walk the ready index differently under a backlog).
+                self._conn.execute("SET plan_cache_mode = force_custom_plan")
+                self._conn.prepare_threshold = PREPARE_THRESHOLD
         return self._conn
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     # Foundations: settings, errors, JSON, cron, the queue SQL, the retry rules.
     {"compat", "conf", "exceptions", "errors", "serialization", "schedules", "querysets",
      "signals", "stats", "queue", "retry", "backoff", "polling", "limits",
-     "routing", "durations", "tracing"},
+     "routing", "durations", "tracing", "direct"},
     {"registry"},
     {"declarations"},
     {"models"},

@@ -12,9 +12,11 @@ import textwrap
 from collections import Counter
 from datetime import timedelta
 
+import psycopg
 import pytest
 from django.db import connection
 
+from django_tasks_q.direct import reaches_postgres_directly
 from django_tasks_q.models import Schedule, Task
 from tests.conftest import ROOT, wait_for
 from tests.pgbouncer import find_pgbouncer, pgbouncer
@@ -144,3 +146,9 @@ def test_the_admin_through_pgbouncer_lists_shows_and_retries(bouncer_url):
     assert "admin ok" in output
     failed.refresh_from_db()
     assert failed.status == "READY"
+
+
+def test_a_session_through_pgbouncer_is_not_direct_so_the_worker_prepares_nothing(bouncer_url):
+    with psycopg.connect(bouncer_url, autocommit=True) as session:
+        assert session.execute("SELECT 1").fetchone() == (1,)
+        assert not reaches_postgres_directly(session)
