@@ -3,9 +3,10 @@ import signal
 import threading
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import OperationalError, ProgrammingError
+from django.db import OperationalError
 
 from django_tasks_q.beat import Beat
+from django_tasks_q.management.tables import tables_required
 from django_tasks_q.models import Schedule
 from django_tasks_q.worker.logs import configure_logging
 
@@ -54,12 +55,8 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         try:
-            Schedule.objects.using(beat.using).exists()
-        except ProgrammingError as exc:
-            raise CommandError(
-                f"{str(exc).strip()}\nThe django_tasks_q tables are missing or out of date. "
-                "Run `python manage.py migrate`."
-            ) from exc
+            with tables_required():
+                Schedule.objects.using(beat.using).exists()
         except OperationalError as exc:
             # Not fatal: beat waits for the database like it does when it goes away later.
             logger.warning("Beat cannot reach the database yet: %s", exc)

@@ -1,10 +1,10 @@
 import sys
 
-import psycopg
 from django.core.management.base import BaseCommand, CommandError
 
 from django_tasks_q.backend import get_backend
 from django_tasks_q.conf import settings as conf
+from django_tasks_q.management.tables import tables_required
 from django_tasks_q.worker import Worker, WorkerOptions
 from django_tasks_q.worker.logs import configure_logging
 
@@ -196,12 +196,7 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         worker.install_signal_handlers()
-        try:
+        with tables_required():
             code = worker.run()
-        except psycopg.errors.UndefinedTable as exc:
-            raise CommandError(
-                f"{exc.diag.message_primary}: the django_tasks_q tables are missing or out of "
-                "date. Run `python manage.py migrate`."
-            ) from exc
         if code:
             sys.exit(code)

@@ -6,6 +6,7 @@ from django_tasks_q.bench.benchmark import run
 from django_tasks_q.bench.options import DEFAULT_PRESSURE_LOAD, BenchError, BenchOptions
 from django_tasks_q.bench.report import summary
 from django_tasks_q.conf import settings as conf
+from django_tasks_q.management.tables import tables_required
 
 
 class Command(BaseCommand):
@@ -160,7 +161,8 @@ class Command(BaseCommand):
         else:
             report = self.stdout.write
         try:
-            results = run(bench_options, report)
+            with tables_required():
+                results = run(bench_options, report)
         except BenchError as exc:
             raise CommandError(str(exc)) from None
         except KeyboardInterrupt:

@@ -25,6 +25,7 @@ from django_tasks_q import actions, pausing, stats
 from django_tasks_q.conf import settings as conf
 from django_tasks_q.durations import format_duration, parse_duration
 from django_tasks_q.exceptions import InvalidTask
+from django_tasks_q.management.tables import tables_required
 from django_tasks_q.models import Task, TaskStatus, Worker, WorkerState, task_lookup
 from django_tasks_q.queues import known_queues
 from django_tasks_q.worker import health_file
@@ -129,7 +130,8 @@ class Command(BaseCommand):
         subcommand = options["subcommand"]
         self.as_json = bool(options.get("json"))
         try:
-            getattr(self, f"_{subcommand}")(options)
+            with tables_required():
+                getattr(self, f"_{subcommand}")(options)
         except (InvalidTask, ValueError) as exc:
             raise CommandError(str(exc)) from None
 
