@@ -632,6 +632,28 @@ def _may_prepare(using: str, connection: psycopg.Connection) -> bool:
     return reaches_postgres_directly(connection)
 
 
+class _QueueCursor(psycopg.Cursor):
+    """The cursor of the queue's own connections. A statement prepared before a migration
+    changed the type of a column it returns fails ("cached plan must not change result
+    type") for as long as the session keeps it: forget the prepared statements and run it
+    once more. A statement on its own changed nothing when it failed; one inside a
+    transaction is left to fail it, and the rollback makes psycopg forget them too."""
+
+    def execute(self, query: Any, params: Any = None, **options: Any) -> _QueueCursor:
+        try:
+            return super().execute(query, params, **options)
+        except psycopg.errors.FeatureNotSupported:
+            connection = self.connection
+            if (
+                connection.prepare_threshold is None
+                or connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+            ):
+                raise
+            # Its command tag makes psycopg forget its own names for them as well.
+            connection.execute("DEALLOCATE ALL")
+            return super().execute(query, params, **options)
+
+
 class _DjangoConnection:
     """Django's connection of this thread, in whatever transaction it has open, read with
     psycopg's own JSON loaders (Django's leave jsonb as text for its ORM)."""
@@ -672,7 +694,9 @@ class QueueConnection:
     def connect(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(
-                **connection_params(self.using, self.application_name), autocommit=True
+                **connection_params(self.using, self.application_name),
+                autocommit=True,
+                cursor_factory=_QueueCursor,
             )
             if _may_prepare(self.using, self._conn):
                 # Plans stay what they were unprepared: chosen for each call's values (a

@@ -82,3 +82,32 @@ def test_a_prepare_threshold_in_the_database_options_decides_instead():
     finally:
         queue_connection.close()
         del options["prepare_threshold"]
+
+
+def test_a_prepared_claim_still_works_after_a_migration_changes_a_column_it_returns():
+    queue_connection = QueueConnection("default")
+    try:
+        for _ in range(6):
+            queue_connection.claim(
+                worker_id="migrated", queues=["nothing-here"], limit=1, lease_seconds=60
+            )
+        assert prepared_statements(queue_connection)
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE django_tasks_q_task ALTER COLUMN priority TYPE integer")
+        try:
+            # Without forgetting the prepared statement: "cached plan must not change result
+            # type", at every claim until the worker restarted.
+            for _ in range(2):
+                assert (
+                    queue_connection.claim(
+                        worker_id="migrated", queues=["nothing-here"], limit=1, lease_seconds=60
+                    )
+                    == []
+                )
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "ALTER TABLE django_tasks_q_task ALTER COLUMN priority TYPE smallint"
+                )
+    finally:
+        queue_connection.close()
