@@ -40,16 +40,19 @@ def reaches_postgres_directly(connection: psycopg.Connection) -> bool:
     backend_pid, client_host, client_port, server_host, server_port = connection.execute(
         _SERVER_VIEW
     ).fetchone()
-    with socket.socket(fileno=os.dup(connection.fileno())) as sock:
-        if sock.family == socket.AF_UNIX:
-            listener = _listener_pid(sock)
-            return listener is not None and listener == _parent_pid(backend_pid)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            if client_host is None or server_host is None:
-                return False
-            return _same_endpoint(sock.getsockname(), client_host, client_port) and (
-                _same_endpoint(sock.getpeername(), server_host, server_port)
-            )
+    try:
+        with socket.socket(fileno=os.dup(connection.fileno())) as sock:
+            if sock.family == socket.AF_UNIX:
+                listener = _listener_pid(sock)
+                return listener is not None and listener == _parent_pid(backend_pid)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                if client_host is None or server_host is None:
+                    return False
+                return _same_endpoint(sock.getsockname(), client_host, client_port) and (
+                    _same_endpoint(sock.getpeername(), server_host, server_port)
+                )
+    except (OSError, ValueError):  # a socket or address this platform cannot read
+        return False
     return False
 
 
