@@ -15,15 +15,12 @@ MIGRATE_HINT = (
 
 
 def missing_schema(exc: BaseException) -> psycopg.Error | None:
-    """The database's "no such table / column" error behind ``exc`` (Django wraps psycopg's),
-    if that is what it is."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)):
-            return cause
-        cause = cause.__cause__
+    """The database's "no such table / column" error that ``exc`` is, or that Django wrapped
+    in it (the ORM raises its own error from psycopg's; the worker's statements raise
+    psycopg's)."""
+    for error in (exc, exc.__cause__):
+        if isinstance(error, (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)):
+            return error
     return None
 
 
