@@ -94,6 +94,8 @@ def sql_entries() -> dict[str, str]:
         )
         del entry["attempt"], entry["worker_id"]
         literals[name] = "'{}'::jsonb".format(json.dumps(entry).replace("'", "''"))
+    # The expiry entry's message goes on with the time, which only the statement knows.
+    literals["expired_message"] = "'{}'".format(NOT_STARTED_EXPIRED.replace("'", "''"))
     return literals
 
 

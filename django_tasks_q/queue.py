@@ -95,10 +95,25 @@ def load_statements(package: str, resource: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
         name, _, body = block.partition("\n")
-        # Comments go: a placeholder written inside one would still count as a parameter.
-        code = "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
-        found[name.strip()] = code.strip().rstrip(";")
+        found[name.strip()] = _compact(body).rstrip(";")
     return found
+
+
+# A quoted literal or identifier (kept whole), or a run of white space and comments.
+_SQL_SPACE = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(?:\s|--[^\n]*)+")
+
+
+def _compact(code: str) -> str:
+    """``code`` without comments (a placeholder written in one would still count as a
+    parameter), and with one space for every run of white space: psycopg caches the parsing
+    of statements up to 4 kB only (MAX_CACHED_STATEMENT_LENGTH), and parses a longer one
+    again on every execution."""
+
+    def keep_quoted(match: re.Match[str]) -> str:
+        text = match.group()
+        return text if text[0] in "'\"" else " "
+
+    return _SQL_SPACE.sub(keep_quoted, code).strip()
 
 
 @cache
@@ -118,12 +133,16 @@ def statements() -> dict[str, str]:
         for key, value in fills.items():
             code = code.replace(f"{{{key}}}", value)
         found[name] = code
-    # One finish_and_claim statement, two ways of picking what to claim (see the file).
-    template = found.pop("finish_and_claim")
-    found["finish_and_claim"] = template.replace("{picked}", found.pop("pick_any_queue"))
-    found["finish_and_claim_from_queues"] = template.replace(
-        "{picked}", found.pop("pick_from_queues")
-    )
+    # The worker's statements, from parts: each leaves out what it has no use for (see the file).
+    finished, finished_rows = found.pop("finished"), found.pop("finished_rows")
+    claimed, claimed_rows = found.pop("claimed"), found.pop("claimed_rows")
+    found["finish"] = f"WITH {finished} {finished_rows}"
+    for suffix, picker in (("", "pick_any_queue"), ("_from_queues", "pick_from_queues")):
+        picked = found.pop(picker)
+        found[f"claim{suffix}"] = f"WITH {picked}, {claimed} {claimed_rows}"
+        found[f"finish_and_claim{suffix}"] = (
+            f"WITH {finished}, {picked}, {claimed} {finished_rows} UNION ALL {claimed_rows}"
+        )
     # One bulk insert with fair keys, one without (see the file).
     template = found.pop("enqueue_many")
     found["enqueue_many"] = template.replace("{ahead}", "0::bigint").replace(
@@ -752,8 +771,10 @@ class QueueConnection:
             "paused_queues": list(paused.queues),
             "paused_names": list(paused.task_names),
         }
-        if queues:
-            statement, params["queues"] = sql("finish_and_claim_from_queues"), list(queues)
+        # The statement with only the parts this call needs: each part costs planning time.
+        parts = ("finish_and_claim" if outcomes else "claim") if limit else "finish"
+        if queues and limit:
+            statement, params["queues"] = sql(f"{parts}_from_queues"), list(queues)
             floors = list(after) or [FIRST_POSITION] * len(queues)
             if len(floors) != len(queues):
                 raise ValueError("`after` needs one claim position per queue.")
@@ -761,7 +782,7 @@ class QueueConnection:
             params["floor_run_afters"] = [floor.run_after for floor in floors]
             params["floor_ids"] = [floor.id for floor in floors]
         else:
-            statement = sql("finish_and_claim")
+            statement = sql(parts)
             floor = after[0] if after else FIRST_POSITION
             params["floor_rank"], params["floor_run_after"], params["floor_id"] = floor
         finished: set[int] = set()

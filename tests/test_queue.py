@@ -203,17 +203,39 @@ def test_a_task_cancelled_while_claimed_is_released_as_cancelled_with_its_entry(
     assert (entry["attempt"], entry["worker_id"], entry["traceback"]) == (1, "w1", "")
 
 
-def test_a_claim_cancels_expired_and_cancel_requested_tasks_with_their_entries(qconn):
+@pytest.mark.parametrize("queues", [None, ["default"]], ids=["any queue", "--queues"])
+@pytest.mark.parametrize("recording", [False, True], ids=["claim", "finish and claim"])
+def test_a_claim_cancels_expired_and_cancel_requested_tasks_with_their_entries(
+    qconn, recording, queues
+):
+    outcomes = []
+    if recording:
+        tasks.add.delay(0, 0)
+        [held] = claim(qconn, limit=1)
+        outcomes = [Outcome(id=held.id, attempt=1, status="SUCCESSFUL", result_json="0")]
     expired = tasks.add.apply_async(args=(1, 1), expires=timezone.now() + timedelta(seconds=30))
     requested = tasks.add.delay(1, 2)
+    runs = tasks.add.delay(1, 3)
     Task.objects.filter(pk=expired.id).update(expires_at=timezone.now() - timedelta(seconds=1))
     Task.objects.filter(pk=requested.id).update(cancel_requested_at=timezone.now())
-    exchanged = qconn.finish_and_claim(worker_id="w1", outcomes=[], limit=10, lease_seconds=60)
-    assert exchanged.claimed == []
+    exchanged = qconn.finish_and_claim(
+        worker_id="w1", outcomes=outcomes, queues=queues, limit=10, lease_seconds=60
+    )
+    assert exchanged.finished == {o.id for o in outcomes}
+    assert [task.id for task in exchanged.claimed] == [int(runs.id)]
     assert sorted(task.id for task in exchanged.skipped) == sorted(
         [int(expired.id), int(requested.id)]
     )
     rows = {row.pk: row for row in Task.objects.filter(pk__in=[expired.id, requested.id])}
+    # Cancelled, not started: no attempt counted, no holder, no lease.
+    for row in rows.values():
+        assert (row.attempts, row.worker_id, row.started_at, row.lease_expires_at) == (
+            0, "", None, None
+        )
+        assert row.finished_at is not None
+    started = Task.objects.get(pk=runs.id)
+    assert (started.status, started.attempts, started.worker_id) == ("RUNNING", 1, "w1")
+    assert started.lease_expires_at is not None and started.finished_at is None
     [gone] = rows[int(expired.id)].errors
     [stopped] = rows[int(requested.id)].errors
     assert set(gone) == set(stopped) == ENTRY_KEYS
@@ -279,20 +301,44 @@ def backlog():
     Task.objects.filter(id__in=old).update(status="SUCCESSFUL")
 
 
-def test_claim_walks_the_partial_ready_index(backlog):
-    plan = explain_claim("finish_and_claim")
+@pytest.mark.parametrize("statement", ["claim", "finish_and_claim"])
+def test_claim_walks_the_partial_ready_index(backlog, statement):
+    plan = explain_claim(statement)
     assert "Index Scan using tasks_q_ready_idx" in plan, plan
     assert "Seq Scan on django_tasks_q_task" not in plan, plan
 
 
-def test_a_claim_starts_its_index_walk_at_its_floor(backlog):
+@pytest.mark.parametrize("statement", ["claim", "finish_and_claim"])
+def test_a_claim_starts_its_index_walk_at_its_floor(backlog, statement):
     # The floor is the index's start key, not a filter over the entries walked to reach it:
     # otherwise a claim would still step over every task claimed before it.
-    for plan in (explain_claim("finish_and_claim"),
-                 explain_claim("finish_and_claim_from_queues", queues=["rare"])):  # fmt: skip
+    for plan in (explain_claim(statement),
+                 explain_claim(f"{statement}_from_queues", queues=["rare"])):  # fmt: skip
         conditions = [line for line in plan.splitlines() if "Index Cond" in line]
         assert any("ROW((priority * '-1'::integer), run_after, id) >" in line
                    for line in conditions), plan  # fmt: skip
+
+
+def test_the_workers_statements_fit_psycopgs_cache_of_parsed_statements():
+    # A longer statement is parsed again on every execution: tens of microseconds on every
+    # round trip of the worker's main loop. Shorten it, or split it into parts.
+    from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
+
+    for name in ("finish", "claim", "claim_from_queues", "finish_and_claim",
+                 "finish_and_claim_from_queues"):  # fmt: skip
+        assert len(queue.sql(name).encode()) <= MAX_CACHED_STATEMENT_LENGTH, name
+
+
+def test_loading_a_statement_keeps_quoted_text_as_written():
+    code = """
+        SELECT 'two  spaces -- not a comment',  -- a comment
+               "odd  name"
+        FROM   t  -- another
+        WHERE  x = 'it''s'
+    """
+    assert queue._compact(code) == (
+        """SELECT 'two  spaces -- not a comment', "odd  name" FROM t WHERE x = 'it''s'"""
+    )
 
 
 def test_recording_outcomes_looks_their_rows_up_by_id(backlog):
@@ -313,6 +359,7 @@ def test_recording_outcomes_looks_their_rows_up_by_id(backlog):
     }  # fmt: skip
     plans = {
         "finish_and_claim": explain_claim("finish_and_claim", **outcomes),
+        "finish": explain_claim("finish", **outcomes),
         "heartbeat": explain(
             "heartbeat",
             worker_id="w",
