@@ -229,9 +229,8 @@ def test_a_claim_cancels_expired_and_cancel_requested_tasks_with_their_entries(
     rows = {row.pk: row for row in Task.objects.filter(pk__in=[expired.id, requested.id])}
     # Cancelled, not started: no attempt counted, no holder, no lease.
     for row in rows.values():
-        assert (row.attempts, row.worker_id, row.started_at, row.lease_expires_at) == (
-            0, "", None, None
-        )
+        unstarted = (row.attempts, row.worker_id, row.started_at, row.lease_expires_at)
+        assert unstarted == (0, "", None, None)
         assert row.finished_at is not None
     started = Task.objects.get(pk=runs.id)
     assert (started.status, started.attempts, started.worker_id) == ("RUNNING", 1, "w1")
