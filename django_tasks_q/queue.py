@@ -137,7 +137,11 @@ def statements() -> dict[str, str]:
     finished, finished_rows = found.pop("finished"), found.pop("finished_rows")
     claimed, claimed_rows = found.pop("claimed"), found.pop("claimed_rows")
     found["finish"] = f"WITH {finished} {finished_rows}"
-    for suffix, picker in (("", "pick_any_queue"), ("_from_queues", "pick_from_queues")):
+    for suffix, picker in (
+        ("", "pick_any_queue"),
+        ("_from_queue", "pick_one_queue"),
+        ("_from_queues", "pick_from_queues"),
+    ):
         picked = found.pop(picker)
         found[f"claim{suffix}"] = f"WITH {picked}, {claimed} {claimed_rows}"
         found[f"finish_and_claim{suffix}"] = (
@@ -773,8 +777,9 @@ class QueueConnection:
         }
         # The statement with only the parts this call needs: each part costs planning time.
         parts = ("finish_and_claim" if outcomes else "claim") if limit else "finish"
-        if queues and limit:
-            statement, params["queues"] = sql(f"{parts}_from_queues"), list(queues)
+        queues = list(queues or ()) if limit else []
+        if len(queues) > 1:
+            statement, params["queues"] = sql(f"{parts}_from_queues"), queues
             floors = list(after) or [FIRST_POSITION] * len(queues)
             if len(floors) != len(queues):
                 raise ValueError("`after` needs one claim position per queue.")
@@ -782,7 +787,10 @@ class QueueConnection:
             params["floor_run_afters"] = [floor.run_after for floor in floors]
             params["floor_ids"] = [floor.id for floor in floors]
         else:
-            statement = sql(parts)
+            if queues:
+                statement, params["queue"] = sql(f"{parts}_from_queue"), queues[0]
+            else:
+                statement = sql(parts)
             floor = after[0] if after else FIRST_POSITION
             params["floor_rank"], params["floor_run_after"], params["floor_id"] = floor
         finished: set[int] = set()

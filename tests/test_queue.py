@@ -50,6 +50,23 @@ def test_claim_filters_by_queue(qconn):
     assert [str(t.id) for t in claim(qconn, queues=["b", "c"])] == [b.id]
 
 
+def test_a_claim_from_one_queue_takes_only_its_tasks_in_claim_order(qconn):
+    tasks.add.apply_async(args=(1, 1), queue="a", priority=90)
+    later = tasks.add.apply_async(args=(1, 2), queue="b")
+    first = tasks.add.apply_async(args=(1, 3), queue="b", priority=5)
+    tasks.add.apply_async(args=(1, 4), queue="b", countdown=3600)
+
+    def claim_b(paused=queue.NOTHING_PAUSED):
+        return qconn.finish_and_claim(
+            worker_id="w1", queues=["b"], limit=10, lease_seconds=60, paused=paused
+        ).claimed
+
+    # A task that became READY in a paused queue (a retry, say) waits for the resume.
+    assert claim_b(queue.Paused(queues=frozenset({"b"}), task_names=frozenset())) == []
+    assert [str(t.id) for t in claim_b()] == [first.id, later.id]
+    assert claim_b() == []
+
+
 def test_claim_marks_running_counts_the_attempt_and_records_the_holder(qconn):
     handle = tasks.add.delay(1, 2)
     [claimed] = claim(qconn, worker_id="worker-a")
@@ -203,7 +220,9 @@ def test_a_task_cancelled_while_claimed_is_released_as_cancelled_with_its_entry(
     assert (entry["attempt"], entry["worker_id"], entry["traceback"]) == (1, "w1", "")
 
 
-@pytest.mark.parametrize("queues", [None, ["default"]], ids=["any queue", "--queues"])
+@pytest.mark.parametrize(
+    "queues", [None, ["default"], ["default", "other"]], ids=["any", "one queue", "queues"]
+)
 @pytest.mark.parametrize("recording", [False, True], ids=["claim", "finish and claim"])
 def test_a_claim_cancels_expired_and_cancel_requested_tasks_with_their_entries(
     qconn, recording, queues
@@ -312,6 +331,7 @@ def test_a_claim_starts_its_index_walk_at_its_floor(backlog, statement):
     # The floor is the index's start key, not a filter over the entries walked to reach it:
     # otherwise a claim would still step over every task claimed before it.
     for plan in (explain_claim(statement),
+                 explain_claim(f"{statement}_from_queue", queue="rare"),
                  explain_claim(f"{statement}_from_queues", queues=["rare"])):  # fmt: skip
         conditions = [line for line in plan.splitlines() if "Index Cond" in line]
         assert any("ROW((priority * '-1'::integer), run_after, id) >" in line
@@ -323,7 +343,8 @@ def test_the_workers_statements_fit_psycopgs_cache_of_parsed_statements():
     # round trip of the worker's main loop. Shorten it, or split it into parts.
     from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
 
-    for name in ("finish", "claim", "claim_from_queues", "finish_and_claim",
+    for name in ("finish", "claim", "claim_from_queue", "claim_from_queues",
+                 "finish_and_claim", "finish_and_claim_from_queue",
                  "finish_and_claim_from_queues"):  # fmt: skip
         assert len(queue.sql(name).encode()) <= MAX_CACHED_STATEMENT_LENGTH, name
 
@@ -388,10 +409,12 @@ def test_the_look_for_expired_leases_starts_its_walk_at_its_floor(backlog):
     assert any("lease_expires_at >=" in line for line in conditions), plan
 
 
-def test_claim_from_a_small_queue_does_not_walk_the_big_backlog(backlog):
-    plan = explain_claim("finish_and_claim_from_queues", queues=["rare"])
-    assert "Index Scan using tasks_q_ready_queue_idx" in plan, plan
-    assert "Seq Scan on django_tasks_q_task" not in plan, plan
+@pytest.mark.parametrize("statement", ["claim", "finish_and_claim"])
+def test_claim_from_a_small_queue_does_not_walk_the_big_backlog(backlog, statement):
+    for plan in (explain_claim(f"{statement}_from_queue", queue="rare"),
+                 explain_claim(f"{statement}_from_queues", queues=["rare", "default"])):  # fmt: skip
+        assert "Index Scan using tasks_q_ready_queue_idx" in plan, plan
+        assert "Seq Scan on django_tasks_q_task" not in plan, plan
 
 
 def test_one_statement_records_outcomes_and_claims(qconn):

@@ -285,8 +285,9 @@ SELECT queue, task_name, paused_at, reason FROM django_tasks_q_pause ORDER BY pa
 -- name: finished
 -- The worker's hot path records outcomes and claims tasks in one statement and one commit,
 -- built when the file is loaded from the parts below: `finish` (outcomes only, kind-0 rows),
--- `claim` (no outcomes) and `finish_and_claim` (both), each with pick_any_queue, or with
--- pick_from_queues for a worker started with --queues (`claim_from_queues`,
+-- `claim` (no outcomes) and `finish_and_claim` (both), each with pick_any_queue, or for a
+-- worker started with --queues with pick_one_queue (one queue: `claim_from_queue`,
+-- `finish_and_claim_from_queue`) or pick_from_queues (several: `claim_from_queues`,
 -- `finish_and_claim_from_queues`). A statement that leaves out a part it has no use for is
 -- planned in less time: on an idle worker the plan costs more than the claim itself.
 --
@@ -416,6 +417,24 @@ picked AS MATERIALIZED (
     FROM django_tasks_q_task
     WHERE status = 'READY' AND run_after <= now() AND id <> ALL(%(avoid)s::bigint[])
       AND queue <> ALL(%(paused_queues)s::text[]) AND name <> ALL(%(paused_names)s::text[])
+      AND (priority * -1, run_after, id)
+          > (%(floor_rank)s::integer, %(floor_run_after)s::timestamptz, %(floor_id)s::bigint)
+    ORDER BY priority * -1, run_after, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+
+-- name: pick_one_queue
+-- Claims only from %(queue)s (a worker started with one queue in --queues): pick_any_queue
+-- through tasks_q_ready_queue_idx, which orders each queue's rows alike. Planned in less time
+-- than pick_from_queues, whose walk per queue one queue does not need.
+picked AS MATERIALIZED (
+    SELECT id, cancel_requested_at,
+        (expires_at IS NULL OR expires_at > now()) AND cancel_requested_at IS NULL AS starts
+    FROM django_tasks_q_task
+    WHERE status = 'READY' AND queue = %(queue)s AND run_after <= now()
+      AND id <> ALL(%(avoid)s::bigint[]) AND queue <> ALL(%(paused_queues)s::text[])
+      AND name <> ALL(%(paused_names)s::text[])
       AND (priority * -1, run_after, id)
           > (%(floor_rank)s::integer, %(floor_run_after)s::timestamptz, %(floor_id)s::bigint)
     ORDER BY priority * -1, run_after, id
