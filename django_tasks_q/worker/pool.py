@@ -2,8 +2,10 @@
 
 The worker process (the supervisor) keeps all queue work: claims, outcomes, heartbeats. One
 dispatcher thread feeds the children over pipes and waits on all of them at once, so a
-finished task is answered with the next one without a thread hand-off per child. A child runs
-up to ``threads`` tasks at a time with the same :class:`Runner` the thread pool uses.
+finished task is answered with the next one without a thread hand-off per child. Tasks the
+worker just claimed are sent by the worker's own thread when the dispatcher is not busy, so
+a claimed task does not wait for the dispatcher to wake up. A child runs up to ``threads``
+tasks at a time with the same :class:`Runner` the thread pool uses.
 
 Tasks go to the children with free threads first. Only when every thread is busy and the
 worker holds more tasks (it prefetches when tasks are short) are tasks queued in children
@@ -241,7 +243,10 @@ class ProcessPool:
         self.children: list[Child] = []
         self._retired: list[Child] = []
         self._pending: deque[ClaimedTask] = deque()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _pending
+        # Guards the children and what they hold: held by the dispatcher while it handles
+        # events, and taken by submit() to send the worker's claims without waking it.
+        self._children_lock = threading.Lock()
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
         self._selector = selectors.DefaultSelector()
@@ -267,6 +272,16 @@ class ProcessPool:
     def submit(self, jobs: list[ClaimedTask]) -> None:
         with self._lock:
             self._pending.extend(jobs)
+        # Sent from this thread, unless the dispatcher is busy: then it sends them next. A
+        # wake-up less between a claim and the task's start, where an idle machine's CPUs
+        # take longest to answer.
+        if self._children_lock.acquire(blocking=False):
+            try:
+                self._assign()
+            finally:
+                self._children_lock.release()
+            if not self._pending and not any(job.timeout for job in jobs):
+                return  # nothing left to send, and no time limit for it to enforce sooner
         self._wake()
 
     def cancel_requested_changed(self) -> None:
@@ -309,15 +324,20 @@ class ProcessPool:
         stop_sent = False
         try:
             while not self._closing:
-                if self._draining and not stop_sent:
-                    for child in self.children:
-                        child.send(("stop",))
-                    stop_sent = True
-                self._assign()
-                self._wait_for_events()
-                self._enforce_limits()
-                self._replace_retired()
-            self._stop_children()
+                with self._children_lock:
+                    if self._draining and not stop_sent:
+                        for child in self.children:
+                            child.send(("stop",))
+                        stop_sent = True
+                    self._assign()
+                    timeout = self._next_deadline()
+                events = self._selector.select(timeout)
+                with self._children_lock:
+                    self._handle(events)
+                    self._enforce_limits()
+                    self._replace_retired()
+            with self._children_lock:
+                self._stop_children()
         except BaseException:
             logger.exception("Worker %s: the process pool's dispatcher crashed", self.worker_id)
             raise
@@ -351,7 +371,8 @@ class ProcessPool:
                 if not child.send(("run", batch)):
                     return  # the child died; the next round of events records its tasks
 
-    def _wait_for_events(self) -> None:
+    def _next_deadline(self) -> float:
+        """Seconds the dispatcher may wait for events: until the first time limit comes."""
         timeout = TICK
         now = time.monotonic()
         for child in self.children:
@@ -359,7 +380,10 @@ class ProcessPool:
                 deadline = running.deadline
                 if deadline is not None:
                     timeout = min(timeout, max(0.0, deadline - now))
-        for key, _ in self._selector.select(timeout):
+        return timeout
+
+    def _handle(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        for key, _ in events:
             child = key.data
             if child is None:
                 os.read(self._wake_read, 4096)
