@@ -137,12 +137,13 @@ def statements() -> dict[str, str]:
     finished, finished_rows = found.pop("finished"), found.pop("finished_rows")
     claimed, claimed_rows = found.pop("claimed"), found.pop("claimed_rows")
     found["finish"] = f"WITH {finished} {finished_rows}"
-    for suffix, picker in (
-        ("", "pick_any_queue"),
-        ("_from_queue", "pick_one_queue"),
-        ("_from_queues", "pick_from_queues"),
-    ):
-        picked = found.pop(picker)
+    pick_any_queue = found.pop("pick_any_queue")
+    pickers = {
+        "": pick_any_queue.replace("{one_queue}", ""),
+        "_from_queue": pick_any_queue.replace("{one_queue}", "AND queue = %(queue)s"),
+        "_from_queues": found.pop("pick_from_queues"),
+    }
+    for suffix, picked in pickers.items():
         found[f"claim{suffix}"] = f"WITH {picked}, {claimed} {claimed_rows}"
         found[f"finish_and_claim{suffix}"] = (
             f"WITH {finished}, {picked}, {claimed} {finished_rows} UNION ALL {claimed_rows}"

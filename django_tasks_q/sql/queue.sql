@@ -285,10 +285,10 @@ SELECT queue, task_name, paused_at, reason FROM django_tasks_q_pause ORDER BY pa
 -- name: finished
 -- The worker's hot path records outcomes and claims tasks in one statement and one commit,
 -- built when the file is loaded from the parts below: `finish` (outcomes only, kind-0 rows),
--- `claim` (no outcomes) and `finish_and_claim` (both), each with pick_any_queue, or for a
--- worker started with --queues with pick_one_queue (one queue: `claim_from_queue`,
--- `finish_and_claim_from_queue`) or pick_from_queues (several: `claim_from_queues`,
--- `finish_and_claim_from_queues`). A statement that leaves out a part it has no use for is
+-- `claim` (no outcomes) and `finish_and_claim` (both), each with pick_any_queue; for a
+-- worker started with --queues, with pick_any_queue kept to its one queue
+-- (`claim_from_queue`, `finish_and_claim_from_queue`) or with pick_from_queues for several
+-- (`claim_from_queues`, `finish_and_claim_from_queues`). A statement that leaves out a part it has no use for is
 -- planned in less time: on an idle worker the plan costs more than the claim itself.
 --
 -- Returns one row per recorded outcome (kind 0, its id), one per claimed task (kind 1, with
@@ -411,30 +411,16 @@ FROM claimed
 -- visited; while some session holds the xmin horizon they cannot be removed, and walking
 -- them would cost every claim more and more (docs/internals.md, "Claims under a held xmin
 -- horizon"). The worker decides where to start: worker/claim_floor.py.
+-- {one_queue} is filled in when the file is loaded: nothing, or for a worker started with one
+-- queue in --queues, "AND queue = %(queue)s": the same walk through
+-- tasks_q_ready_queue_idx, which orders each queue's rows alike, is planned in less time than
+-- pick_from_queues' walk per queue.
 picked AS MATERIALIZED (
     SELECT id, cancel_requested_at,
         (expires_at IS NULL OR expires_at > now()) AND cancel_requested_at IS NULL AS starts
     FROM django_tasks_q_task
-    WHERE status = 'READY' AND run_after <= now() AND id <> ALL(%(avoid)s::bigint[])
+    WHERE status = 'READY' {one_queue} AND run_after <= now() AND id <> ALL(%(avoid)s::bigint[])
       AND queue <> ALL(%(paused_queues)s::text[]) AND name <> ALL(%(paused_names)s::text[])
-      AND (priority * -1, run_after, id)
-          > (%(floor_rank)s::integer, %(floor_run_after)s::timestamptz, %(floor_id)s::bigint)
-    ORDER BY priority * -1, run_after, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-
--- name: pick_one_queue
--- Claims only from %(queue)s (a worker started with one queue in --queues): pick_any_queue
--- through tasks_q_ready_queue_idx, which orders each queue's rows alike. Planned in less time
--- than pick_from_queues, whose walk per queue one queue does not need.
-picked AS MATERIALIZED (
-    SELECT id, cancel_requested_at,
-        (expires_at IS NULL OR expires_at > now()) AND cancel_requested_at IS NULL AS starts
-    FROM django_tasks_q_task
-    WHERE status = 'READY' AND queue = %(queue)s AND run_after <= now()
-      AND id <> ALL(%(avoid)s::bigint[]) AND queue <> ALL(%(paused_queues)s::text[])
-      AND name <> ALL(%(paused_names)s::text[])
       AND (priority * -1, run_after, id)
           > (%(floor_rank)s::integer, %(floor_run_after)s::timestamptz, %(floor_id)s::bigint)
     ORDER BY priority * -1, run_after, id
