@@ -22,7 +22,7 @@ DEFAULTS: dict[str, Any] = {
     # Worker defaults; the runtaskworker options override them.
     "CONCURRENCY": 4,
     "BATCH_SIZE": 100,
-    # Tasks claimed beyond CONCURRENCY. None adapts to task durations (up to BATCH_SIZE).
+    # Tasks claimed beyond CONCURRENCY. None adapts to task durations (up to 2 x BATCH_SIZE).
     "PREFETCH": None,
     # Seconds a claim is valid before a lost worker's task may be recovered.
     "LEASE_SECONDS": 60,

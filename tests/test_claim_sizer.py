@@ -55,11 +55,14 @@ def test_the_adaptive_prefetch_covers_what_the_executors_finish_until_the_next_c
     assert sizer.prefetch() == 4 + 11
 
 
-def test_the_adaptive_prefetch_is_capped_by_the_batch_size():
+def test_the_adaptive_prefetch_is_capped_at_two_batches():
+    # One batch for the slots to work through while the statement that records the other's
+    # outcomes and claims its replacement is on its way.
     sizer = ClaimSizer(capacity=4, batch_size=5, prefetch=None)
     sizer.observe_round_trip(1.0)
     sizer.observe_duration(0.001)
-    assert sizer.prefetch() == 5
+    assert sizer.prefetch() == 2 * 5
+    assert sizer.limit(held=0) == 5  # a claim still asks for one batch at most
 
 
 def test_long_tasks_are_not_hoarded():
@@ -102,8 +105,8 @@ def test_a_switch_to_longer_tasks_stops_the_prefetch_within_a_few_outcomes():
     for _ in range(200):
         sizer.observe_round_trip(0.001)
     for _ in range(50):
-        sizer.observe_duration(0.0001)  # no-op tasks: a full batch ahead
-    assert sizer.prefetch() == 100
+        sizer.observe_duration(0.00001)  # no-op tasks: two full batches ahead
+    assert sizer.prefetch() == 200
     for _ in range(3):
         sizer.observe_duration(0.5)
     assert sizer.prefetch() == 0
