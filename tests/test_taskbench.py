@@ -47,6 +47,11 @@ def test_taskbench_reports_verified_rates_and_cleans_up(monkeypatch):
     assert results["chord_size"] == 50 and results["chord_seconds"] > 0
     # The limited phase: every task ran, never two of one key at once (from the rows).
     assert (results["limited_tasks"], results["limited_most_per_key"]) == (200, 1)
+    # The I/O-bound phase: 100 waits per slot. A wait never ends early, so the slots' time in
+    # tasks is at least the share of the ideal rate, and no slot runs two at once.
+    assert results["io_tasks"] == 100 * 2
+    assert results["io_waited_ms"] >= results["io_task_ms"]
+    assert 0 < results["io_pct_of_ideal"] <= results["io_slots_busy_pct"] <= 100
     assert 0 < results["latency_p50_ms"] <= results["latency_p99_ms"]
     # The whole start latency includes the database's part, from the commit to the claim.
     assert 0 < results["claim_latency_p50_ms"] <= results["claim_latency_p99_ms"]
@@ -154,6 +159,13 @@ def test_taskbench_reports_no_rate_when_its_tasks_did_not_all_succeed():
     Task.objects.create(name=queries.NOOP_NAME, queue="taskbench", args=[1])
     with pytest.raises(BenchError, match=r"Only 0 of 1 .* \(by status: READY 1\)"):
         queries.verify("default", "taskbench", queries.NOOP_NAME, 1)
+
+
+@pytest.mark.django_db
+def test_the_io_bound_phase_reports_no_rate_when_its_tasks_did_not_all_succeed():
+    Task.objects.create(name=queries.WAITS_NAME, queue="taskbench", args=[10.0])
+    with pytest.raises(BenchError, match=r"Only 0 of 1 .* \(by status: READY 1\)"):
+        queries.verify_waits("default", "taskbench", 1)
 
 
 # -- connections exhausted: on a PostgreSQL of the test's own, never one other tests share ----

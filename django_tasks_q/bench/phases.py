@@ -115,6 +115,14 @@ def drain(
     """Wait until the workers ran every task, check each result of the ``expected`` tasks of
     ``name`` (those with ids above ``after_id``); returns (tasks, seconds from the first claim
     to the last finish)."""
+    wait_until_drained(database, queue_name, workers)
+    verified, seconds = queries.verify(database, queue_name, name, expected, after_id)
+    queries.refuse_foreign_workers(database, queue_name)
+    return verified, seconds
+
+
+def wait_until_drained(database: str, queue_name: str, workers: Sequence[WorkerProcess]) -> None:
+    """Return once no task of the queue is READY or RUNNING; fail if the workers stall."""
     remaining = queries.unfinished(database, queue_name)
     last_progress = time.monotonic()
     while remaining:
@@ -131,9 +139,6 @@ def drain(
         if now_remaining < remaining:
             last_progress = time.monotonic()
         remaining = now_remaining
-    verified, seconds = queries.verify(database, queue_name, name, expected, after_id)
-    queries.refuse_foreign_workers(database, queue_name)
-    return verified, seconds
 
 
 @dataclass(frozen=True)

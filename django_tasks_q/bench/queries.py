@@ -119,6 +119,22 @@ def verify(
     )
 
 
+def verify_waits(database: str, queue_name: str, expected: int) -> tuple[int, float, float]:
+    """Check that every task of the I/O-bound phase succeeded with its argument in its result;
+    returns (rows, seconds from first claim to last finish, mean milliseconds waited)."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql("verified_waits"), [queue_name, WAITS_NAME])
+        verified, waited_ms, seconds = cursor.fetchone()
+        if verified == expected and seconds:
+            return verified, float(seconds), float(waited_ms)
+        cursor.execute(sql("statuses"), [queue_name, WAITS_NAME, 0])
+        statuses = ", ".join(f"{state} {count}" for state, count in cursor.fetchall())
+    raise BenchError(
+        f"Only {verified} of {expected} {WAITS_NAME} tasks succeeded with the right result "
+        f"(by status: {statuses or 'none'}). No rate is reported."
+    )
+
+
 def last_id(database: str) -> int:
     """The highest task id so far: rows enqueued later have higher ones."""
     with connections[database].cursor() as cursor:

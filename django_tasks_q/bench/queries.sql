@@ -33,6 +33,15 @@ SELECT count(*) FILTER (WHERE status = 'SUCCESSFUL' AND result = args->0),
 FROM django_tasks_q_task
 WHERE queue = %s AND name = %s AND id > %s;
 
+-- name: verified_waits
+-- The I/O-bound phase's rows that returned [their argument, milliseconds waited], the mean of
+-- those milliseconds, and the seconds from the first claim to the last finish.
+SELECT count(*) FILTER (WHERE status = 'SUCCESSFUL' AND result->0 = args->0),
+       avg((result->>1)::float8) FILTER (WHERE status = 'SUCCESSFUL' AND result->0 = args->0),
+       extract(epoch FROM max(finished_at) - min(last_attempted_at))
+FROM django_tasks_q_task
+WHERE queue = %s AND name = %s;
+
 -- name: last_id
 SELECT coalesce(max(id), 0) FROM django_tasks_q_task;
 

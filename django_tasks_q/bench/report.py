@@ -57,6 +57,10 @@ class Results:
     io_per_s: float | None = None
     io_ideal_per_s: float | None = None
     io_pct_of_ideal: float | None = None
+    # The mean milliseconds a task's wait really took, and the share of the slots' time spent
+    # in tasks: what is missing from 100 % is the queue's (claims, hand-offs, recording).
+    io_waited_ms: float | None = None
+    io_slots_busy_pct: float | None = None
     # A chord of chord_size no-op tasks: seconds from the enqueue call to the body's end.
     chord_size: int = 0
     chord_seconds: float | None = None
@@ -167,7 +171,8 @@ def summary(results: Results) -> str:
             else f"I/O-bound, {results.io_task_ms:g} ms tasks",
             "skipped"
             if results.io_pct_of_ideal is None
-            else f"{rate(results.io_per_s, 'tasks')} ({results.io_pct_of_ideal:.0f}% of ideal)",
+            else f"{rate(results.io_per_s, 'tasks')} ({results.io_pct_of_ideal:.0f}% of ideal, "
+            f"{results.io_slots_busy_pct:.0f}% of the slots' time in tasks)",
         ),
         (
             f"chord of {results.chord_size:,}",

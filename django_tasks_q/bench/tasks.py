@@ -19,10 +19,14 @@ def clock() -> float:
 
 
 @background_task
-def waits(milliseconds: float) -> float:
-    """Stands for a task that waits on I/O (an HTTP call, a query) for ``milliseconds``."""
+def waits(milliseconds: float) -> list[float]:
+    """Stands for a task that waits on I/O (an HTTP call, a query) for ``milliseconds``.
+
+    Returns its argument and the milliseconds it did wait: a sleep ends late, the more so on a
+    busy machine, and the I/O-bound phase tells that apart from the queue's own gaps."""
+    began = time.perf_counter()
     time.sleep(milliseconds / 1000)
-    return milliseconds
+    return [milliseconds, (time.perf_counter() - began) * 1000]
 
 
 @background_task(concurrency=1, limit_by="key")
