@@ -23,8 +23,8 @@ LONGER_WEIGHT = 0.5
 SPARE_BELOW = 0.25
 # Short tasks are held up to this many batches beyond the capacity: the slots work through
 # one while the statement that records the other's outcomes and claims its replacement is
-# on its way, so they do not run dry for the round trip (one batch ahead left no-op tasks'
-# slots idle for part of each statement: about a fifth of the drain's throughput).
+# on its way, so they do not run dry for the round trip (with one batch ahead, no-op tasks'
+# slots idled during part of each statement; two drained a third more of them).
 PREFETCH_BATCHES = 2
 # Longest an outcome waits to be recorded while the worker's other tasks still run: outcomes
 # that finish close together are then recorded by one statement and one commit, not one each.
