@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from typing import Any
 
 from django.db import connections, transaction
 
@@ -111,12 +112,7 @@ def verify(
         verified, seconds = cursor.fetchone()
         if verified == expected and seconds:
             return verified, float(seconds)
-        cursor.execute(sql("statuses"), [queue_name, name, after_id])
-        statuses = ", ".join(f"{state} {count}" for state, count in cursor.fetchall())
-    raise BenchError(
-        f"Only {verified} of {expected} {name} tasks succeeded with the right result "
-        f"(by status: {statuses or 'none'}). No rate is reported."
-    )
+        raise _not_all_verified(cursor, queue_name, name, expected, verified, after_id)
 
 
 def verify_waits(database: str, queue_name: str, expected: int) -> tuple[int, float, float]:
@@ -127,10 +123,16 @@ def verify_waits(database: str, queue_name: str, expected: int) -> tuple[int, fl
         verified, waited_ms, seconds = cursor.fetchone()
         if verified == expected and seconds:
             return verified, float(seconds), float(waited_ms)
-        cursor.execute(sql("statuses"), [queue_name, WAITS_NAME, 0])
-        statuses = ", ".join(f"{state} {count}" for state, count in cursor.fetchall())
-    raise BenchError(
-        f"Only {verified} of {expected} {WAITS_NAME} tasks succeeded with the right result "
+        raise _not_all_verified(cursor, queue_name, WAITS_NAME, expected, verified)
+
+
+def _not_all_verified(
+    cursor: Any, queue_name: str, name: str, expected: int, verified: int, after_id: int = 0
+) -> BenchError:
+    cursor.execute(sql("statuses"), [queue_name, name, after_id])
+    statuses = ", ".join(f"{state} {count}" for state, count in cursor.fetchall())
+    return BenchError(
+        f"Only {verified} of {expected} {name} tasks succeeded with the right result "
         f"(by status: {statuses or 'none'}). No rate is reported."
     )
 
