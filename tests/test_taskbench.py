@@ -168,6 +168,16 @@ def test_the_io_bound_phase_reports_no_rate_when_its_tasks_did_not_all_succeed()
         queries.verify_waits("default", "taskbench", 1)
 
 
+@pytest.mark.django_db
+def test_taskbench_refuses_a_phase_whose_tasks_a_foreign_worker_ran():
+    Task.objects.create(
+        name=queries.WAITS_NAME, queue="taskbench", args=[10.0], worker_id="someone-else-1"
+    )
+    queries.refuse_foreign_workers("default", "taskbench", queries.NOOP_NAME)  # not its tasks
+    with pytest.raises(BenchError, match="1 benchmark task\\(s\\) were run by a worker"):
+        queries.refuse_foreign_workers("default", "taskbench", queries.WAITS_NAME)
+
+
 # -- connections exhausted: on a PostgreSQL of the test's own, never one other tests share ----
 
 MAX_CONNECTIONS = 30  # few, so that filling the server takes a moment

@@ -223,7 +223,7 @@ def _io_bound_phase(
     phases.enqueue_in_bulk(waits.using(queue_name=options.queue), [(options.io_task_ms,)] * count)
     phases.wait_until_drained(database, options.queue, workers)
     drained, seconds, waited_ms = queries.verify_waits(database, options.queue, count)
-    queries.refuse_foreign_workers(database, options.queue)
+    queries.refuse_foreign_workers(database, options.queue, queries.WAITS_NAME)
     results.io_task_ms, results.io_tasks = options.io_task_ms, drained
     results.io_per_s = drained / seconds
     results.io_ideal_per_s = options.slots * 1000 / options.io_task_ms

@@ -117,7 +117,7 @@ def drain(
     to the last finish)."""
     wait_until_drained(database, queue_name, workers)
     verified, seconds = queries.verify(database, queue_name, name, expected, after_id)
-    queries.refuse_foreign_workers(database, queue_name)
+    queries.refuse_foreign_workers(database, queue_name, name)
     return verified, seconds
 
 

@@ -152,10 +152,11 @@ def most_running_per_key(database: str, queue_name: str, name: str) -> int:
         return cursor.fetchone()[0] or 0
 
 
-def refuse_foreign_workers(database: str, queue_name: str) -> None:
-    """A worker serving every queue would have run some of the tasks and skewed the rate."""
+def refuse_foreign_workers(database: str, queue_name: str, name: str = NOOP_NAME) -> None:
+    """A worker serving every queue would have run some of the tasks of ``name`` and skewed
+    the rate."""
     with connections[database].cursor() as cursor:
-        cursor.execute(sql("foreign_workers"), [queue_name, NOOP_NAME, WORKER_ID_PREFIX])
+        cursor.execute(sql("foreign_workers"), [queue_name, name, WORKER_ID_PREFIX])
         count, example = cursor.fetchone()
     if count:
         raise BenchError(
